@@ -1,0 +1,87 @@
+"""The ``superclip`` command. The CLI owns the console: library modules only log.
+
+User mistakes (``SuperCLIPError``) print one line on stderr and exit with code 2; ``--debug`` shows the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import List, Optional
+
+from .errors import SuperCLIPError
+
+
+def _cmd_flops(args: argparse.Namespace) -> int:
+    from .flops import flops_table
+
+    for name in args.models:
+        t = flops_table(name)
+        print(f"{name}: multiply-adds per image-text pair (GMACs; the paper's Table 3 labels these GFLOPs)")
+        print(f"  vision  {t['vision_gmacs']:10.3f}")
+        print(f"  text    {t['text_gmacs']:10.3f}")
+        print(f"  head    {t['head_gmacs']:10.3f}   ({t['head_share_percent']:.3f}% of the total)")
+        print(f"  total   {t['total_gmacs']:10.3f}   (+{t['attention_gmacs']:.3f} in attention score/value "
+              "matmuls, not counted by the paper's convention)")
+        if args.json:
+            print(json.dumps({"model": name, **t}))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .checkpoint import create_model, export_openclip
+
+    model = create_model(args.model, pretrained=args.checkpoint)
+    out = export_openclip(model, args.out_dir)
+    print(f"wrote open_clip folder {out}: open_clip.create_model_and_transforms('local-dir:{out}')")
+    return 0
+
+
+def _cmd_models(args: argparse.Namespace) -> int:
+    from .model import list_models
+
+    print("\n".join(list_models()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="superclip", description="SuperCLIP on open_clip towers")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("flops", help="multiply-adds of vision / text / head per image-text pair")
+    p.add_argument("models", nargs="+", metavar="MODEL", help="model name or JSON path")
+    p.add_argument("--json", action="store_true", help="also print one JSON line per model")
+    p.set_defaults(func=_cmd_flops)
+
+    p = sub.add_parser("export", help="write an open_clip local-dir: folder from a checkpoint")
+    p.add_argument("checkpoint", help="superclip, official SuperCLIP or open_clip checkpoint")
+    p.add_argument("out_dir", help="folder to write (open_clip_config.json + weights)")
+    p.add_argument("--model", default=None, help="model config (needed when the checkpoint carries none)")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("models", help="list the model configs shipped with superclip")
+    p.set_defaults(func=_cmd_models)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except SuperCLIPError as e:
+        if args.debug:
+            raise
+        print(f"superclip {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"superclip {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

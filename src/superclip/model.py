@@ -1,0 +1,240 @@
+"""SuperCLIP: an open_clip model plus a token-classification head on its image tower.
+
+The head (METHOD.md): patch tokens of the image tower after its final norm, CLS excluded, mean over
+tokens, then ``LayerNorm(width) -> Linear(width, V)``. The open_clip model is wrapped, not modified,
+except that open_clip ``VisionTransformer`` towers are asked to return their tokens.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+from dataclasses import asdict
+from importlib import resources
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.timm_model import TimmModel
+from open_clip.transform import PreprocessCfg, image_transform_v2, merge_preprocess_dict
+from open_clip.transformer import VisionTransformer
+from torch import nn
+
+from .errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+ModelCfg = Union[str, Path, Dict[str, Any]]
+_CONFIG_PACKAGE = "superclip.model_configs"
+# Keys of a model JSON that are ours (or the official release's), not open_clip constructor arguments.
+_NON_OPENCLIP_KEYS = ("clstext_cfg", "custom_text", "preprocess_cfg")
+
+
+def list_models() -> list:
+    """Names of the model configs shipped with superclip (open_clip's own names work too)."""
+    files = resources.files(_CONFIG_PACKAGE).iterdir()
+    return sorted(f.name[:-5] for f in files if f.name.endswith(".json"))
+
+
+def resolve_model_config(cfg: ModelCfg) -> Dict[str, Any]:
+    """Turn a registered name, a JSON path or a dict into a model config dict (a fresh copy).
+
+    Accepted names: superclip's configs (``list_models()``), then any open_clip model name. The official
+    SuperCLIP JSON format (``vision_cfg.output_tokens``, ``clstext_cfg``) is accepted as-is.
+    """
+    if isinstance(cfg, dict):
+        return copy.deepcopy(cfg)
+    name = str(cfg)
+    path = Path(name)
+    if name.endswith(".json") or path.is_file():
+        if not path.is_file():
+            raise ConfigError(f"model config file not found: {name}")
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"model config {name} is not valid JSON: {e}") from None
+    if name in list_models():
+        return json.loads(resources.files(_CONFIG_PACKAGE).joinpath(name + ".json").read_text())
+    oc_cfg = open_clip.get_model_config(name)
+    if oc_cfg is not None:
+        return copy.deepcopy(oc_cfg)
+    raise ConfigError(
+        f"unknown model {name!r}: not a JSON file, not one of superclip's models "
+        f"({', '.join(list_models())}) nor an open_clip model name"
+    )
+
+
+def split_model_config(cfg: Dict[str, Any]) -> tuple:
+    """Split a model config into (open_clip constructor kwargs, vocabulary size V, preprocess overrides)."""
+    cfg = copy.deepcopy(cfg)
+    for key in ("embed_dim", "vision_cfg", "text_cfg"):
+        if key not in cfg:
+            raise ConfigError(f"model config lacks required key {key!r}")
+    cls_cfg = cfg.get("clstext_cfg") or {}
+    vocab_size = int(cls_cfg.get("vocab_size", cfg["text_cfg"].get("vocab_size", 49408)))
+    preprocess = cfg.get("preprocess_cfg") or {}
+    for key in _NON_OPENCLIP_KEYS:
+        cfg.pop(key, None)
+    # The tower returns tokens only inside SuperCLIP; open_clip's own encode_image expects a tensor.
+    cfg["vision_cfg"] = {k: v for k, v in cfg["vision_cfg"].items() if k != "output_tokens"}
+    return cfg, vocab_size, preprocess
+
+
+def openclip_config(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    """The open_clip model config equivalent to ours (for export to an open_clip ``local-dir:``)."""
+    oc_cfg, _, _ = split_model_config(cfg)
+    oc_cfg["custom_text"] = True  # our state dict uses CustomTextCLIP's ``text.*`` layout
+    return oc_cfg
+
+
+class TokenClassifier(nn.Module):
+    """Mean of patch tokens -> LayerNorm -> Linear to the vocabulary.
+
+    Args:
+        width: channel width of the image tower's tokens.
+        vocab_size: V, the tokenizer vocabulary size.
+    """
+
+    def __init__(self, width: int, vocab_size: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.fc = nn.Linear(width, vocab_size)
+        nn.init.normal_(self.fc.weight, std=width ** -0.5)
+        nn.init.zeros_(self.fc.bias)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, N, W) patch tokens -> (B, V) logits."""
+        return self.fc(self.norm(tokens.mean(dim=1)))
+
+
+def _tower_width(visual: nn.Module) -> int:
+    if isinstance(visual, VisionTransformer):
+        return visual.ln_post.normalized_shape[0]
+    if isinstance(visual, TimmModel):
+        return visual.trunk.num_features
+    raise ConfigError(
+        f"image tower {type(visual).__name__} is not supported: superclip needs an open_clip "
+        "VisionTransformer or a timm tower (ViT, ConvNeXt, ...)"
+    )
+
+
+class SuperCLIP(nn.Module):
+    """An open_clip ``CustomTextCLIP`` plus a token-classification head.
+
+    Args:
+        clip: the open_clip model (``visual`` + ``text`` towers, ``logit_scale``, optional ``logit_bias``).
+        vocab_size: V, outputs of the classification head.
+        config: the model config it was built from (kept for checkpoints and export).
+    """
+
+    def __init__(self, clip: nn.Module, vocab_size: int, config: Optional[Dict[str, Any]] = None):
+        super().__init__()
+        self.clip = clip
+        self.head = TokenClassifier(_tower_width(clip.visual), vocab_size)
+        self.config = copy.deepcopy(config) if config is not None else None
+        self.vocab_size = vocab_size
+        if isinstance(clip.visual, VisionTransformer):
+            clip.visual.output_tokens = True
+
+    @property
+    def visual(self) -> nn.Module:
+        return self.clip.visual
+
+    @property
+    def text(self) -> nn.Module:
+        return self.clip.text
+
+    @property
+    def logit_scale(self) -> nn.Parameter:
+        return self.clip.logit_scale
+
+    @property
+    def logit_bias(self) -> Optional[nn.Parameter]:
+        return getattr(self.clip, "logit_bias", None)
+
+    @property
+    def context_length(self) -> int:
+        return self.clip.context_length
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.clip.set_grad_checkpointing(enable)
+
+    def image_features_and_tokens(self, images: torch.Tensor):
+        """(B, 3, H, W) -> ((B, D) projected features, (B, N, W) patch tokens after the final norm)."""
+        visual = self.clip.visual
+        if isinstance(visual, VisionTransformer):
+            return visual(images)
+        trunk = visual.trunk
+        feats = trunk.forward_features(images)
+        pooled = visual.head(trunk.forward_head(feats))
+        if feats.ndim == 4:  # convolutional trunk: (B, C, H, W) -> (B, H*W, C)
+            tokens = feats.flatten(2).transpose(1, 2)
+        else:
+            tokens = feats[:, getattr(trunk, "num_prefix_tokens", 0):]
+        return pooled, tokens
+
+    def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """(B, 3, H, W) float -> (B, D) image embeddings (L2-normalised if ``normalize``)."""
+        features = self.image_features_and_tokens(images)[0]
+        return F.normalize(features, dim=-1) if normalize else features
+
+    def encode_text(self, token_ids: torch.Tensor, normalize: bool = False) -> torch.Tensor:
+        """(B, L) int64 -> (B, D) text embeddings (L2-normalised if ``normalize``)."""
+        return self.clip.encode_text(token_ids, normalize=normalize)
+
+    def token_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, V) classification-head logits."""
+        return self.head(self.image_features_and_tokens(images)[1])
+
+    def forward(
+        self,
+        images: Optional[torch.Tensor] = None,
+        token_ids: Optional[torch.Tensor] = None,
+        return_token_logits: bool = True,
+    ) -> Dict[str, torch.Tensor]:
+        """Returns a dict: image_features (B, D), text_features (B, D) (both normalised), logit_scale
+        (exp'ed), token_logits (B, V) unless ``return_token_logits=False``, logit_bias for SigLIP models."""
+        out: Dict[str, torch.Tensor] = {"logit_scale": self.clip.logit_scale.exp()}
+        if images is not None:
+            pooled, tokens = self.image_features_and_tokens(images)
+            out["image_features"] = F.normalize(pooled, dim=-1)
+            if return_token_logits:
+                out["token_logits"] = self.head(tokens)
+        if token_ids is not None:
+            out["text_features"] = self.encode_text(token_ids, normalize=True)
+        if self.logit_bias is not None:
+            out["logit_bias"] = self.logit_bias
+        return out
+
+
+def build_model(cfg: ModelCfg, precision: str = "fp32") -> SuperCLIP:
+    """A freshly initialised SuperCLIP from a config (name, JSON path or dict)."""
+    full_cfg = resolve_model_config(cfg)
+    oc_kwargs, vocab_size, preprocess = split_model_config(full_cfg)
+    try:
+        clip = open_clip.CustomTextCLIP(**oc_kwargs, cast_dtype=open_clip.get_cast_dtype(precision))
+    except TypeError as e:
+        raise ConfigError(f"model config does not fit open_clip: {e}") from None
+    pp = merge_preprocess_dict(asdict(PreprocessCfg()), preprocess)
+    pp["size"] = clip.visual.image_size
+    open_clip.set_model_preprocess_cfg(clip, pp)
+    return SuperCLIP(clip, vocab_size, config=full_cfg)
+
+
+def get_transforms(model: SuperCLIP, aug_cfg: Optional[Dict[str, Any]] = None):
+    """(preprocess_train, preprocess_val): open_clip's transforms for this model's preprocess config."""
+    pp = PreprocessCfg(**open_clip.get_model_preprocess_cfg(model.clip))
+    return image_transform_v2(pp, is_train=True, aug_cfg=aug_cfg), image_transform_v2(pp, is_train=False)
+
+
+def get_tokenizer(cfg: ModelCfg):
+    """The tokenizer a model config implies: open_clip's CLIP BPE, or an HF tokenizer if the config names one."""
+    text_cfg = resolve_model_config(cfg)["text_cfg"]
+    context_length = text_cfg.get("context_length", 77)
+    if "hf_tokenizer_name" in text_cfg:
+        return open_clip.tokenizer.HFTokenizer(
+            text_cfg["hf_tokenizer_name"], context_length=context_length, **text_cfg.get("tokenizer_kwargs", {})
+        )
+    return open_clip.SimpleTokenizer(context_length=context_length)
