@@ -47,30 +47,62 @@ def idf_weights(cap_fq: torch.Tensor, num_samples: torch.Tensor, global_batch_si
     return torch.log((num_samples + inv_b) / (cap_fq + inv_b))
 
 
+# Rows per chunk in the class loss: bounds the temporaries of logsumexp / softmax to ~2**25 elements.
+_CHUNK_ELEMENTS = 2 ** 25
+
+
+class _SparseSoftTargetCE(torch.autograd.Function):
+    """mean_i(lse_i · Σ_j w_ij - Σ_j w_ij · z[i, ids_ij]) with a hand-written backward.
+
+    The gradient ``(softmax(z) · Σ_j w_ij - scatter(w)) / B`` is built in place in one (B, V) buffer of the
+    logits' dtype, chunk by chunk in float32 (or float64), so the loss adds a single (B, V) tensor to the peak.
+    """
+
+    @staticmethod
+    def forward(ctx, logits, ids, w):
+        rows = max(1, _CHUNK_ELEMENTS // logits.shape[1])
+        acc = torch.float64 if logits.dtype == torch.float64 else torch.float32
+        lse = torch.cat([torch.logsumexp(c.to(acc), dim=1) for c in logits.split(rows)])
+        picked = logits.gather(1, ids).to(acc)
+        w = w.to(acc)
+        wsum = w.sum(dim=1)
+        ctx.save_for_backward(logits, lse, ids, w, wsum)
+        return (lse * wsum - (w * picked).sum(dim=1)).mean()
+
+    @staticmethod
+    def backward(ctx, grad):
+        logits, lse, ids, w, wsum = ctx.saved_tensors
+        scale = grad.to(lse.dtype) / logits.shape[0]
+        rows = max(1, _CHUNK_ELEMENTS // logits.shape[1])
+        out = torch.empty_like(logits)
+        for start in range(0, logits.shape[0], rows):
+            sl = slice(start, start + rows)
+            g = logits[sl] - lse[sl, None]  # a new chunk, promoted to the accumulation dtype
+            g.exp_().mul_((wsum[sl] * scale)[:, None])
+            g.scatter_add_(1, ids[sl], -(w[sl] * scale))
+            out[sl] = g
+        return out, None, None
+
+
 def token_classification_loss(
     logits: torch.Tensor, token_ids: torch.Tensor, token_weights: Optional[torch.Tensor] = None
 ) -> torch.Tensor:
     """Softmax cross-entropy of (B, V) ``logits`` against the L1-normalised weighted multi-hot of ``token_ids``.
 
     Args:
-        logits: (B, V) float; half precision is computed in float32.
+        logits: (B, V) float; half precision is accumulated in float32.
         token_ids: (B, L) int64 caption ids.
         token_weights: (V,) or (1, V) per-id weights (IDF), or None for uniform weights over each caption's ids.
     Returns:
         scalar: the mean over rows. A row whose weights are all zero contributes 0 (as ``F.normalize(p=1)``).
     """
-    if logits.dtype in (torch.float16, torch.bfloat16):
-        logits = logits.float()
     ids, first = unique_tokens(token_ids)
     if token_weights is None:
         w = first.to(torch.float64)
     else:
         w = token_weights.reshape(-1)[ids] * first
     w = w / w.sum(dim=1, keepdim=True).clamp_min(1e-12)
-    w = w.to(logits.dtype)
-    lse = torch.logsumexp(logits, dim=1)
-    picked = logits.gather(1, ids)
-    return (lse * w.sum(dim=1) - (w * picked).sum(dim=1)).mean()
+    return _SparseSoftTargetCE.apply(logits, ids, w)
 
 
 class SuperCLIPLoss(nn.Module):
