@@ -45,6 +45,56 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field, open_clip_train's spelling; only flags given on the line override."""
+    import dataclasses
+
+    from .config import TrainConfig
+
+    p.add_argument("--config", default=None, help="YAML file of training keys (open_clip_train names)")
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        kwargs = {"default": argparse.SUPPRESS, "help": f.metadata.get("help", ""), "dest": f.name}
+        if f.type == "bool":
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
+        else:
+            caster = float if "float" in f.type else int if "int" in f.type else str
+            p.add_argument(flag, type=caster, **kwargs)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from . import distributed
+    from .config import FIELD_NAMES, load_yaml, make_config
+    from .plot import plot_losses
+    from .train.trainer import Trainer
+
+    overrides = {k: v for k, v in vars(args).items() if k in FIELD_NAMES}
+    cfg = make_config(load_yaml(args.config) if args.config else {}, overrides)
+    trainer = Trainer(cfg)
+    main_process = distributed.is_main_process()
+    bar = tqdm(total=trainer.total_steps, initial=trainer.step, unit="step", dynamic_ncols=True,
+               disable=not (main_process and cfg.progress))
+
+    def on_step(step, m):
+        bar.update(1)
+        bar.set_postfix(loss=f"{m['loss']:.3f}", cls=f"{m['class_loss']:.3f}", sps=f"{m['samples_per_s']:.0f}")
+
+    try:
+        history = trainer.fit(on_step)
+    finally:
+        bar.close()
+        distributed.destroy()
+    if main_process:
+        if history:
+            plot_losses(history, trainer.dir / "loss.png", title=trainer.dir.name)
+        last = history[-1] if history else {}
+        print(f"trained {trainer.step} steps; final loss {last.get('loss', float('nan')):.4f}; "
+              f"run folder {trainer.dir} (checkpoints/, metrics.jsonl, loss.png)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="superclip", description="SuperCLIP on open_clip towers")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
@@ -60,6 +110,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", help="folder to write (open_clip_config.json + weights)")
     p.add_argument("--model", default=None, help="model config (needed when the checkpoint carries none)")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("train", help="train (one CPU to torchrun multi-node)",
+                       description="Train SuperCLIP. Distributed: torchrun --nproc_per_node N -m superclip train ...")
+    _add_train_flags(p)
+    p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("models", help="list the model configs shipped with superclip")
     p.set_defaults(func=_cmd_models)

@@ -1,0 +1,153 @@
+"""Training configuration: one typed dataclass; YAML keys and CLI flags map onto its fields 1:1.
+
+Field names are open_clip_train's argument names (``--train-data`` is ``train_data``), so the released SuperCLIP
+YAML files load as they are. An unknown key is an error that names it.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+import yaml
+
+from .errors import ConfigError
+
+PRECISIONS = ("fp32", "amp", "amp_bf16", "amp_bfloat16", "bf16", "fp16", "pure_bf16", "pure_fp16")
+DATASET_TYPES = ("auto", "csv", "synthetic", "webdataset")
+
+
+@dataclass
+class TrainConfig:
+    # --- data
+    train_data: Optional[str] = field(default=None, metadata={"help": "CSV/TSV file or shard pattern; "
+                                                               "unset with --dataset-type synthetic"})
+    val_data: Optional[str] = field(default=None, metadata={"help": "validation data (same formats)"})
+    dataset_type: str = field(default="auto", metadata={"help": f"one of {DATASET_TYPES}"})
+    train_num_samples: Optional[int] = field(default=None, metadata={"help": "samples per epoch (synthetic: "
+                                                                      "dataset size)"})
+    csv_img_key: str = field(default="filepath", metadata={"help": "CSV column with image paths"})
+    csv_caption_key: str = field(default="title", metadata={"help": "CSV column with captions"})
+    csv_separator: str = field(default="\t", metadata={"help": "CSV separator"})
+    workers: int = field(default=0, metadata={"help": "data loader processes per rank"})
+    # --- model and loss
+    model: str = field(default="SuperCLIP-Tiny", metadata={"help": "model name or JSON path"})
+    pretrained: Optional[str] = field(default=None, metadata={"help": "checkpoint to start from"})
+    force_patch_dropout: Optional[float] = field(default=None, metadata={"help": "FLIP patch dropout rate"})
+    force_image_size: Optional[int] = field(default=None, metadata={"help": "override the model's image size"})
+    grad_checkpointing: bool = field(default=False, metadata={"help": "activation checkpointing"})
+    siglip: bool = field(default=False, metadata={"help": "sigmoid loss (same as --contrastive siglip)"})
+    contrastive: str = field(default="clip", metadata={"help": "clip, siglip or none"})
+    cls_loss_weight: float = field(default=1.0, metadata={"help": "λ of the classification term (0 = CLIP)"})
+    idf: str = field(default="online", metadata={"help": "online or off"})
+    local_loss: bool = field(default=False, metadata={"help": "open_clip's --local-loss"})
+    gather_with_grad: bool = field(default=False, metadata={"help": "open_clip's --gather-with-grad"})
+    # --- optimisation
+    batch_size: int = field(default=64, metadata={"help": "per process, per micro-batch"})
+    global_batch_size: Optional[int] = field(default=None, metadata={"help": "sets batch_size = global / "
+                                                                      "(world_size x accum_freq)"})
+    accum_freq: int = field(default=1, metadata={"help": "micro-batches per optimizer step"})
+    epochs: int = field(default=1, metadata={"help": "epochs"})
+    max_steps: Optional[int] = field(default=None, metadata={"help": "stop after this many optimizer steps"})
+    lr: float = field(default=5e-4, metadata={"help": "peak learning rate"})
+    wd: float = field(default=0.2, metadata={"help": "weight decay (not on biases, norms, logit scale)"})
+    beta1: float = field(default=0.9, metadata={"help": "AdamW beta1"})
+    beta2: float = field(default=0.98, metadata={"help": "AdamW beta2"})
+    eps: float = field(default=1e-6, metadata={"help": "AdamW eps"})
+    warmup: int = field(default=0, metadata={"help": "linear warmup steps"})
+    lr_scheduler: str = field(default="cosine", metadata={"help": "cosine or const"})
+    grad_clip_norm: Optional[float] = field(default=None, metadata={"help": "clip gradients to this norm"})
+    precision: str = field(default="fp32", metadata={"help": f"one of {PRECISIONS}"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+    device: Optional[str] = field(default=None, metadata={"help": "cpu, cuda, cuda:N (default: cuda if any)"})
+    ddp_static_graph: bool = field(default=False, metadata={"help": "DDP static_graph"})
+    # --- logging and checkpoints
+    logs: str = field(default="./logs", metadata={"help": "root folder of runs"})
+    name: Optional[str] = field(default=None, metadata={"help": "run name (folder under --logs)"})
+    save_frequency: int = field(default=1, metadata={"help": "save every N epochs"})
+    save_every_n_steps: int = field(default=0, metadata={"help": "also save every N steps (0: off)"})
+    delete_prev_step_ckpt: bool = field(default=False, metadata={"help": "keep only the latest step checkpoint"})
+    resume: Optional[str] = field(default=None, metadata={"help": "checkpoint path or 'latest'"})
+    report_to: str = field(default="", metadata={"help": "comma list of tensorboard, wandb"})
+    log_every_n_steps: int = field(default=10, metadata={"help": "metrics line every N steps"})
+    progress: bool = field(default=True, metadata={"help": "progress bar on rank 0"})
+    # --- evaluation during training (accepted for the released YAML; see the README for what runs)
+    zeroshot_frequency: int = field(default=0, metadata={"help": "zero-shot eval every N epochs"})
+    zeroshot_steps: int = field(default=0, metadata={"help": "zero-shot eval every N steps"})
+    val_steps: int = field(default=0, metadata={"help": "validation every N steps"})
+    val_frequency: int = field(default=1, metadata={"help": "validation every N epochs"})
+    imagenet_val: Optional[str] = field(default=None, metadata={"help": "ImageNet val folder"})
+
+    def __post_init__(self):
+        def check(ok, msg):
+            if not ok:
+                raise ConfigError(msg)
+
+        check(self.dataset_type in DATASET_TYPES, f"--dataset-type must be one of {DATASET_TYPES}, got {self.dataset_type!r}")
+        check(self.precision in PRECISIONS, f"--precision must be one of {PRECISIONS}, got {self.precision!r}")
+        check(self.lr_scheduler in ("cosine", "const"), f"--lr-scheduler must be cosine or const, got {self.lr_scheduler!r}")
+        check(self.contrastive in ("clip", "siglip", "none"), f"--contrastive must be clip, siglip or none, got {self.contrastive!r}")
+        check(self.idf in ("online", "off"), f"--idf must be online or off, got {self.idf!r}")
+        check(self.batch_size >= 0, f"--batch-size must be positive, got {self.batch_size}")
+        check(self.accum_freq >= 1, f"--accum-freq must be >= 1, got {self.accum_freq}")
+        check(self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
+        check(self.cls_loss_weight >= 0, f"--cls-loss-weight must be >= 0, got {self.cls_loss_weight}")
+        check(self.lr > 0, f"--lr must be positive, got {self.lr}")
+        check(self.force_patch_dropout is None or 0 <= self.force_patch_dropout < 1,
+              f"--force-patch-dropout must be in [0, 1), got {self.force_patch_dropout}")
+        if self.siglip:
+            self.contrastive = "siglip"
+        if self.precision == "amp_bfloat16":  # the released YAML's spelling
+            self.precision = "amp_bf16"
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELD_NAMES = {f.name for f in fields(TrainConfig)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """YAML values as the field expects (``1e-3`` is a string in YAML 1.1; ``512_000_000`` an int)."""
+    ftype = {f.name: f.type for f in fields(TrainConfig)}[name]
+    if value is None:
+        return None
+    try:
+        if "float" in ftype:
+            return float(value)
+        if "int" in ftype and not isinstance(value, bool):
+            return int(str(value).replace("_", ""))
+        if "bool" in ftype:
+            if isinstance(value, str):
+                return value.lower() in ("1", "true", "yes")
+            return bool(value)
+    except ValueError:
+        raise ConfigError(f"config key {name!r}: cannot read {value!r} as {ftype}") from None
+    return value
+
+
+def load_yaml(path: str) -> Dict[str, Any]:
+    """Keys of a training YAML (open_clip_train names), checked against :class:`TrainConfig`."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must be a mapping of keys to values")
+    for key in data:
+        if key.replace("-", "_") not in FIELD_NAMES:
+            raise ConfigError(f"unknown key {key!r} in config file {path}")
+    return {key.replace("-", "_"): _coerce(key.replace("-", "_"), v) for key, v in data.items()}
+
+
+def make_config(file_values: Dict[str, Any], overrides: Dict[str, Any]) -> TrainConfig:
+    """File values, then command-line overrides; ``batch_size: 0`` (released YAML) defers to global_batch_size."""
+    values = {**file_values, **overrides}
+    unknown = sorted(set(values) - FIELD_NAMES)
+    if unknown:
+        raise ConfigError(f"unknown config key {unknown[0]!r}")
+    return TrainConfig(**values)

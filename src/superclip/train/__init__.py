@@ -1,0 +1,1 @@
+"""Training: the step (engine), optimizer and schedule (optim), the loop (trainer)."""

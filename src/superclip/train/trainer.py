@@ -1,0 +1,237 @@
+"""The training loop: set-up, epochs of ``train_step``, metrics, checkpoints and exact resume."""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import random
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from .. import distributed
+from ..checkpoint import create_model, load_token_stats, read_checkpoint, save_checkpoint
+from ..config import TrainConfig
+from ..data.loader import ResumableSampler, build_train_dataset, collate, seed_everything
+from ..errors import CheckpointError, ConfigError
+from ..loss import SuperCLIPLoss
+from ..model import get_tokenizer, get_transforms
+from .engine import train_step
+from .optim import build_optimizer, build_scheduler
+
+log = logging.getLogger(__name__)
+
+
+def _autocast(precision: str, device: torch.device) -> Callable:
+    if precision.startswith("amp"):
+        dtype = torch.bfloat16 if precision == "amp_bf16" else torch.float16
+        return lambda: torch.autocast(device.type, dtype=dtype)
+    return contextlib.nullcontext
+
+
+def _rng_state() -> Dict[str, Any]:
+    """RNG states as tensors and plain values, so the checkpoint loads with ``weights_only=True``."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "python": random.getstate(),
+            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+
+
+def _set_rng_state(state: Dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def run_dir(cfg: TrainConfig) -> Path:
+    return Path(cfg.logs) / (cfg.name or "superclip")
+
+
+def _resume_path(cfg: TrainConfig) -> Optional[Path]:
+    if cfg.resume is None:
+        return None
+    if cfg.resume == "latest":
+        path = run_dir(cfg) / "checkpoints" / "epoch_latest.pt"
+        return path if path.is_file() else None  # nothing to resume yet: start fresh, as open_clip does
+    path = Path(cfg.resume)
+    if not path.is_file():
+        raise CheckpointError(f"--resume checkpoint not found: {path}")
+    return path
+
+
+class Trainer:
+    """Builds everything a run needs from a :class:`TrainConfig`; :meth:`fit` trains.
+
+    ``on_step(step, metrics)`` is called on rank 0 after every optimizer step (the CLI draws its progress bar
+    with it).
+    """
+
+    def __init__(self, cfg: TrainConfig):
+        self.cfg = cfg
+        self.rank, self.world_size, local_rank = distributed.init_from_env()
+        if cfg.device:
+            self.device = torch.device(cfg.device)
+        else:
+            self.device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+        if self.device.type == "cuda":
+            torch.cuda.set_device(self.device)
+        if cfg.global_batch_size:
+            cfg.batch_size = cfg.global_batch_size // (self.world_size * cfg.accum_freq)
+        seed_everything(cfg.seed + self.rank)
+
+        self.model = create_model(cfg.model, pretrained=cfg.pretrained).to(self.device)
+        if cfg.force_patch_dropout is not None:
+            from open_clip.transformer import PatchDropout
+
+            self.model.visual.patch_dropout = PatchDropout(cfg.force_patch_dropout) if cfg.force_patch_dropout \
+                else torch.nn.Identity()
+        if cfg.grad_checkpointing:
+            self.model.set_grad_checkpointing(True)
+        self.criterion = SuperCLIPLoss(
+            vocab_size=self.model.vocab_size, contrastive=cfg.contrastive, cls_weight=cfg.cls_loss_weight,
+            idf=cfg.idf, local_loss=cfg.local_loss, gather_with_grad=cfg.gather_with_grad,
+        ).to(self.device)
+        if cfg.pretrained and self.criterion.tracks_statistics:
+            stats = load_token_stats(cfg.pretrained)
+            if stats:
+                self.criterion.load_state_dict(stats)
+        if not self.criterion.needs_token_logits:  # λ = 0: the head is never used, keep it out of the optimizer
+            self.model.head.requires_grad_(False)
+
+        preprocess_train, _ = get_transforms(self.model)
+        size = self.model.visual.image_size
+        self.dataset = build_train_dataset(cfg, preprocess_train, get_tokenizer(self.model.config),
+                                           size if isinstance(size, int) else size[0])
+        self.step_batch = cfg.batch_size * cfg.accum_freq
+        self.sampler = ResumableSampler(len(self.dataset), cfg.seed, self.rank, self.world_size)
+        self.steps_per_epoch = self.sampler.per_rank() // self.step_batch
+        if self.steps_per_epoch == 0:
+            raise ConfigError(f"{len(self.dataset)} samples are fewer than one step's batch "
+                              f"({self.step_batch} x {self.world_size} processes)")
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        if cfg.max_steps:
+            self.total_steps = min(self.total_steps, cfg.max_steps)
+
+        self.optimizer = build_optimizer(self.model, cfg)
+        self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch * cfg.epochs)
+        self.scaler = torch.amp.GradScaler() if cfg.precision == "amp" and self.device.type == "cuda" else None
+        self.autocast = _autocast(cfg.precision, self.device)
+        self.ddp_model = self.model
+        if self.world_size > 1:
+            self.ddp_model = torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                static_graph=cfg.ddp_static_graph,
+            )
+        self.step, self.epoch, self.batch_in_epoch, self.skipped = 0, 0, 0, 0
+        self.history: List[Dict[str, float]] = []
+        self.dir = run_dir(cfg)
+        path = _resume_path(cfg)
+        if path is not None:
+            self._load(path)
+
+    # --- checkpoints
+    def _state(self) -> Dict[str, Any]:
+        return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                "skipped_samples": self.skipped, "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else None,
+                "rng": _rng_state(), "train_config": self.cfg.to_dict(), "history": self.history,
+                "world_size": self.world_size}
+
+    def save(self, name: str) -> Path:
+        path = self.dir / "checkpoints" / name
+        if distributed.is_main_process():
+            save_checkpoint(path, self.model, self.criterion, **self._state())
+        distributed.barrier()
+        return path
+
+    def _load(self, path: Path) -> None:
+        ckpt = read_checkpoint(path)
+        if ckpt.get("format") != "superclip" or "optimizer" not in ckpt:
+            raise CheckpointError(f"{path} is not a superclip training checkpoint (use --pretrained for weights)")
+        self.model.load_state_dict(ckpt["model"])
+        self.criterion.load_state_dict(ckpt["loss"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        if self.scaler and ckpt.get("scaler"):
+            self.scaler.load_state_dict(ckpt["scaler"])
+        self.step, self.epoch, self.batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
+        self.skipped = ckpt.get("skipped_samples", 0)
+        self.history = ckpt.get("history", [])
+        _set_rng_state(ckpt["rng"])
+        log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.step, self.epoch, self.batch_in_epoch)
+
+    # --- the loop
+    def _loader(self) -> DataLoader:
+        self.sampler.set_position(self.epoch, self.batch_in_epoch * self.step_batch)
+        self.dataset.epoch = self.epoch
+        return DataLoader(self.dataset, batch_size=self.step_batch, sampler=self.sampler, drop_last=True,
+                          num_workers=self.cfg.workers, collate_fn=collate,
+                          pin_memory=self.device.type == "cuda", persistent_workers=False,
+                          prefetch_factor=4 if self.cfg.workers else None)
+
+    def fit(self, on_step: Optional[Callable[[int, Dict[str, float]], None]] = None) -> List[Dict[str, float]]:
+        cfg = self.cfg
+        metrics_file = self.dir / "metrics.jsonl"
+        if distributed.is_main_process():
+            self.dir.mkdir(parents=True, exist_ok=True)
+            (self.dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        self.ddp_model.train()
+        self.criterion.train()
+        try:
+            while self.step < self.total_steps and self.epoch < cfg.epochs:
+                t_last = time.perf_counter()
+                for images, ids, skipped in self._loader():
+                    images = images.to(self.device, non_blocking=True)
+                    ids = ids.to(self.device, non_blocking=True)
+                    m = train_step(self.ddp_model, self.criterion, self.optimizer, images, ids, cfg.accum_freq,
+                                   cfg.grad_clip_norm, self.scaler, self.autocast)
+                    self.scheduler.step()
+                    self.step += 1
+                    self.batch_in_epoch += 1
+                    self.skipped += skipped
+                    now = time.perf_counter()
+                    m.update(step=self.step, epoch=self.epoch, lr=self.optimizer.param_groups[0]["lr"],
+                             samples_per_s=self.step_batch * self.world_size / max(now - t_last, 1e-9),
+                             skipped_samples=self.skipped)
+                    t_last = now
+                    if not all(math.isfinite(m[k]) for k in ("loss", "contrastive_loss", "class_loss")):
+                        raise FloatingPointError(f"non-finite loss at step {self.step}: {m['loss']}; "
+                                                 "the last checkpoint is left as it was")
+                    if distributed.is_main_process():
+                        self.history.append(m)
+                        if self.step % cfg.log_every_n_steps == 0 or self.step == self.total_steps:
+                            with metrics_file.open("a") as f:
+                                f.write(json.dumps(m) + "\n")
+                        if on_step:
+                            on_step(self.step, m)
+                    if cfg.save_every_n_steps and self.step % cfg.save_every_n_steps == 0:
+                        self._save_step()
+                    if self.step >= self.total_steps:
+                        break
+                if self.batch_in_epoch >= self.steps_per_epoch:  # epoch finished
+                    self.epoch += 1
+                    self.batch_in_epoch = 0
+                    if self.epoch % cfg.save_frequency == 0 or self.epoch == cfg.epochs:
+                        self.save(f"epoch_{self.epoch}.pt")
+            self.save("epoch_latest.pt")
+        except KeyboardInterrupt:
+            self.save("epoch_latest.pt")
+            log.warning("interrupted at step %d: saved %s", self.step, self.dir / "checkpoints" / "epoch_latest.pt")
+            raise
+        return self.history
+
+    def _save_step(self) -> None:
+        prev = self.dir / "checkpoints" / f"step_{self.step - self.cfg.save_every_n_steps}.pt"
+        self.save(f"step_{self.step}.pt")
+        self.save("epoch_latest.pt")
+        if self.cfg.delete_prev_step_ckpt and distributed.is_main_process():
+            for p in (prev, Path(str(prev) + ".json")):
+                p.unlink(missing_ok=True)
