@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/superclip flops SuperCLIP-ViT-B-16 SuperCLIP-ViT-L-16
+	$(BIN)/superclip demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

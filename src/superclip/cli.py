@@ -8,6 +8,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 from typing import List, Optional
 
 from .errors import SuperCLIPError
@@ -95,6 +96,34 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import time
+
+    from tqdm import tqdm
+
+    from .demo import run_demo
+
+    out = Path(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
+    bar = tqdm(total=2 * args.steps, unit="step", dynamic_ncols=True)
+
+    def on_step(name, step, m):
+        bar.set_description(name)
+        bar.update(1)
+        bar.set_postfix(loss=f"{m['loss']:.3f}")
+
+    t0 = time.perf_counter()
+    report = run_demo(out, steps=args.steps, batch_size=args.batch_size, seed=args.seed, lr=args.lr,
+                      eval_samples=args.eval_samples, on_step=on_step)
+    bar.close()
+    clip, sup = report["runs"]["CLIP"]["metrics"], report["runs"]["SuperCLIP"]["metrics"]
+    print(f"\n{'metric (test split)':32s} {'CLIP':>8s} {'SuperCLIP':>10s} {'diff':>7s}")
+    for key in clip:
+        print(f"{key:32s} {100 * clip[key]:7.1f}% {100 * sup[key]:9.1f}% {100 * (sup[key] - clip[key]):+6.1f}")
+    print(f"\n{args.steps} steps x batch {args.batch_size} each, seed {args.seed}, {time.perf_counter() - t0:.0f} s; "
+          f"report {out / 'report.json'}, plot {out / 'demo.png'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="superclip", description="SuperCLIP on open_clip towers")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
@@ -115,6 +144,15 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train SuperCLIP. Distributed: torchrun --nproc_per_node N -m superclip train ...")
     _add_train_flags(p)
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("demo", help="CLIP vs SuperCLIP on the embedded synthetic scenes, side by side")
+    p.add_argument("--steps", type=int, default=150, help="optimizer steps per model")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eval-samples", type=int, default=500, help="test images per task")
+    p.add_argument("--out", default=None, help="run folder (default runs/demo-DATE-TIME)")
+    p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("models", help="list the model configs shipped with superclip")
     p.set_defaults(func=_cmd_models)

@@ -131,3 +131,34 @@ class SyntheticCaptions:
         rng = random.Random(f"{self.seed}-{self.offset + index}-draw")
         image = render(scene, self.image_size, rng)
         return image, caption(scene, rng, detailed=rng.random() < self.detailed_prob)
+
+
+ZERO_SHOT_TASKS = ("shape", "colour", "colour+shape")
+
+
+def zero_shot_task(task: str, num_samples: int, image_size: int = 64, seed: int = 0):
+    """(images, labels, classnames, templates) for one zero-shot task on single-object test scenes.
+
+    ``colour`` prompts average over every shape ("a red circle", "a red square", ...), since captions never
+    name a colour without a shape.
+    """
+    if task not in ZERO_SHOT_TASKS:
+        raise ValueError(f"unknown task {task!r}; known: {ZERO_SHOT_TASKS}")
+    data = SyntheticCaptions(num_samples, image_size=image_size, seed=seed, split="test")
+    colours = list(COLOURS)
+    if task == "shape":
+        classnames, templates = list(SHAPES), ["a {c}", "a picture of a {c}", "an image showing a {c}"]
+    elif task == "colour":
+        classnames, templates = colours, ["a {c} " + s for s in SHAPES]
+    else:
+        classnames = [f"{c} {s}" for c in colours for s in SHAPES]
+        templates = ["a {c}", "a picture of a {c}", "an image showing a {c}"]
+    images, labels = [], []
+    for i in range(num_samples):
+        scene = data.scene(i)
+        scene = Scene(scene.objects[:1], scene.background)
+        obj = scene.objects[0]
+        images.append(render(scene, image_size, random.Random(f"{seed}-{data.offset + i}-draw")))
+        name = {"shape": obj.shape, "colour": obj.colour}.get(task, f"{obj.colour} {obj.shape}")
+        labels.append(classnames.index(name))
+    return images, labels, classnames, templates

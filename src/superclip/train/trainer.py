@@ -193,6 +193,10 @@ class Trainer:
                     ids = ids.to(self.device, non_blocking=True)
                     m = train_step(self.ddp_model, self.criterion, self.optimizer, images, ids, cfg.accum_freq,
                                    cfg.grad_clip_norm, self.scaler, self.autocast)
+                    if self.world_size > 1:  # log the global batch's losses, not rank 0's share
+                        keys = ("loss", "contrastive_loss", "class_loss")
+                        t = distributed.all_reduce_mean_(torch.tensor([m[k] for k in keys], dtype=torch.float64))
+                        m.update(zip(keys, t.tolist()))
                     self.scheduler.step()
                     self.step += 1
                     self.batch_in_epoch += 1

@@ -1,0 +1,50 @@
+import json
+
+import torch
+
+from superclip import cli
+from superclip.data.synthetic import COLOURS, SHAPES, SyntheticCaptions, zero_shot_task
+from superclip.evaluate.zero_shot import zero_shot_metrics
+
+
+def test_generator_is_deterministic_and_splits_differ():
+    a, b = SyntheticCaptions(5, seed=3), SyntheticCaptions(5, seed=3)
+    for i in range(5):
+        assert a[i][0].tobytes() == b[i][0].tobytes() and a[i][1] == b[i][1]
+    test = SyntheticCaptions(5, seed=3, split="test")
+    assert all(a.scene(i) != test.scene(i) or a[i][0].tobytes() != test[i][0].tobytes() for i in range(5))
+
+
+def test_captions_mention_exactly_the_drawn_attributes():
+    data = SyntheticCaptions(200, seed=1, detailed_prob=0.5)
+    for i in range(200):
+        scene, (_, text) = data.scene(i), data[i]
+        words = text.replace(",", " ").split()
+        drawn_colours = sorted(o.colour for o in scene.objects)
+        assert sorted(w for w in words if w in COLOURS) == drawn_colours, text
+        assert sorted(w for w in words if w in SHAPES) == sorted(o.shape for o in scene.objects), text
+
+
+def test_zero_shot_metrics_definitions():
+    feats = torch.eye(3)
+    weights = torch.eye(3)
+    labels = torch.tensor([0, 1, 0])
+    m = zero_shot_metrics(feats, weights, labels)
+    assert abs(m["acc1"] - 2 / 3) < 1e-6  # predictions 0, 1, 2 against labels 0, 1, 0
+    assert m["acc5"] == 1.0  # fewer than 5 classes: top-3 always holds the label
+    assert abs(m["mean_per_class_recall"] - 0.75) < 1e-6  # class 0: 1/2, class 1: 1/1
+    images, labels, classnames, _ = zero_shot_task("colour+shape", 20, image_size=32)
+    assert len(images) == 20 and len(classnames) == len(COLOURS) * len(SHAPES) and max(labels) < len(classnames)
+
+
+def test_demo_end_to_end_in_seconds(tmp_path, capsys):
+    assert cli.main(["demo", "--steps", "3", "--batch-size", "8", "--eval-samples", "12", "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert set(report["runs"]) == {"CLIP", "SuperCLIP"}
+    for run in report["runs"].values():
+        assert len(run["history"]) == 3
+        assert set(run["metrics"]) >= {"zeroshot_shape_acc1", "zeroshot_colour+shape_acc1", "image_retrieval_recall@1"}
+    assert report["runs"]["CLIP"]["history"][0]["class_loss"] == 0.0
+    assert report["runs"]["SuperCLIP"]["history"][0]["class_loss"] > 1.0
+    assert (tmp_path / "demo.png").stat().st_size > 10_000
+    assert "zeroshot_colour+shape_acc1" in capsys.readouterr().out

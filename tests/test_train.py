@@ -1,0 +1,153 @@
+import json
+import os
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from PIL import Image
+
+from superclip import cli
+from superclip.config import TrainConfig, load_yaml, make_config
+from superclip.train.engine import compute_gradients
+from superclip.train.trainer import Trainer
+
+from .conftest import TINY_CFG
+
+
+def _cfg(tmp_path, **kw):
+    model_path = tmp_path / "tiny.json"
+    model_path.write_text(json.dumps(TINY_CFG))
+    base = dict(model=str(model_path), dataset_type="synthetic", train_num_samples=64, batch_size=8, epochs=2,
+                lr=1e-3, warmup=2, logs=str(tmp_path / "logs"), name="run", log_every_n_steps=1, progress=False)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_resume_continues_exactly(tmp_path):
+    straight = Trainer(_cfg(tmp_path, name="straight")).fit()
+    first = Trainer(_cfg(tmp_path, name="resumed", max_steps=5)).fit()
+    assert len(first) == 5
+    second = Trainer(_cfg(tmp_path, name="resumed", resume="latest")).fit()
+    resumed = first + second[5:]
+    assert [h["step"] for h in resumed] == [h["step"] for h in straight] == list(range(1, 17))
+    for a, b in zip(straight, resumed):
+        for key in ("loss", "contrastive_loss", "class_loss", "lr"):
+            assert abs(a[key] - b[key]) <= 1e-6, (a["step"], key, a[key], b[key])
+    ckpt_dir = tmp_path / "logs" / "resumed" / "checkpoints"
+    assert {"epoch_1.pt", "epoch_2.pt", "epoch_latest.pt", "epoch_latest.pt.json"} <= set(os.listdir(ckpt_dir))
+    meta = json.loads((ckpt_dir / "epoch_latest.pt.json").read_text())
+    assert meta["step"] == 16 and meta["epoch"] == 2
+
+
+def test_accumulation_matches_one_big_batch(tmp_path):
+    trainer = Trainer(_cfg(tmp_path, batch_size=8))
+    model, criterion = trainer.model, trainer.criterion
+    images, ids, _ = next(iter(trainer._loader()))
+    state = {k: v.clone() for k, v in criterion.state_dict().items()}
+    grads = []
+    for accum in (1, 2):
+        criterion.load_state_dict(state)
+        model.zero_grad(set_to_none=True)
+        losses = compute_gradients(model, criterion, images, ids, accum_freq=accum)
+        grads.append(({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, losses))
+    (g1, l1), (g2, l2) = grads
+    assert set(g1) == set(g2)
+    assert abs(l1["loss"].item() - l2["loss"].item()) < 1e-5
+    for name in g1:
+        torch.testing.assert_close(g2[name], g1[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def _ddp_worker(rank, tmp_path, init_file):
+    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1")
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    hist = Trainer(_cfg(tmp_path, batch_size=4, max_steps=1, name="ddp")).fit()
+    if rank == 0:
+        torch.save(hist, os.path.join(tmp_path, "ddp_hist.pt"))
+    torch.distributed.destroy_process_group()
+
+
+def test_two_process_ddp_first_step_equals_single_process_on_global_batch(tmp_path):
+    mp.spawn(_ddp_worker, args=(tmp_path, str(tmp_path / "init")), nprocs=2, join=True)
+    ddp = torch.load(tmp_path / "ddp_hist.pt")
+    # one process, batch 8: the same 8 samples (rank r takes perm[r::2] of the same seeded permutation)
+    m = Trainer(_cfg(tmp_path, batch_size=8, max_steps=1, name="single")).fit()
+    for key in ("loss", "contrastive_loss", "class_loss"):
+        assert abs(ddp[0][key] - m[0][key]) < 1e-5, (key, ddp[0][key], m[0][key])
+
+
+def test_corrupt_images_are_skipped_and_counted(tmp_path):
+    rows = ["filepath\ttitle"]
+    for i in range(16):
+        path = tmp_path / f"img{i}.png"
+        if i % 4 == 3:
+            path.write_bytes(b"this is not a png")
+        else:
+            Image.new("RGB", (40, 40), (i * 10, 0, 0)).save(path)
+        rows.append(f"{path.name}\ta red square number {i}")
+    (tmp_path / "train.tsv").write_text("\n".join(rows) + "\n")
+    cfg = _cfg(tmp_path, dataset_type="auto", train_data=str(tmp_path / "train.tsv"), train_num_samples=None,
+               epochs=1)
+    hist = Trainer(cfg).fit()
+    assert len(hist) == 2 and hist[-1]["skipped_samples"] == 4
+
+
+def test_released_yaml_maps_onto_config(tmp_path):
+    yaml_text = """save_frequency: 1
+name: "superclip_vit_b16_s512m_bs16k"
+train_data: '/datasets/datacomp_1b/data/{00000..128000}.tar'
+train_num_samples: 512_000_000
+dataset_type: webdataset
+precision: 'amp_bfloat16'
+warmup: 500
+global_batch_size: 16384
+batch_size: 0
+epochs: 1
+lr: 1e-3
+beta1: 0.9
+beta2: 0.98
+eps: 1.0e-6
+workers: 1
+model: "SuperCLIP-ViT-B-16"
+seed: 0
+ddp_static_graph: true
+local_loss: true
+gather_with_grad: true
+force_image_size: 224
+grad_checkpointing: true
+logs: './logs'
+imagenet_val: "/imagenet/val"
+report_to: "wandb"
+log_every_n_steps: 128
+zeroshot_steps: 6104
+val_steps: 6104
+save_every_n_steps: 6104
+delete_prev_step_ckpt: true
+resume: latest
+"""
+    path = tmp_path / "superclip_vit_b16_s512m_bs16k.yaml"
+    path.write_text(yaml_text)
+    cfg = make_config(load_yaml(str(path)), {"train_data": "/mine/{0..9}.tar"})
+    assert cfg.train_data == "/mine/{0..9}.tar" and cfg.train_num_samples == 512_000_000
+    assert cfg.lr == 1e-3 and cfg.eps == 1e-6 and cfg.precision == "amp_bf16" and cfg.global_batch_size == 16384
+    assert cfg.local_loss and cfg.gather_with_grad and cfg.grad_checkpointing and cfg.resume == "latest"
+    assert cfg.model == "SuperCLIP-ViT-B-16" and cfg.save_every_n_steps == 6104
+
+
+def _train_error(capsys, argv):
+    assert cli.main(["train", *argv]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    return err
+
+
+def test_train_user_errors(tmp_path, capsys):
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("learning_rate: 0.1\n")
+    assert "unknown key 'learning_rate'" in _train_error(capsys, ["--config", str(bad_yaml)])
+    assert "--precision must be one of" in _train_error(capsys, ["--precision", "fp8"])
+    assert "CSV file not found" in _train_error(capsys, ["--train-data", str(tmp_path / "none.csv")])
+    (tmp_path / "t.csv").write_text("path,caption\na.png,hello\n")
+    err = _train_error(capsys, ["--train-data", str(tmp_path / "t.csv"), "--csv-separator", ","])
+    assert "no column 'filepath' (--csv-img-key)" in err
+    assert "--resume checkpoint not found" in _train_error(
+        capsys, ["--dataset-type", "synthetic", "--resume", str(tmp_path / "nope.pt"), "--logs", str(tmp_path)])
