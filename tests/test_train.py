@@ -42,7 +42,7 @@ def test_resume_continues_exactly(tmp_path):
 def test_accumulation_matches_one_big_batch(tmp_path):
     trainer = Trainer(_cfg(tmp_path, batch_size=8))
     model, criterion = trainer.model, trainer.criterion
-    images, ids, _ = next(iter(trainer._loader()))
+    images, ids, _, _ = next(iter(trainer._loader()))
     state = {k: v.clone() for k, v in criterion.state_dict().items()}
     grads = []
     for accum in (1, 2):
@@ -151,3 +151,11 @@ def test_train_user_errors(tmp_path, capsys):
     assert "no column 'filepath' (--csv-img-key)" in err
     assert "--resume checkpoint not found" in _train_error(
         capsys, ["--dataset-type", "synthetic", "--resume", str(tmp_path / "nope.pt"), "--logs", str(tmp_path)])
+
+
+def test_tensorboard_reporting_and_unknown_backend(tmp_path, capsys):
+    Trainer(_cfg(tmp_path, name="tb", report_to="tensorboard", max_steps=2)).fit()
+    events = list((tmp_path / "logs" / "tb" / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(events) == 1 and events[0].stat().st_size > 100
+    assert "unknown backend 'mlflow'" in _train_error(
+        capsys, ["--dataset-type", "synthetic", "--report-to", "mlflow", "--logs", str(tmp_path)])

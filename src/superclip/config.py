@@ -30,6 +30,15 @@ class TrainConfig:
     csv_img_key: str = field(default="filepath", metadata={"help": "CSV column with image paths"})
     csv_caption_key: str = field(default="title", metadata={"help": "CSV column with captions"})
     csv_separator: str = field(default="\t", metadata={"help": "CSV separator"})
+    wds_caption_key: str = field(default="txt", metadata={"help": "webdataset caption member (or json field)"})
+    long_caption_key: Optional[str] = field(default=None, metadata={"help": "second, long caption: CSV column "
+                                                                     "or webdataset member / json field"})
+    contrastive_caption: str = field(default="short", metadata={"help": "caption for the contrastive loss: "
+                                                                 "short or long"})
+    class_caption: str = field(default="short", metadata={"help": "caption for the classification loss: "
+                                                           "short or long"})
+    long_caption_ratio: Optional[float] = field(default=None, metadata={"help": "use the long caption with this "
+                                                                         "probability, for both losses"})
     workers: int = field(default=0, metadata={"help": "data loader processes per rank"})
     # --- model and loss
     model: str = field(default="SuperCLIP-Tiny", metadata={"help": "model name or JSON path"})
@@ -96,6 +105,14 @@ class TrainConfig:
         check(self.lr > 0, f"--lr must be positive, got {self.lr}")
         check(self.force_patch_dropout is None or 0 <= self.force_patch_dropout < 1,
               f"--force-patch-dropout must be in [0, 1), got {self.force_patch_dropout}")
+        for name in ("contrastive_caption", "class_caption"):
+            check(getattr(self, name) in ("short", "long"),
+                  f"--{name.replace('_', '-')} must be short or long, got {getattr(self, name)!r}")
+        check(self.long_caption_ratio is None or 0 <= self.long_caption_ratio <= 1,
+              f"--long-caption-ratio must be in [0, 1], got {self.long_caption_ratio}")
+        for backend in filter(None, (b.strip() for b in self.report_to.split(","))):
+            check(backend in ("tensorboard", "wandb", "none"),
+                  f"--report-to: unknown backend {backend!r} (known: tensorboard, wandb)")
         if self.siglip:
             self.contrastive = "siglip"
         if self.precision == "amp_bfloat16":  # the released YAML's spelling

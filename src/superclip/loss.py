@@ -204,17 +204,21 @@ class SuperCLIPLoss(nn.Module):
         return idf_weights(self.cap_fq, self.num_samples, self.idf_batch_size or self.world_size * len(token_ids))
 
     def forward(
-        self, out: Dict[str, torch.Tensor], token_ids: torch.Tensor, update: Optional[bool] = None
+        self, out: Dict[str, torch.Tensor], token_ids: torch.Tensor, update: Optional[bool] = None,
+        class_token_ids: Optional[torch.Tensor] = None,
     ) -> Dict[str, torch.Tensor]:
         """``out``: the model's dict (image_features, text_features, logit_scale, token_logits[, logit_bias]).
-        ``token_ids``: (B, L) int64 captions. ``update``: default ``self.training``.
+        ``token_ids``: (B, L) int64 captions. ``update``: default ``self.training``. ``class_token_ids``: other
+        captions (B, L) for the classification term and its statistics (the paper's "dual" setting, e.g. a
+        long re-caption), default ``token_ids``.
 
         Returns a dict of scalars: contrastive_loss, class_loss, loss.
         """
         if update is None:
             update = self.training
+        cls_ids = token_ids if class_token_ids is None else class_token_ids
         if update and self.tracks_statistics:
-            self.update(token_ids)
+            self.update(cls_ids)
         ref = out["image_features"] if "image_features" in out else out["token_logits"]
         zero = ref.new_zeros(())
         if self.contrastive_fn is None:
@@ -228,8 +232,8 @@ class SuperCLIPLoss(nn.Module):
         if self.cls_weight == 0:
             class_loss = zero
         else:
-            weights = self.token_weights(token_ids)
-            class_loss = token_classification_loss(out["token_logits"], token_ids, weights)
+            weights = self.token_weights(cls_ids)
+            class_loss = token_classification_loss(out["token_logits"], cls_ids, weights)
         return {
             "contrastive_loss": contrastive,
             "class_loss": class_loss,

@@ -5,12 +5,13 @@ from __future__ import annotations
 import csv
 import logging
 import random
+import zlib
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Tuple
 
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, IterableDataset, Sampler
 
 from ..errors import ConfigError
 
@@ -22,44 +23,102 @@ _MAX_CONSECUTIVE_FAILURES = 50
 
 
 class CsvCaptions(Dataset):
-    """Rows of a CSV/TSV file: (PIL image, caption). Relative image paths are taken from the file's folder."""
+    """Rows of a CSV/TSV file: (PIL image, caption, long caption or None). Relative image paths are taken
+    from the file's folder."""
 
-    def __init__(self, path: str, img_key: str = "filepath", caption_key: str = "title", separator: str = "\t"):
+    def __init__(self, path: str, img_key: str = "filepath", caption_key: str = "title", separator: str = "\t",
+                 long_caption_key: Optional[str] = None):
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"CSV file not found: {path}")
         with p.open(newline="") as f:
             reader = csv.DictReader(f, delimiter=separator)
             columns = reader.fieldnames or []
-            for key, flag in ((img_key, "--csv-img-key"), (caption_key, "--csv-caption-key")):
+            keys = [(img_key, "--csv-img-key"), (caption_key, "--csv-caption-key")]
+            if long_caption_key:
+                keys.append((long_caption_key, "--long-caption-key"))
+            for key, flag in keys:
                 if key not in columns:
                     raise ConfigError(f"{path}: no column {key!r} ({flag}); columns are {columns} "
                                       f"(separator {separator!r}, --csv-separator)")
-            rows = [(r[img_key], r[caption_key]) for r in reader]
+            rows = [(r[img_key], r[caption_key], r[long_caption_key] if long_caption_key else None) for r in reader]
         if not rows:
             raise ConfigError(f"CSV file {path} has no rows")
         self.root = p.parent
         self.rows = rows
+        self.has_long = long_caption_key is not None
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, index: int) -> Tuple[Image.Image, str]:
-        img_path, text = self.rows[index]
+    def __getitem__(self, index: int) -> Tuple[Image.Image, str, Optional[str]]:
+        img_path, text, long_text = self.rows[index]
         full = Path(img_path) if Path(img_path).is_absolute() else self.root / img_path
         with Image.open(full) as im:
-            return im.convert("RGB"), text
+            return im.convert("RGB"), text, long_text
+
+
+class SyntheticPairs(Dataset):
+    """The synthetic scenes as (image, short caption, detailed caption)."""
+
+    has_long = True
+
+    def __init__(self, source):
+        self.source = source
+
+    def __len__(self) -> int:
+        return len(self.source)
+
+    def __getitem__(self, index: int):
+        return self.source.sample(index)
+
+
+class CaptionPolicy:
+    """Which caption feeds which loss: ``contrastive`` / ``cls`` in {short, long}, or ``long_ratio`` p: the long
+    caption with probability p, else the short one, for both losses (the paper's Table 5 mixing rows)."""
+
+    def __init__(self, contrastive: str = "short", cls: str = "short", long_ratio: Optional[float] = None):
+        self.contrastive, self.cls, self.long_ratio = contrastive, cls, long_ratio
+
+    @property
+    def needs_long(self) -> bool:
+        return self.long_ratio is not None or "long" in (self.contrastive, self.cls)
+
+    @property
+    def dual(self) -> bool:
+        return self.long_ratio is None and self.contrastive != self.cls
+
+    def pick(self, short: str, long: Optional[str], rng: random.Random) -> Tuple[str, Optional[str]]:
+        """(contrastive caption, class caption or None when it is the same one)."""
+        if self.long_ratio is not None:
+            return (long if rng.random() < self.long_ratio else short), None
+        choose = {"short": short, "long": long}
+        return choose[self.contrastive], (choose[self.cls] if self.dual else None)
+
+
+class SampleEncoder:
+    """Image transform + tokenizer + caption choice, with the RNG of each sample seeded from its identity,
+    so that augmentation is reproducible and a resumed run sees the same crops."""
+
+    def __init__(self, transform: Callable, tokenizer: Callable, policy: CaptionPolicy, seed: int = 0):
+        self.transform, self.tokenizer, self.policy, self.seed = transform, tokenizer, policy, seed
+
+    def __call__(self, image, short: str, long: Optional[str], sample_seed: int):
+        rng = random.Random(sample_seed)
+        con, cls = self.policy.pick(short, long, rng)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed & 0x7FFFFFFF)
+            pixels = self.transform(image)
+        ids = self.tokenizer([con] if cls is None else [con, cls])
+        return pixels, ids[0], (ids[1] if cls is not None else None)
 
 
 class ImageTextDataset(Dataset):
-    """Applies the image transform and tokenizer; RNG per sample = f(seed, epoch, index), so augmentation
-    is reproducible and a resumed run sees the same crops. Returns (image, ids, n_skipped)."""
+    """A map-style source encoded for training. Returns (image, ids, class ids or None, n_skipped)."""
 
-    def __init__(self, source: Dataset, transform: Callable, tokenizer: Callable, seed: int = 0):
+    def __init__(self, source: Dataset, encoder: SampleEncoder):
         self.source = source
-        self.transform = transform
-        self.tokenizer = tokenizer
-        self.seed = seed
+        self.encoder = encoder
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -69,20 +128,42 @@ class ImageTextDataset(Dataset):
         for skipped in range(_MAX_CONSECUTIVE_FAILURES):
             i = (index + skipped) % len(self.source)
             try:
-                image, text = self.source[i]
+                image, short, long = self.source[i]
             except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for unreadable or truncated files
                 log.warning("skipping unreadable sample %d: %s", i, e)
                 continue
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(hash((self.seed, self.epoch, i)) & 0x7FFFFFFF)
-                pixels = self.transform(image)
-            return pixels, self.tokenizer([text])[0], skipped
+            return (*self.encoder(image, short, long, hash((self.encoder.seed, self.epoch, i))), skipped)
         raise RuntimeError(f"{_MAX_CONSECUTIVE_FAILURES} unreadable samples in a row from index {index}")
 
 
-def collate(batch: List) -> Tuple[torch.Tensor, torch.Tensor, int]:
-    images, ids, skipped = zip(*batch)
-    return torch.stack(images), torch.stack(ids), int(sum(skipped))
+class ImageTextStream(IterableDataset):
+    """A webdataset shard stream decoded and encoded for training; corrupt samples are skipped and counted
+    (the count rides on the next good sample)."""
+
+    def __init__(self, stream, encoder: SampleEncoder, caption_key: str, long_caption_key: Optional[str]):
+        self.stream, self.encoder = stream, encoder
+        self.caption_key, self.long_caption_key = caption_key, long_caption_key
+
+    def __iter__(self):
+        from .webdataset import decode_sample
+
+        skipped = 0
+        for raw in self.stream:
+            try:
+                image, short, long = decode_sample(raw, self.caption_key, self.long_caption_key)
+            except (OSError, ValueError, SyntaxError, UnicodeDecodeError) as e:
+                log.warning("skipping unreadable sample: %s", e)
+                skipped += 1
+                continue
+            sample_seed = zlib.crc32(raw["__key__"]) ^ (self.encoder.seed * 1_000_003 + self.stream.epoch)
+            yield (*self.encoder(image, short, long, sample_seed), skipped)
+            skipped = 0
+
+
+def collate(batch: List) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], int]:
+    images, ids, cls_ids, skipped = zip(*batch)
+    cls = torch.stack(cls_ids) if cls_ids[0] is not None else None
+    return torch.stack(images), torch.stack(ids), cls, int(sum(skipped))
 
 
 class ResumableSampler(Sampler):
@@ -111,30 +192,50 @@ class ResumableSampler(Sampler):
         return iter(mine[self.start:].tolist())
 
 
-def build_train_dataset(cfg, transform: Callable, tokenizer: Callable, image_size: int) -> Dataset:
-    """The training source named by the config (CSV/TSV or synthetic), wrapped with transform + tokenizer."""
+def dataset_kind(cfg) -> str:
     kind = cfg.dataset_type
-    if kind == "auto":
-        if cfg.train_data is None:
-            kind = "synthetic"
-        elif cfg.train_data.endswith((".csv", ".tsv")):
-            kind = "csv"
-        elif ".tar" in cfg.train_data:
-            kind = "webdataset"
-        else:
-            raise ConfigError(f"cannot tell the dataset type of {cfg.train_data!r}: set --dataset-type")
+    if kind != "auto":
+        return kind
+    if cfg.train_data is None:
+        return "synthetic"
+    if cfg.train_data.endswith((".csv", ".tsv")):
+        return "csv"
+    if ".tar" in cfg.train_data:
+        return "webdataset"
+    raise ConfigError(f"cannot tell the dataset type of {cfg.train_data!r}: set --dataset-type")
+
+
+def build_train_dataset(cfg, transform: Callable, tokenizer: Callable, image_size: int, rank: int = 0,
+                        world_size: int = 1):
+    """The training data named by the config: a map-style dataset (CSV/TSV, synthetic) or a shard stream."""
+    kind = dataset_kind(cfg)
+    policy = CaptionPolicy(cfg.contrastive_caption, cfg.class_caption, cfg.long_caption_ratio)
+    encoder = SampleEncoder(transform, tokenizer, policy, seed=cfg.seed)
+    if kind == "webdataset":
+        from .webdataset import ShardStream, expand_urls
+
+        if not cfg.train_data:
+            raise ConfigError("--train-data is required for --dataset-type webdataset")
+        if not cfg.train_num_samples:
+            raise ConfigError("--train-num-samples is required for webdataset shards (samples per epoch)")
+        if policy.needs_long and not cfg.long_caption_key:
+            raise ConfigError("a long caption is asked for: name it with --long-caption-key (e.g. long.txt)")
+        stream = ShardStream(expand_urls(cfg.train_data), seed=cfg.seed, rank=rank, world_size=world_size)
+        return ImageTextStream(stream, encoder, cfg.wds_caption_key, cfg.long_caption_key if policy.needs_long else None)
     if kind == "synthetic":
         from .synthetic import SyntheticCaptions
 
-        source = SyntheticCaptions(cfg.train_num_samples or 10_000, image_size=image_size, seed=cfg.seed)
+        source = SyntheticPairs(SyntheticCaptions(cfg.train_num_samples or 10_000, image_size=image_size, seed=cfg.seed))
     elif kind == "csv":
         if not cfg.train_data:
             raise ConfigError("--train-data is required for --dataset-type csv")
-        source = CsvCaptions(cfg.train_data, cfg.csv_img_key, cfg.csv_caption_key, cfg.csv_separator)
+        source = CsvCaptions(cfg.train_data, cfg.csv_img_key, cfg.csv_caption_key, cfg.csv_separator,
+                             cfg.long_caption_key)
     else:
-        raise ConfigError("--dataset-type webdataset is not supported yet: convert the shards to CSV, or use "
-                          "open_clip_train for now")
-    return ImageTextDataset(source, transform, tokenizer, seed=cfg.seed)
+        raise ConfigError(f"unknown dataset type {kind!r}")
+    if policy.needs_long and not source.has_long:
+        raise ConfigError("a long caption is asked for: name its column with --long-caption-key")
+    return ImageTextDataset(source, encoder)
 
 
 def seed_everything(seed: int) -> None:

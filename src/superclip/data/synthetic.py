@@ -126,6 +126,13 @@ class SyntheticCaptions:
     def scene(self, index: int) -> Scene:
         return sample_scene(random.Random(f"{self.seed}-{self.offset + index}-scene"))
 
+    def sample(self, index: int) -> Tuple[Image.Image, str, str]:
+        """(image, short caption, detailed caption) of one scene."""
+        scene = self.scene(index)
+        rng = random.Random(f"{self.seed}-{self.offset + index}-draw")
+        image = render(scene, self.image_size, rng)
+        return image, caption(scene, rng, detailed=False), caption(scene, rng, detailed=True)
+
     def __getitem__(self, index: int) -> Tuple[Image.Image, str]:
         scene = self.scene(index)
         rng = random.Random(f"{self.seed}-{self.offset + index}-draw")

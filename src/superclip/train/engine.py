@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Dict
+from typing import Dict, Optional
 
 import torch
 
@@ -16,8 +16,13 @@ def _unwrap(model):
     return getattr(model, "module", model)
 
 
+def _backward(loss: torch.Tensor, scaler) -> None:
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+
+
 def compute_gradients(model, criterion: SuperCLIPLoss, images: torch.Tensor, ids: torch.Tensor,
-                      accum_freq: int = 1, autocast=contextlib.nullcontext) -> Dict[str, torch.Tensor]:
+                      accum_freq: int = 1, autocast=contextlib.nullcontext,
+                      cls_ids: Optional[torch.Tensor] = None, scaler=None) -> Dict[str, torch.Tensor]:
     """Backward of the step's loss over the whole batch (B_local, ...), split into ``accum_freq`` micro-batches.
 
     The statistics are updated once, with every caption of the step. With accumulation, as open_clip does,
@@ -25,16 +30,17 @@ def compute_gradients(model, criterion: SuperCLIPLoss, images: torch.Tensor, ids
     again with gradient and the loss is taken over the whole step's outputs, so the contrastive loss sees the
     full batch and the summed gradients equal those of one pass over it. ``logit_scale`` / ``logit_bias`` carry
     gradient in the first micro-batch only (otherwise they would count ``accum_freq`` times). Random layers
-    (patch dropout) draw differently in the cached and the gradient pass.
+    (patch dropout) draw differently in the cached and the gradient pass. ``cls_ids``: captions for the
+    classification term when they differ from ``ids`` (dual captions).
     """
     if criterion.training and criterion.tracks_statistics:
-        criterion.update(ids)
+        criterion.update(ids if cls_ids is None else cls_ids)
     want_logits = criterion.needs_token_logits
     if accum_freq == 1:
         with autocast():
             out = model(images, ids, return_token_logits=want_logits)
-            losses = criterion(out, ids, update=False)
-        losses["loss"].backward()
+            losses = criterion(out, ids, update=False, class_token_ids=cls_ids)
+        _backward(losses["loss"], scaler)
         return {k: v.detach() for k, v in losses.items()}
 
     img_chunks, id_chunks = images.chunk(accum_freq), ids.chunk(accum_freq)
@@ -52,17 +58,17 @@ def compute_gradients(model, criterion: SuperCLIPLoss, images: torch.Tensor, ids
                     else:
                         merged[key] = torch.cat([c[key] for c in cached[:j]] + [value] +
                                                 [c[key] for c in cached[j + 1:]])
-                losses = criterion(merged, ids, update=False)
-            losses["loss"].backward()
+                losses = criterion(merged, ids, update=False, class_token_ids=cls_ids)
+            _backward(losses["loss"], scaler)
     return {k: v.detach() for k, v in losses.items()}
 
 
 def train_step(model, criterion: SuperCLIPLoss, optimizer: torch.optim.Optimizer, images: torch.Tensor,
                ids: torch.Tensor, accum_freq: int = 1, grad_clip_norm=None, scaler=None,
-               autocast=contextlib.nullcontext) -> Dict[str, float]:
+               autocast=contextlib.nullcontext, cls_ids: Optional[torch.Tensor] = None) -> Dict[str, float]:
     """Gradients, optional clipping, optimizer step, logit-scale clamp (≤ log 100). Returns float metrics."""
     optimizer.zero_grad(set_to_none=True)
-    losses = compute_gradients(model, criterion, images, ids, accum_freq, autocast)
+    losses = compute_gradients(model, criterion, images, ids, accum_freq, autocast, cls_ids, scaler)
     if scaler is not None:
         scaler.unscale_(optimizer)
     if grad_clip_norm is not None:

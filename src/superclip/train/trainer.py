@@ -12,7 +12,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, IterableDataset
 
 from .. import distributed
 from ..checkpoint import create_model, load_token_stats, read_checkpoint, save_checkpoint
@@ -23,6 +23,7 @@ from ..loss import SuperCLIPLoss
 from ..model import get_tokenizer, get_transforms
 from .engine import train_step
 from .optim import build_optimizer, build_scheduler
+from .report import Reporters
 
 log = logging.getLogger(__name__)
 
@@ -109,13 +110,18 @@ class Trainer:
         preprocess_train, _ = get_transforms(self.model)
         size = self.model.visual.image_size
         self.dataset = build_train_dataset(cfg, preprocess_train, get_tokenizer(self.model.config),
-                                           size if isinstance(size, int) else size[0])
+                                           size if isinstance(size, int) else size[0], self.rank, self.world_size)
         self.step_batch = cfg.batch_size * cfg.accum_freq
-        self.sampler = ResumableSampler(len(self.dataset), cfg.seed, self.rank, self.world_size)
-        self.steps_per_epoch = self.sampler.per_rank() // self.step_batch
+        self.streaming = isinstance(self.dataset, IterableDataset)
+        if self.streaming:  # shards: an endless stream, the epoch is train_num_samples long (as open_clip)
+            self.sampler = None
+            self.steps_per_epoch = cfg.train_num_samples // (self.step_batch * self.world_size)
+        else:
+            self.sampler = ResumableSampler(len(self.dataset), cfg.seed, self.rank, self.world_size)
+            self.steps_per_epoch = self.sampler.per_rank() // self.step_batch
         if self.steps_per_epoch == 0:
-            raise ConfigError(f"{len(self.dataset)} samples are fewer than one step's batch "
-                              f"({self.step_batch} x {self.world_size} processes)")
+            raise ConfigError(f"an epoch of {cfg.train_num_samples or len(self.dataset)} samples is shorter than one "
+                              f"step's batch ({self.step_batch} x {self.world_size} processes)")
         self.total_steps = self.steps_per_epoch * cfg.epochs
         if cfg.max_steps:
             self.total_steps = min(self.total_steps, cfg.max_steps)
@@ -131,6 +137,9 @@ class Trainer:
                 static_graph=cfg.ddp_static_graph,
             )
         self.step, self.epoch, self.batch_in_epoch, self.skipped = 0, 0, 0, 0
+        # shards: raw samples (good + corrupt) each data-loader worker delivered this epoch; DataLoader takes
+        # whole batches from its workers in turn, so batch k of the epoch came from worker k % workers
+        self.raw_consumed = [0] * max(1, cfg.workers)
         self.history: List[Dict[str, float]] = []
         self.dir = run_dir(cfg)
         path = _resume_path(cfg)
@@ -140,6 +149,7 @@ class Trainer:
     # --- checkpoints
     def _state(self) -> Dict[str, Any]:
         return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                "raw_consumed": list(self.raw_consumed),
                 "skipped_samples": self.skipped, "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else None,
                 "rng": _rng_state(), "train_config": self.cfg.to_dict(), "history": self.history,
@@ -164,14 +174,22 @@ class Trainer:
             self.scaler.load_state_dict(ckpt["scaler"])
         self.step, self.epoch, self.batch_in_epoch = ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]
         self.skipped = ckpt.get("skipped_samples", 0)
+        if len(ckpt.get("raw_consumed", [])) == len(self.raw_consumed):
+            self.raw_consumed = list(ckpt["raw_consumed"])
+        elif self.streaming and self.batch_in_epoch:
+            log.warning("--workers changed since the checkpoint: the shard stream restarts this epoch")
         self.history = ckpt.get("history", [])
         _set_rng_state(ckpt["rng"])
         log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.step, self.epoch, self.batch_in_epoch)
 
     # --- the loop
     def _loader(self) -> DataLoader:
-        self.sampler.set_position(self.epoch, self.batch_in_epoch * self.step_batch)
-        self.dataset.epoch = self.epoch
+        if self.streaming:
+            self.dataset.stream.set_position(self.epoch, self.raw_consumed,
+                                             self.batch_in_epoch % len(self.raw_consumed))
+        else:
+            self.sampler.set_position(self.epoch, self.batch_in_epoch * self.step_batch)
+            self.dataset.epoch = self.epoch
         return DataLoader(self.dataset, batch_size=self.step_batch, sampler=self.sampler, drop_last=True,
                           num_workers=self.cfg.workers, collate_fn=collate,
                           pin_memory=self.device.type == "cuda", persistent_workers=False,
@@ -185,19 +203,24 @@ class Trainer:
             (self.dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         self.ddp_model.train()
         self.criterion.train()
+        reporters = Reporters(cfg.report_to, self.dir, cfg.to_dict(), self.dir.name) \
+            if distributed.is_main_process() else None
         try:
             while self.step < self.total_steps and self.epoch < cfg.epochs:
                 t_last = time.perf_counter()
-                for images, ids, skipped in self._loader():
+                for images, ids, cls_ids, skipped in self._loader():
                     images = images.to(self.device, non_blocking=True)
                     ids = ids.to(self.device, non_blocking=True)
+                    if cls_ids is not None:
+                        cls_ids = cls_ids.to(self.device, non_blocking=True)
                     m = train_step(self.ddp_model, self.criterion, self.optimizer, images, ids, cfg.accum_freq,
-                                   cfg.grad_clip_norm, self.scaler, self.autocast)
+                                   cfg.grad_clip_norm, self.scaler, self.autocast, cls_ids)
                     if self.world_size > 1:  # log the global batch's losses, not rank 0's share
                         keys = ("loss", "contrastive_loss", "class_loss")
                         t = distributed.all_reduce_mean_(torch.tensor([m[k] for k in keys], dtype=torch.float64))
                         m.update(zip(keys, t.tolist()))
                     self.scheduler.step()
+                    self.raw_consumed[self.batch_in_epoch % len(self.raw_consumed)] += len(ids) + skipped
                     self.step += 1
                     self.batch_in_epoch += 1
                     self.skipped += skipped
@@ -214,15 +237,17 @@ class Trainer:
                         if self.step % cfg.log_every_n_steps == 0 or self.step == self.total_steps:
                             with metrics_file.open("a") as f:
                                 f.write(json.dumps(m) + "\n")
+                            reporters.log(m, self.step)
                         if on_step:
                             on_step(self.step, m)
                     if cfg.save_every_n_steps and self.step % cfg.save_every_n_steps == 0:
                         self._save_step()
-                    if self.step >= self.total_steps:
+                    if self.step >= self.total_steps or self.batch_in_epoch >= self.steps_per_epoch:
                         break
                 if self.batch_in_epoch >= self.steps_per_epoch:  # epoch finished
                     self.epoch += 1
                     self.batch_in_epoch = 0
+                    self.raw_consumed = [0] * len(self.raw_consumed)
                     if self.epoch % cfg.save_frequency == 0 or self.epoch == cfg.epochs:
                         self.save(f"epoch_{self.epoch}.pt")
             self.save("epoch_latest.pt")
@@ -230,6 +255,9 @@ class Trainer:
             self.save("epoch_latest.pt")
             log.warning("interrupted at step %d: saved %s", self.step, self.dir / "checkpoints" / "epoch_latest.pt")
             raise
+        finally:
+            if reporters is not None:
+                reporters.close()
         return self.history
 
     def _save_step(self) -> None:
