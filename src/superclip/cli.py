@@ -154,6 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="run folder (default runs/demo-DATE-TIME)")
     p.set_defaults(func=_cmd_demo)
 
+    from .cli_eval import add_parsers
+
+    add_parsers(sub)
+
     p = sub.add_parser("models", help="list the model configs shipped with superclip")
     p.set_defaults(func=_cmd_models)
     return parser

@@ -1,7 +1,7 @@
-"""Zero-shot classification metrics with clip_benchmark's names: acc1, acc5, mean_per_class_recall."""
+"""Zero-shot classification with clip_benchmark's metric names: acc1, acc5, mean_per_class_recall."""
 from __future__ import annotations
 
-from typing import Callable, Dict, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -15,22 +15,31 @@ def classifier_weights(encode_text: Callable, tokenizer: Callable, classnames: S
     rows = []
     for name in classnames:
         ids = tokenizer([t.format(c=name) for t in templates]).to(device)
-        emb = F.normalize(encode_text(ids), dim=-1).mean(dim=0)
+        emb = F.normalize(encode_text(ids).float(), dim=-1).mean(dim=0)
         rows.append(F.normalize(emb, dim=-1))
     return torch.stack(rows)
 
 
-def zero_shot_metrics(image_features: torch.Tensor, class_weights: torch.Tensor, labels: torch.Tensor) -> Dict[str, float]:
-    """Metrics from (N, D) normalised image embeddings, (C, D) class embeddings and (N,) int labels.
+def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> Dict[str, Optional[float]]:
+    """acc1, acc5, mean_per_class_recall from (N, C) scores and (N,) int labels, as clip_benchmark defines them.
 
-    acc5 with fewer than 5 classes counts the top-C predictions, so it is 1.0 (clip_benchmark's definition
-    takes top-min(5, C) too).
+    acc5 needs at least 5 classes: with fewer, clip_benchmark reports NaN and we report ``None`` (JSON null),
+    so that the output stays valid JSON. mean_per_class_recall is the mean, over the classes present in
+    ``labels``, of the share of their images predicted correctly (sklearn's balanced accuracy).
     """
-    logits = image_features @ class_weights.T
-    k = min(5, class_weights.shape[0])
-    topk = logits.topk(k, dim=1).indices
-    correct = topk == labels[:, None]
-    pred = topk[:, 0]
+    pred = logits.argmax(dim=1)
+    out: Dict[str, Optional[float]] = {"acc1": (pred == labels).float().mean().item()}
+    if logits.shape[1] >= 5:
+        top5 = logits.topk(5, dim=1).indices
+        out["acc5"] = (top5 == labels[:, None]).any(dim=1).float().mean().item()
+    else:
+        out["acc5"] = None
     recalls = [(pred[labels == c] == c).float().mean().item() for c in labels.unique().tolist()]
-    return {"acc1": correct[:, 0].float().mean().item(), "acc5": correct.any(dim=1).float().mean().item(),
-            "mean_per_class_recall": sum(recalls) / len(recalls)}
+    out["mean_per_class_recall"] = sum(recalls) / len(recalls)
+    return out
+
+
+def zero_shot_metrics(image_features: torch.Tensor, class_weights: torch.Tensor,
+                      labels: torch.Tensor) -> Dict[str, Optional[float]]:
+    """Metrics from (N, D) normalised image embeddings, (C, D) class embeddings and (N,) int labels."""
+    return classification_metrics(image_features.float() @ class_weights.float().T, labels)

@@ -1,0 +1,212 @@
+"""``superclip eval | embed | classify | tag``: what users do with a trained model. The console is ours here."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Dict, List
+
+import torch
+
+from .errors import ConfigError
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="model name or JSON (default: the checkpoint's own config)")
+    p.add_argument("--pretrained", default=None, help="checkpoint: superclip, official SuperCLIP or open_clip")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "amp", "amp_bf16", "bf16"])
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def _load(args):
+    from .checkpoint import create_model
+    from .model import get_tokenizer, get_transforms
+
+    if args.model is None and args.pretrained is None:
+        raise ConfigError("name a model (--model) and/or a checkpoint (--pretrained)")
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    model = create_model(args.model, pretrained=args.pretrained, device=device).eval()
+    return model, get_transforms(model)[1], get_tokenizer(model.config), device
+
+
+def _bar(args, total: int, desc: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", disable=not args.progress or total < 256, file=sys.stderr)
+
+
+def _images(model, preprocess, paths: List[str], args, desc: str, kind: str = "features") -> torch.Tensor:
+    from .evaluate.features import embed_images
+
+    with _bar(args, len(paths), desc) as bar:
+        return embed_images(model, preprocess, paths, args.batch_size, args.device_, args.precision, bar.update, kind)
+
+
+def _texts(model, tokenizer, texts: List[str], args) -> torch.Tensor:
+    from .evaluate.features import embed_texts
+
+    return embed_texts(model, tokenizer, texts, 256, args.device_, args.precision)
+
+
+def _zero_shot(model, preprocess, tokenizer, args, root: str, classnames, templates) -> Dict:
+    from .evaluate.data import image_folder
+    from .evaluate.zero_shot import classifier_weights, zero_shot_metrics
+
+    paths, labels, folders = image_folder(root)
+    names = classnames or [f.replace("_", " ") for f in folders]
+    if len(names) != len(folders):
+        raise ConfigError(f"{len(names)} class names for {len(folders)} class folders in {root}")
+    weights = classifier_weights(lambda t: model.encode_text(t, normalize=False), tokenizer, names, templates,
+                                 args.device_)
+    feats = _images(model, preprocess, paths, args, "zero-shot")
+    return {**zero_shot_metrics(feats, weights.cpu(), torch.tensor(labels)), "data": root, "n_images": len(paths),
+            "n_classes": len(names)}
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from open_clip import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
+
+    from .evaluate.data import image_folder, read_lines, retrieval_pairs
+    from .evaluate.linear_probe import linear_probe
+    from .evaluate.retrieval import retrieval_metrics
+
+    if not (args.zeroshot_data or args.imagenet_val or args.retrieval_data or args.linear_probe_train):
+        raise ConfigError("nothing to evaluate: give --zeroshot-data, --imagenet-val, --retrieval-data or "
+                          "--linear-probe-train/--linear-probe-test")
+    if bool(args.linear_probe_train) != bool(args.linear_probe_test):
+        raise ConfigError("--linear-probe-train and --linear-probe-test go together")
+    model, preprocess, tokenizer, args.device_ = _load(args)
+    templates = read_lines(args.templates, "templates") if args.templates else [
+        t("{c}") for t in OPENAI_IMAGENET_TEMPLATES]
+    if any("{c}" not in t for t in templates):
+        raise ConfigError("every template needs a {c} where the class name goes")
+    classnames = read_lines(args.classnames, "class names") if args.classnames else None
+    results: Dict = {"model": args.model or "(from checkpoint)", "pretrained": args.pretrained, "metrics": {}}
+    if args.zeroshot_data:
+        results["metrics"]["zeroshot"] = _zero_shot(model, preprocess, tokenizer, args, args.zeroshot_data,
+                                                    classnames, templates)
+    if args.imagenet_val:
+        results["metrics"]["imagenet_zeroshot"] = _zero_shot(
+            model, preprocess, tokenizer, args, args.imagenet_val, list(IMAGENET_CLASSNAMES),
+            [t("{c}") for t in OPENAI_IMAGENET_TEMPLATES])
+    if args.retrieval_data:
+        images, captions, owner = retrieval_pairs(args.retrieval_data, args.csv_img_key, args.csv_caption_key,
+                                                  split=args.retrieval_split, image_root=args.retrieval_images)
+        img = _images(model, preprocess, images, args, "retrieval")
+        txt = _texts(model, tokenizer, captions, args)
+        results["metrics"]["retrieval"] = {**retrieval_metrics(img, txt, torch.tensor(owner)),
+                                           "data": args.retrieval_data, "n_images": len(images),
+                                           "n_captions": len(captions)}
+    if args.linear_probe_train:
+        tr_paths, tr_labels, tr_classes = image_folder(args.linear_probe_train)
+        te_paths, te_labels, te_classes = image_folder(args.linear_probe_test)
+        if tr_classes != te_classes:
+            raise ConfigError("--linear-probe-train and --linear-probe-test have different class folders")
+        tr = _images(model, preprocess, tr_paths, args, "probe train")
+        te = _images(model, preprocess, te_paths, args, "probe test")
+        results["metrics"]["linear_probe"] = {
+            **linear_probe(tr, torch.tensor(tr_labels), te, torch.tensor(te_labels), seed=args.seed),
+            "data": [args.linear_probe_train, args.linear_probe_test]}
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.output:
+        Path(args.output).write_text(text + "\n")
+    return 0
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .evaluate.data import read_lines
+
+    if bool(args.images) == bool(args.texts):
+        raise ConfigError("give either image files or --texts FILE")
+    model, preprocess, tokenizer, args.device_ = _load(args)
+    if args.images:
+        ids = list(args.images)
+        feats = _images(model, preprocess, ids, args, "embed")
+    else:
+        ids = read_lines(args.texts, "texts")
+        feats = _texts(model, tokenizer, ids, args)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.save(str(out) + ".npy", feats.numpy())
+    Path(str(out) + ".ids.txt").write_text("\n".join(ids) + "\n")
+    print(f"wrote {out}.npy ({feats.shape[0]} x {feats.shape[1]}) and {out}.ids.txt")
+    return 0
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    labels = [x.strip() for x in args.labels.split(",") if x.strip()]
+    if len(labels) < 2:
+        raise ConfigError("--labels needs at least two comma-separated labels")
+    model, preprocess, tokenizer, args.device_ = _load(args)
+    from .evaluate.zero_shot import classifier_weights
+
+    weights = classifier_weights(lambda t: model.encode_text(t), tokenizer, labels, [args.template], args.device_)
+    feats = _images(model, preprocess, list(args.images), args, "classify")
+    probs = (model.logit_scale.exp().item() * feats @ weights.cpu().T).softmax(dim=1)
+    for path, row in zip(args.images, probs):
+        ranked = sorted(zip(labels, row.tolist()), key=lambda x: -x[1])
+        print(path + "\t" + "  ".join(f"{label}: {p:.3f}" for label, p in ranked))
+    return 0
+
+
+def cmd_tag(args: argparse.Namespace) -> int:
+    from .checkpoint import load_token_stats
+    from .evaluate.tags import excluded_token_ids, top_tags
+    from .loss import idf_weights
+
+    model, preprocess, tokenizer, args.device_ = _load(args)
+    weights = None
+    stats = load_token_stats(args.pretrained) if args.pretrained else None
+    if stats and stats["num_samples"].item() > 0:
+        weights = idf_weights(stats["cap_fq"], stats["num_samples"], 1 << 30)
+    exclude = excluded_token_ids(tokenizer, weights)
+    logits = _images(model, preprocess, list(args.images), args, "tag", kind="token_logits")
+    for path, row in zip(args.images, logits):
+        tags = top_tags(row, tokenizer, args.top_k, exclude)
+        print(path + "\t" + "  ".join(f"{w} ({p:.3f})" for w, p in tags))
+    return 0
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("eval", help="zero-shot, retrieval and linear-probe metrics (clip_benchmark names)")
+    _add_model_args(p)
+    p.add_argument("--zeroshot-data", default=None, help="ImageFolder tree (ROOT/CLASS/IMAGE)")
+    p.add_argument("--imagenet-val", default=None, help="ImageNet val as an ImageFolder (open_clip's class names)")
+    p.add_argument("--classnames", default=None, help="file: one class name a line, in sorted folder order")
+    p.add_argument("--templates", default=None, help="file: one prompt template a line, with {c}")
+    p.add_argument("--retrieval-data", default=None, help="CSV/TSV (image, caption rows) or karpathy-style JSON")
+    p.add_argument("--retrieval-images", default=None, help="root of relative image paths in the retrieval file")
+    p.add_argument("--retrieval-split", default="test", help="split of a Karpathy dataset_*.json")
+    p.add_argument("--csv-img-key", default="filepath")
+    p.add_argument("--csv-caption-key", default="title")
+    p.add_argument("--linear-probe-train", default=None, help="ImageFolder tree to fit the probe on")
+    p.add_argument("--linear-probe-test", default=None, help="ImageFolder tree to score it on")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--output", default=None, help="also write the JSON here")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("embed", help="images or texts -> OUT.npy + OUT.ids.txt")
+    _add_model_args(p)
+    p.add_argument("images", nargs="*", help="image files")
+    p.add_argument("--texts", default=None, help="file: one text a line")
+    p.add_argument("--out", required=True, help="output prefix")
+    p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("classify", help="zero-shot probabilities of images over --labels")
+    _add_model_args(p)
+    p.add_argument("images", nargs="+")
+    p.add_argument("--labels", required=True, help='comma-separated, e.g. "a dog,a cat,a bird"')
+    p.add_argument("--template", default="a photo of {c}.", help="prompt template with {c}")
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser("tag", help="the classification head as an image tagger: top caption words per image")
+    _add_model_args(p)
+    p.add_argument("images", nargs="+")
+    p.add_argument("--top-k", type=int, default=5)
+    p.set_defaults(func=cmd_tag)

@@ -1,0 +1,113 @@
+"""Reading evaluation data: ImageFolder trees, retrieval files (CSV/TSV or karpathy-style JSON), images."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+from PIL import Image
+
+from ..errors import ConfigError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+def load_image(path: str) -> Image.Image:
+    """An RGB image, or a one-line error naming the file."""
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise ConfigError(f"image not found: {path}") from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise ConfigError(f"cannot read image {path}: {e}") from None
+
+
+def image_folder(root: str) -> Tuple[List[str], List[int], List[str]]:
+    """(image paths, labels, folder names) of an ImageFolder tree: one sub-folder per class, sorted."""
+    base = Path(root)
+    if not base.is_dir():
+        raise ConfigError(f"folder not found: {root}")
+    classes = sorted(d.name for d in base.iterdir() if d.is_dir())
+    paths, labels = [], []
+    for i, name in enumerate(classes):
+        for f in sorted((base / name).rglob("*")):
+            if f.suffix.lower() in IMAGE_SUFFIXES:
+                paths.append(str(f))
+                labels.append(i)
+    if not classes or not paths:
+        raise ConfigError(f"{root} holds no class folders with images (expected ROOT/CLASS/IMAGE.jpg)")
+    return paths, labels, classes
+
+
+def read_lines(path: str, what: str) -> List[str]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{what} file not found: {path}")
+    lines = [line.strip() for line in p.read_text().splitlines() if line.strip()]
+    if not lines:
+        raise ConfigError(f"{what} file {path} is empty")
+    return lines
+
+
+def retrieval_pairs(path: str, img_key: str = "filepath", caption_key: str = "title",
+                    separator: Optional[str] = None, split: str = "test",
+                    image_root: Optional[str] = None) -> Tuple[List[str], List[str], List[int]]:
+    """(image paths, captions, caption -> image index) from a retrieval file.
+
+    CSV/TSV: one row per caption, rows may share an image. JSON: a list of ``{"image", "caption": [...]}``
+    (COCO/Flickr karpathy test files as BLIP ships them) or ``{"images": [{"filename", "filepath"?,
+    "sentences": [{"raw"}], "split"}]}`` (Karpathy's dataset_*.json; only ``split`` is used).
+    Relative image paths are taken from ``image_root``, else the file's folder.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"retrieval file not found: {path}")
+    root = Path(image_root) if image_root else p.parent
+    suffix = p.suffix.lower()
+    images: List[str] = []
+    captions: List[str] = []
+    owner: List[int] = []
+
+    def add(image: str, texts: List[str]) -> None:
+        full = image if Path(image).is_absolute() else str(root / image)
+        images.append(full)
+        for t in texts:
+            captions.append(t)
+            owner.append(len(images) - 1)
+
+    if suffix in (".csv", ".tsv"):
+        sep = separator or ("\t" if suffix == ".tsv" else ",")
+        grouped = {}
+        with p.open(newline="") as f:
+            reader = csv.DictReader(f, delimiter=sep)
+            for key, flag in ((img_key, "--csv-img-key"), (caption_key, "--csv-caption-key")):
+                if key not in (reader.fieldnames or []):
+                    raise ConfigError(f"{path}: no column {key!r} ({flag}); columns are {reader.fieldnames}")
+            for row in reader:
+                grouped.setdefault(row[img_key], []).append(row[caption_key])
+        for image, texts in grouped.items():
+            add(image, texts)
+    elif suffix == ".json":
+        try:
+            data = json.loads(p.read_text())
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path} is not valid JSON: {e}") from None
+        if isinstance(data, dict) and "images" in data:
+            for item in data["images"]:
+                if item.get("split", split) == split:
+                    add(str(Path(item.get("filepath", "")) / item["filename"]), [s["raw"] for s in item["sentences"]])
+        elif isinstance(data, list) and data and "image" in data[0]:
+            for item in data:
+                texts = item["caption"] if isinstance(item["caption"], list) else [item["caption"]]
+                add(item["image"], texts)
+        else:
+            raise ConfigError(f"{path}: unknown JSON layout (expected a list of {{image, caption}} or "
+                              "{images: [{filename, sentences}]})")
+    else:
+        raise ConfigError(f"{path}: unknown retrieval file format {suffix or '(none)'!r} "
+                          "(expected .csv, .tsv or .json)")
+    if not captions:
+        raise ConfigError(f"{path} holds no image-caption pairs" + (f" in split {split!r}" if suffix == ".json" else ""))
+    return images, captions, owner
