@@ -171,3 +171,21 @@ def test_embed_classify_tag(tmp_path, capsys):
     logits[tok(["square"])[0, 1]] = 5.0
     logits[49406] = 20.0
     assert [w for w, _ in top_tags(logits, tok, 1, excluded)] == ["square"]
+
+
+def test_evaluation_during_training(tmp_path):
+    from superclip.train.trainer import Trainer
+
+    from .test_train import _cfg
+
+    zs = _folder(tmp_path / "zs", ["red", "green"], n=2)
+    rows = ["filepath\ttitle"] + [f"zs/{c}/{i}.png\ta {c} square" for c in ("red", "green") for i in range(2)]
+    (tmp_path / "val.tsv").write_text("\n".join(rows) + "\n")
+    t = Trainer(_cfg(tmp_path, imagenet_val=str(zs), zeroshot_steps=3, val_data=str(tmp_path / "val.tsv"),
+                     val_steps=6, epochs=1))
+    t.fit()
+    assert [e["step"] for e in t.evals] == [3, 6]
+    assert "imagenet-zeroshot-val-top1" in t.evals[0] and "val/image_retrieval_recall@1" not in t.evals[0]
+    assert t.evals[1]["val/image_retrieval_recall@1"] >= 0 and t.evals[1]["imagenet-zeroshot-val-top5"] is None
+    lines = (tmp_path / "logs" / "run" / "metrics.jsonl").read_text().splitlines()
+    assert sum("imagenet-zeroshot-val-top1" in line for line in lines) == 2

@@ -53,17 +53,11 @@ def _texts(model, tokenizer, texts: List[str], args) -> torch.Tensor:
 
 def _zero_shot(model, preprocess, tokenizer, args, root: str, classnames, templates) -> Dict:
     from .evaluate.data import image_folder
-    from .evaluate.zero_shot import classifier_weights, zero_shot_metrics
+    from .evaluate.tasks import zero_shot_folder
 
-    paths, labels, folders = image_folder(root)
-    names = classnames or [f.replace("_", " ") for f in folders]
-    if len(names) != len(folders):
-        raise ConfigError(f"{len(names)} class names for {len(folders)} class folders in {root}")
-    weights = classifier_weights(lambda t: model.encode_text(t, normalize=False), tokenizer, names, templates,
-                                 args.device_)
-    feats = _images(model, preprocess, paths, args, "zero-shot")
-    return {**zero_shot_metrics(feats, weights.cpu(), torch.tensor(labels)), "data": root, "n_images": len(paths),
-            "n_classes": len(names)}
+    with _bar(args, len(image_folder(root)[0]), "zero-shot") as bar:
+        return zero_shot_folder(model, preprocess, tokenizer, root, classnames, templates, args.batch_size,
+                                args.device_, args.precision, bar.update)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -71,7 +65,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     from .evaluate.data import image_folder, read_lines, retrieval_pairs
     from .evaluate.linear_probe import linear_probe
-    from .evaluate.retrieval import retrieval_metrics
+    from .evaluate.tasks import retrieval_file
 
     if not (args.zeroshot_data or args.imagenet_val or args.retrieval_data or args.linear_probe_train):
         raise ConfigError("nothing to evaluate: give --zeroshot-data, --imagenet-val, --retrieval-data or "
@@ -93,13 +87,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
             model, preprocess, tokenizer, args, args.imagenet_val, list(IMAGENET_CLASSNAMES),
             [t("{c}") for t in OPENAI_IMAGENET_TEMPLATES])
     if args.retrieval_data:
-        images, captions, owner = retrieval_pairs(args.retrieval_data, args.csv_img_key, args.csv_caption_key,
-                                                  split=args.retrieval_split, image_root=args.retrieval_images)
-        img = _images(model, preprocess, images, args, "retrieval")
-        txt = _texts(model, tokenizer, captions, args)
-        results["metrics"]["retrieval"] = {**retrieval_metrics(img, txt, torch.tensor(owner)),
-                                           "data": args.retrieval_data, "n_images": len(images),
-                                           "n_captions": len(captions)}
+        n_images = len(retrieval_pairs(args.retrieval_data, args.csv_img_key, args.csv_caption_key,
+                                       split=args.retrieval_split, image_root=args.retrieval_images)[0])
+        with _bar(args, n_images, "retrieval") as bar:
+            results["metrics"]["retrieval"] = retrieval_file(
+                model, preprocess, tokenizer, args.retrieval_data, args.csv_img_key, args.csv_caption_key,
+                args.retrieval_split, args.retrieval_images, args.batch_size, args.device_, args.precision, bar.update)
     if args.linear_probe_train:
         tr_paths, tr_labels, tr_classes = image_folder(args.linear_probe_train)
         te_paths, te_labels, te_classes = image_folder(args.linear_probe_test)

@@ -23,7 +23,8 @@ class TrainConfig:
     # --- data
     train_data: Optional[str] = field(default=None, metadata={"help": "CSV/TSV file or shard pattern; "
                                                                "unset with --dataset-type synthetic"})
-    val_data: Optional[str] = field(default=None, metadata={"help": "validation data (same formats)"})
+    val_data: Optional[str] = field(default=None, metadata={"help": "retrieval file evaluated during training "
+                                                             "(CSV/TSV or karpathy JSON)"})
     dataset_type: str = field(default="auto", metadata={"help": f"one of {DATASET_TYPES}"})
     train_num_samples: Optional[int] = field(default=None, metadata={"help": "samples per epoch (synthetic: "
                                                                       "dataset size)"})
@@ -86,7 +87,8 @@ class TrainConfig:
     zeroshot_steps: int = field(default=0, metadata={"help": "zero-shot eval every N steps"})
     val_steps: int = field(default=0, metadata={"help": "validation every N steps"})
     val_frequency: int = field(default=1, metadata={"help": "validation every N epochs"})
-    imagenet_val: Optional[str] = field(default=None, metadata={"help": "ImageNet val folder"})
+    imagenet_val: Optional[str] = field(default=None, metadata={"help": "ImageNet val folder (any ImageFolder tree: "
+                                                                  "zero-shot during training)"})
 
     def __post_init__(self):
         def check(ok, msg):

@@ -19,9 +19,11 @@ from ..checkpoint import create_model, load_token_stats, read_checkpoint, save_c
 from ..config import TrainConfig
 from ..data.loader import ResumableSampler, build_train_dataset, collate, seed_everything
 from ..errors import CheckpointError, ConfigError
+from ..evaluate.data import image_folder
 from ..loss import SuperCLIPLoss
 from ..model import get_tokenizer, get_transforms
 from .engine import train_step
+from .evaluation import evaluate_in_training
 from .optim import build_optimizer, build_scheduler
 from .report import Reporters
 
@@ -126,6 +128,10 @@ class Trainer:
         if cfg.max_steps:
             self.total_steps = min(self.total_steps, cfg.max_steps)
 
+        if cfg.imagenet_val:  # fail now, not after hours of training
+            image_folder(cfg.imagenet_val)
+        if cfg.val_data and not Path(cfg.val_data).is_file():
+            raise ConfigError(f"--val-data file not found: {cfg.val_data}")
         self.optimizer = build_optimizer(self.model, cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch * cfg.epochs)
         self.scaler = torch.amp.GradScaler() if cfg.precision == "amp" and self.device.type == "cuda" else None
@@ -141,6 +147,7 @@ class Trainer:
         # whole batches from its workers in turn, so batch k of the epoch came from worker k % workers
         self.raw_consumed = [0] * max(1, cfg.workers)
         self.history: List[Dict[str, float]] = []
+        self.evals: List[Dict[str, float]] = []
         self.dir = run_dir(cfg)
         path = _resume_path(cfg)
         if path is not None:
@@ -240,6 +247,7 @@ class Trainer:
                             reporters.log(m, self.step)
                         if on_step:
                             on_step(self.step, m)
+                    self._maybe_evaluate(step_end=True, metrics_file=metrics_file, reporters=reporters)
                     if cfg.save_every_n_steps and self.step % cfg.save_every_n_steps == 0:
                         self._save_step()
                     if self.step >= self.total_steps or self.batch_in_epoch >= self.steps_per_epoch:
@@ -248,6 +256,7 @@ class Trainer:
                     self.epoch += 1
                     self.batch_in_epoch = 0
                     self.raw_consumed = [0] * len(self.raw_consumed)
+                    self._maybe_evaluate(step_end=False, metrics_file=metrics_file, reporters=reporters)
                     if self.epoch % cfg.save_frequency == 0 or self.epoch == cfg.epochs:
                         self.save(f"epoch_{self.epoch}.pt")
             self.save("epoch_latest.pt")
@@ -259,6 +268,29 @@ class Trainer:
             if reporters is not None:
                 reporters.close()
         return self.history
+
+    def _maybe_evaluate(self, step_end: bool, metrics_file: Path, reporters) -> None:
+        """Zero-shot / validation when their step or epoch frequency comes up; rank 0 works, others wait."""
+        cfg = self.cfg
+        if step_end:
+            zeroshot = bool(cfg.zeroshot_steps) and self.step % cfg.zeroshot_steps == 0
+            val = bool(cfg.val_steps) and self.step % cfg.val_steps == 0
+        else:
+            zeroshot = bool(cfg.zeroshot_frequency) and self.epoch % cfg.zeroshot_frequency == 0
+            val = bool(cfg.val_data) and not cfg.val_steps and self.epoch % max(1, cfg.val_frequency) == 0
+        zeroshot = zeroshot and bool(cfg.imagenet_val)
+        val = val and bool(cfg.val_data)
+        if not (zeroshot or val):
+            return
+        if distributed.is_main_process():
+            m = evaluate_in_training(self.model, cfg, self.device, zeroshot, val)
+            m.update(step=self.step, epoch=self.epoch)
+            self.evals.append(m)
+            with metrics_file.open("a") as f:
+                f.write(json.dumps(m) + "\n")
+            reporters.log(m, self.step)
+            log.info("evaluation at step %d: %s", self.step, m)
+        distributed.barrier()
 
     def _save_step(self) -> None:
         prev = self.dir / "checkpoints" / f"step_{self.step - self.cfg.save_every_n_steps}.pt"
