@@ -116,9 +116,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                       eval_samples=args.eval_samples, on_step=on_step)
     bar.close()
     clip, sup = report["runs"]["CLIP"]["metrics"], report["runs"]["SuperCLIP"]["metrics"]
-    print(f"\n{'metric (test split)':32s} {'CLIP':>8s} {'SuperCLIP':>10s} {'diff':>7s}")
+    print(f"\n{'metric (test split, %)':32s} {'CLIP':>8s} {'SuperCLIP':>10s} {'diff':>7s}")
     for key in clip:
-        print(f"{key:32s} {100 * clip[key]:7.1f}% {100 * sup[key]:9.1f}% {100 * (sup[key] - clip[key]):+6.1f}")
+        print(f"{key:32s} {100 * clip[key]:8.1f} {100 * sup[key]:10.1f} {100 * (sup[key] - clip[key]):+7.1f}")
     print(f"\n{args.steps} steps x batch {args.batch_size} each, seed {args.seed}, {time.perf_counter() - t0:.0f} s; "
           f"report {out / 'report.json'}, plot {out / 'demo.png'}")
     return 0
