@@ -66,6 +66,32 @@ def _ddp_worker(rank, tmp_path, init_file):
     torch.distributed.destroy_process_group()
 
 
+def _fsdp_worker(rank, tmp_path, init_file):
+    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1")
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    straight = Trainer(_cfg(tmp_path, batch_size=4, max_steps=3, name="fsdp", fsdp=True)).fit()
+    first = Trainer(_cfg(tmp_path, batch_size=4, max_steps=2, name="fsdp-resumed", fsdp=True)).fit()
+    resumed = Trainer(_cfg(tmp_path, batch_size=4, max_steps=3, name="fsdp-resumed", fsdp=True,
+                           resume="latest")).fit()
+    if rank == 0:
+        torch.save({"straight": straight, "resumed": first + resumed[2:]}, os.path.join(tmp_path, "fsdp.pt"))
+    torch.distributed.destroy_process_group()
+
+
+def test_two_process_fsdp2_matches_single_process_and_resumes(tmp_path):
+    mp.spawn(_fsdp_worker, args=(tmp_path, str(tmp_path / "init")), nprocs=2, join=True)
+    runs = torch.load(tmp_path / "fsdp.pt")
+    single = Trainer(_cfg(tmp_path, batch_size=8, max_steps=1, name="single")).fit()
+    for key in ("loss", "contrastive_loss", "class_loss"):
+        assert abs(runs["straight"][0][key] - single[0][key]) < 1e-5, key
+    assert len(runs["resumed"]) == 3
+    for a, b in zip(runs["straight"], runs["resumed"]):
+        assert abs(a["loss"] - b["loss"]) < 1e-6, a["step"]
+    ckpt = torch.load(tmp_path / "logs" / "fsdp" / "checkpoints" / "epoch_latest.pt", weights_only=True)
+    assert ckpt["model"]["clip.logit_scale"].shape == (1,)  # whole tensors, not shards
+    assert ckpt["model"]["head.fc.weight"].shape == (49408, 64)
+
+
 def test_two_process_ddp_first_step_equals_single_process_on_global_batch(tmp_path):
     mp.spawn(_ddp_worker, args=(tmp_path, str(tmp_path / "init")), nprocs=2, join=True)
     ddp = torch.load(tmp_path / "ddp_hist.pt")

@@ -64,12 +64,14 @@ def atomic_write_text(text: str, path: os.PathLike) -> None:
 
 
 def save_checkpoint(path: os.PathLike, model: SuperCLIP, criterion: Optional[torch.nn.Module] = None,
-                    **state: Any) -> None:
+                    model_state: Optional[Dict[str, torch.Tensor]] = None, **state: Any) -> None:
     """Write ``path`` (weights, loss statistics, any extra training ``state``) and ``path.json`` (readable meta).
 
     ``state`` values must be plain Python / tensors (optimizer and scheduler state dicts, step, RNG states...).
+    ``model_state``: the weights to write instead of ``model.state_dict()`` (the gathered state of a sharded model).
     """
-    ckpt = {"format": FORMAT, "config": model.config, "model": model.state_dict(), **state}
+    weights = model.state_dict() if model_state is None else model_state
+    ckpt = {"format": FORMAT, "config": model.config, "model": weights, **state}
     if criterion is not None:
         ckpt["loss"] = criterion.state_dict()
     atomic_torch_save(ckpt, path)
@@ -138,6 +140,9 @@ def superclip_to_official(model: SuperCLIP, criterion: Optional[torch.nn.Module]
 def _load_strict(model: torch.nn.Module, sd: Dict[str, torch.Tensor], source: str) -> None:
     """``load_state_dict(strict=True)`` with one readable error line instead of torch's long report."""
     own = model.state_dict()
+    for key in ("clip.logit_scale", "clip.logit_bias"):  # scalar vs (1,) (open_clip's nonscalar_logit_scale)
+        if key in sd and key in own and sd[key].shape != own[key].shape and sd[key].numel() == own[key].numel():
+            sd = {**sd, key: sd[key].reshape(own[key].shape)}
     missing = sorted(set(own) - set(sd))
     unexpected = sorted(set(sd) - set(own))
     shapes = [f"{k} {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"

@@ -56,3 +56,43 @@ def barrier() -> None:
 def destroy() -> None:
     if is_initialized():
         dist.destroy_process_group()
+
+
+def fsdp_shard(model: torch.nn.Module, blocks) -> torch.nn.Module:
+    """FSDP2: ``fully_shard`` every block (the unit of all-gather), then the whole model; returns it."""
+    from torch.distributed.fsdp import fully_shard
+
+    for block in blocks:
+        fully_shard(block)
+    fully_shard(model)
+    return model
+
+
+def full_model_state_dict(model: torch.nn.Module) -> dict:
+    """The whole (unsharded) state dict on CPU, for checkpoints of an FSDP2 model; every rank must call it."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def full_optimizer_state_dict(model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    return get_optimizer_state_dict(model, optimizer,
+                                    options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def load_full_state_dicts(model: torch.nn.Module, optimizer: torch.optim.Optimizer, model_sd: dict,
+                          optim_sd: dict) -> None:
+    """Load whole state dicts (as :func:`full_model_state_dict` wrote them) into an FSDP2 model and optimizer."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, \
+        set_optimizer_state_dict
+
+    options = StateDictOptions(full_state_dict=True)
+    set_model_state_dict(model, model_sd, options=options)
+    set_optimizer_state_dict(model, optimizer, optim_sd, options=options)
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """A DTensor's whole value (FSDP2 parameters); other tensors as they are."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t

@@ -7,6 +7,7 @@ from typing import Dict, Optional
 
 import torch
 
+from .. import distributed
 from ..loss import SuperCLIPLoss
 
 _DIFFERENTIABLE_ONCE = ("logit_scale", "logit_bias")
@@ -82,5 +83,5 @@ def train_step(model, criterion: SuperCLIPLoss, optimizer: torch.optim.Optimizer
     with torch.no_grad():
         core.logit_scale.clamp_(0, math.log(100))
     metrics = {k: v.item() for k, v in losses.items()}
-    metrics["logit_scale"] = core.logit_scale.exp().item()
+    metrics["logit_scale"] = distributed.full_tensor(core.logit_scale.detach()).exp().item()
     return metrics

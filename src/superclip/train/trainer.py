@@ -21,7 +21,7 @@ from ..data.loader import ResumableSampler, build_train_dataset, collate, seed_e
 from ..errors import CheckpointError, ConfigError
 from ..evaluate.data import image_folder
 from ..loss import SuperCLIPLoss
-from ..model import get_tokenizer, get_transforms
+from ..model import get_tokenizer, get_transforms, resolve_model_config
 from .engine import train_step
 from .evaluation import evaluate_in_training
 from .optim import build_optimizer, build_scheduler
@@ -70,6 +70,16 @@ def _resume_path(cfg: TrainConfig) -> Optional[Path]:
     return path
 
 
+def _shard_units(model) -> List[torch.nn.Module]:
+    """The transformer blocks of both towers: FSDP2's all-gather units."""
+    units: List[torch.nn.Module] = []
+    for tower in (model.visual, model.text):
+        for owner in (getattr(tower, "transformer", None), getattr(tower, "trunk", None)):
+            for name in ("resblocks", "blocks"):
+                units.extend(getattr(owner, name, None) or [])
+    return units
+
+
 class Trainer:
     """Builds everything a run needs from a :class:`TrainConfig`; :meth:`fit` trains.
 
@@ -88,9 +98,12 @@ class Trainer:
             torch.cuda.set_device(self.device)
         if cfg.global_batch_size:
             cfg.batch_size = cfg.global_batch_size // (self.world_size * cfg.accum_freq)
-        seed_everything(cfg.seed + self.rank)
+        seed_everything(cfg.seed)  # the same initial weights on every rank (FSDP2 does not broadcast them)
 
-        self.model = create_model(cfg.model, pretrained=cfg.pretrained).to(self.device)
+        model_cfg = resolve_model_config(cfg.model)
+        if cfg.fsdp:  # fully_shard cannot shard 0-d parameters
+            model_cfg["nonscalar_logit_scale"] = True
+        self.model = create_model(model_cfg, pretrained=cfg.pretrained).to(self.device)
         if cfg.force_patch_dropout is not None:
             from open_clip.transformer import PatchDropout
 
@@ -98,6 +111,7 @@ class Trainer:
                 else torch.nn.Identity()
         if cfg.grad_checkpointing:
             self.model.set_grad_checkpointing(True)
+        seed_everything(cfg.seed + self.rank)  # from here on (dropout, augmentation), ranks draw differently
         self.criterion = SuperCLIPLoss(
             vocab_size=self.model.vocab_size, contrastive=cfg.contrastive, cls_weight=cfg.cls_loss_weight,
             idf=cfg.idf, local_loss=cfg.local_loss, gather_with_grad=cfg.gather_with_grad,
@@ -132,12 +146,15 @@ class Trainer:
             image_folder(cfg.imagenet_val)
         if cfg.val_data and not Path(cfg.val_data).is_file():
             raise ConfigError(f"--val-data file not found: {cfg.val_data}")
+        self.fsdp = cfg.fsdp and self.world_size > 1
+        if self.fsdp:  # before the optimizer: sharding replaces the parameters
+            distributed.fsdp_shard(self.model, _shard_units(self.model))
         self.optimizer = build_optimizer(self.model, cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch * cfg.epochs)
         self.scaler = torch.amp.GradScaler() if cfg.precision == "amp" and self.device.type == "cuda" else None
         self.autocast = _autocast(cfg.precision, self.device)
         self.ddp_model = self.model
-        if self.world_size > 1:
+        if self.world_size > 1 and not self.fsdp:
             self.ddp_model = torch.nn.parallel.DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 static_graph=cfg.ddp_static_graph,
@@ -154,18 +171,23 @@ class Trainer:
             self._load(path)
 
     # --- checkpoints
-    def _state(self) -> Dict[str, Any]:
+    def _state(self, optimizer_state: Dict[str, Any]) -> Dict[str, Any]:
         return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                 "raw_consumed": list(self.raw_consumed),
-                "skipped_samples": self.skipped, "optimizer": self.optimizer.state_dict(),
+                "skipped_samples": self.skipped, "optimizer": optimizer_state,
                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else None,
                 "rng": _rng_state(), "train_config": self.cfg.to_dict(), "history": self.history,
                 "world_size": self.world_size}
 
     def save(self, name: str) -> Path:
         path = self.dir / "checkpoints" / name
+        if self.fsdp:  # gathering the shards is a collective: every rank takes part
+            model_state = distributed.full_model_state_dict(self.model)
+            optimizer_state = distributed.full_optimizer_state_dict(self.model, self.optimizer)
+        else:
+            model_state, optimizer_state = None, self.optimizer.state_dict()
         if distributed.is_main_process():
-            save_checkpoint(path, self.model, self.criterion, **self._state())
+            save_checkpoint(path, self.model, self.criterion, model_state=model_state, **self._state(optimizer_state))
         distributed.barrier()
         return path
 
@@ -173,9 +195,12 @@ class Trainer:
         ckpt = read_checkpoint(path)
         if ckpt.get("format") != "superclip" or "optimizer" not in ckpt:
             raise CheckpointError(f"{path} is not a superclip training checkpoint (use --pretrained for weights)")
-        self.model.load_state_dict(ckpt["model"])
+        if self.fsdp:
+            distributed.load_full_state_dicts(self.model, self.optimizer, ckpt["model"], ckpt["optimizer"])
+        else:
+            self.model.load_state_dict(ckpt["model"])
+            self.optimizer.load_state_dict(ckpt["optimizer"])
         self.criterion.load_state_dict(ckpt["loss"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         if self.scaler and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
