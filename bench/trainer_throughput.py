@@ -1,18 +1,20 @@
 """Training throughput: ``superclip train`` vs ``python -m open_clip_train.main``, same model, data, batch, precision.
 
-    python bench/trainer_throughput.py [--steps 20] [--batch-size 64] [--workers 1]
+    python bench/trainer_throughput.py [--steps 40] [--batch-size 64] [--workers 1] [--rounds 2]
 
-Both trainers read the same CSV of 64 px PNGs (drawn once from the synthetic scenes) and train the same
-tiny ViT (SuperCLIP-Tiny's towers) in fp32 on the CPU, one after the other. Each is run twice, on N and on
-2N steps' worth of rows, and samples/s after warm-up is N x batch / (t(2N) - t(N)): start-up, model building
-and the first steps cancel out. open_clip_train needs pandas (pip install pandas).
+Both trainers read the same TSV of 64 px PNGs (drawn once from the synthetic scenes) and train the same
+tiny ViT (SuperCLIP-Tiny's towers) in fp32 on the CPU, one after the other, ``--rounds`` times in turn.
+Each logs every step: our metrics.jsonl has samples/s per step (step + data wait), open_clip_train's log
+has the step's ``Batch (t)`` (the same span). The figure is the median over all steps after the first 5 of
+each run. open_clip_train needs pandas (pip install pandas).
 """
 import argparse
 import json
+import re
+import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 
@@ -33,10 +35,18 @@ def make_csv(folder: Path, rows: int, name: str) -> Path:
     return out
 
 
-def run(cmd, env=None) -> float:
-    t0 = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    return time.perf_counter() - t0
+def run(cmd) -> None:
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def step_rates(label: str, logs: Path, batch_size: int, skip: int = 5) -> list:
+    """Samples/s of every logged step after the first ``skip``."""
+    if label == "open_clip_train":
+        text = (logs / "run" / "out.log").read_text()
+        times = [float(m) for m in re.findall(r"Batch \(t\): ([0-9.]+)", text)]
+        return [batch_size / t for t in times[skip:]]
+    rows = [json.loads(line) for line in (logs / "run" / "metrics.jsonl").read_text().splitlines()]
+    return [r["samples_per_s"] for r in rows if "samples_per_s" in r][skip:]
 
 
 OPEN_CLIP_DRIVER = """
@@ -48,9 +58,10 @@ m.main(sys.argv[2:])
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--steps", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--rounds", type=int, default=2)
     args = p.parse_args()
     from superclip.model import resolve_model_config, split_model_config
 
@@ -59,32 +70,31 @@ def main():
     cfg_dir.mkdir()
     oc_cfg, _, _ = split_model_config(resolve_model_config("SuperCLIP-Tiny"))
     (cfg_dir / "bench-tiny.json").write_text(json.dumps(oc_cfg))
-    n, b = args.steps, args.batch_size
-    csvs = {k: make_csv(tmp, k * n * b, f"train_{k}.tsv") for k in (1, 2)}
-    common = ["--csv-img-key", "filepath", "--csv-caption-key", "title", "--csv-separator", "\t",
-              "--batch-size", str(b), "--epochs", "1", "--lr", "5e-4", "--warmup", "2", "--precision", "fp32",
-              "--workers", str(args.workers), "--seed", "0"]
-    results = {}
-    for label, extra in (("superclip λ=1", ["--cls-loss-weight", "1"]), ("superclip λ=0", ["--cls-loss-weight", "0"]),
-                         ("open_clip_train", None)):
-        times = {}
-        for k, csv in csvs.items():
-            logs = tmp / f"logs-{label.replace(' ', '_')}-{k}"
-            if extra is None:
-                cmd = [sys.executable, "-c", OPEN_CLIP_DRIVER, str(cfg_dir), "--train-data", str(csv),
-                       "--dataset-type", "csv", "--model", "bench-tiny", "--logs", str(logs), "--name", "run",
-                       "--save-frequency", "0", "--report-to", "", "--log-every-n-steps", "1000", *common]
+    b = args.batch_size
+    tsv = make_csv(tmp, args.steps * b, "train.tsv")
+    common = ["--train-data", str(tsv), "--dataset-type", "csv", "--csv-img-key", "filepath",
+              "--csv-caption-key", "title", "--csv-separator", "\t", "--batch-size", str(b), "--epochs", "1",
+              "--lr", "5e-4", "--warmup", "2", "--precision", "fp32", "--workers", str(args.workers), "--seed", "0",
+              "--log-every-n-steps", "1", "--name", "run"]
+    labels = ("open_clip_train", "superclip λ=1", "superclip λ=0")
+    rates = {label: [] for label in labels}
+    for r in range(args.rounds):
+        for label in labels:
+            logs = tmp / f"logs-{r}-{labels.index(label)}"
+            if label == "open_clip_train":
+                cmd = [sys.executable, "-c", OPEN_CLIP_DRIVER, str(cfg_dir), "--model", "bench-tiny",
+                       "--logs", str(logs), "--save-frequency", "0", "--report-to", "", *common]
             else:
-                cmd = [sys.executable, "-m", "superclip", "train", "--train-data", str(csv), "--dataset-type", "csv",
-                       "--model", "SuperCLIP-Tiny", "--logs", str(logs), "--name", "run", "--no-progress",
-                       "--log-every-n-steps", "1000", *extra, *common]
-            times[k] = run(cmd)
-        results[label] = n * b / (times[2] - times[1])
-        print(f"{label:16s} t({n} steps) {times[1]:6.1f} s  t({2 * n} steps) {times[2]:6.1f} s  "
-              f"-> {results[label]:7.1f} samples/s after warm-up", flush=True)
-    base = results["open_clip_train"]
-    for label in ("superclip λ=1", "superclip λ=0"):
-        print(f"ratio {label} / open_clip_train: {results[label] / base:.3f}x")
+                cmd = [sys.executable, "-m", "superclip", "train", "--model", "SuperCLIP-Tiny", "--logs", str(logs),
+                       "--no-progress", "--cls-loss-weight", label[-1], *common]
+            run(cmd)
+            rates[label] += step_rates(label, logs, b)
+    med = {label: statistics.median(v) for label, v in rates.items()}
+    for label in labels:
+        print(f"{label:16s} {med[label]:7.1f} samples/s (median of {len(rates[label])} steps, "
+              f"{args.rounds} runs of {args.steps} steps, batch {b}, {args.workers} worker(s))")
+    for label in labels[1:]:
+        print(f"ratio {label} / open_clip_train: {med[label] / med['open_clip_train']:.3f}x")
 
 
 if __name__ == "__main__":

@@ -185,3 +185,13 @@ def test_tensorboard_reporting_and_unknown_backend(tmp_path, capsys):
     assert len(events) == 1 and events[0].stat().st_size > 100
     assert "unknown backend 'mlflow'" in _train_error(
         capsys, ["--dataset-type", "synthetic", "--report-to", "mlflow", "--logs", str(tmp_path)])
+
+
+def test_pure_bf16_force_image_size_and_step_checkpoints(tmp_path):
+    t = Trainer(_cfg(tmp_path, name="bf16", precision="bf16", force_image_size=48, max_steps=4,
+                     save_every_n_steps=2, delete_prev_step_ckpt=True))
+    hist = t.fit()
+    assert t.model.head.fc.weight.dtype == torch.bfloat16 and t.model.visual.image_size == (48, 48)
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in hist)
+    names = set(os.listdir(tmp_path / "logs" / "bf16" / "checkpoints"))
+    assert "step_4.pt" in names and "step_2.pt" not in names and "epoch_latest.pt" in names

@@ -121,7 +121,7 @@ def plot_demo(report: Dict, path: Path) -> Path:
     ax2.set_xticklabels([k.replace("zeroshot_", "").replace("_acc1", "").replace("_recall@1", " R@1")
                          .replace("_retrieval", "").replace("_word", "") for k in keys],
                         rotation=20, fontsize=8)
-    ax2.set_ylabel("%"), ax2.set_title("zero-shot accuracy and retrieval (test split)"), ax2.legend()
+    ax2.set_ylabel("%"), ax2.set_title("test split: zero-shot accuracy, retrieval R@1, tagger hit rate"), ax2.legend()
     ax2.grid(axis="y", alpha=.3)
     fig.tight_layout()
     fig.savefig(path)

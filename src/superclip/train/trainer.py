@@ -103,7 +103,14 @@ class Trainer:
         model_cfg = resolve_model_config(cfg.model)
         if cfg.fsdp:  # fully_shard cannot shard 0-d parameters
             model_cfg["nonscalar_logit_scale"] = True
+        if cfg.force_image_size:
+            model_cfg["vision_cfg"]["image_size"] = cfg.force_image_size
         self.model = create_model(model_cfg, pretrained=cfg.pretrained).to(self.device)
+        # "pure" precisions train the weights themselves in half precision (open_clip's bf16 / fp16)
+        self.param_dtype = {"bf16": torch.bfloat16, "pure_bf16": torch.bfloat16, "fp16": torch.float16,
+                            "pure_fp16": torch.float16}.get(cfg.precision)
+        if self.param_dtype is not None:
+            self.model.to(self.param_dtype)
         if cfg.force_patch_dropout is not None:
             from open_clip.transformer import PatchDropout
 
@@ -241,7 +248,7 @@ class Trainer:
             while self.step < self.total_steps and self.epoch < cfg.epochs:
                 t_last = time.perf_counter()
                 for images, ids, cls_ids, skipped in self._loader():
-                    images = images.to(self.device, non_blocking=True)
+                    images = images.to(self.device, dtype=self.param_dtype, non_blocking=True)
                     ids = ids.to(self.device, non_blocking=True)
                     if cls_ids is not None:
                         cls_ids = cls_ids.to(self.device, non_blocking=True)
