@@ -1,0 +1,89 @@
+"""Toy-scale studies of the paper's claims on the synthetic scenes, each over several seeds.
+
+    python bench/study.py seeds     [--seeds 0 1 2]   # CLIP vs SuperCLIP at the demo's settings
+    python bench/study.py batch     [--seeds 0 1 2]   # batch 8 / 32 / 128 with equal samples seen (Fig. 4)
+    python bench/study.py lambda    [--seeds 0 1 2]   # λ in 0, 0.5, 1, 2 and IDF off (Tables 9, 10)
+    python bench/study.py captions  [--seeds 0 1 2]   # detailed captions only: CLIP vs SuperCLIP (Table 5)
+
+Each writes runs/study-NAME/{report.json, table.md, study.png} and prints the table: mean ± std over seeds
+of every test metric. Common options: --steps, --batch-size, --samples (samples seen per run; the batch
+study keeps it fixed), --out.
+"""
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from superclip.demo import run_demo  # noqa: E402
+
+STUDIES = {
+    "seeds": lambda a: [("demo", a.batch_size, None, (("CLIP", {"cls_loss_weight": 0.0}),
+                                                      ("SuperCLIP", {"cls_loss_weight": 1.0})))],
+    "batch": lambda a: [(f"batch {b}", b, None, (("CLIP", {"cls_loss_weight": 0.0}),
+                                                 ("SuperCLIP", {"cls_loss_weight": 1.0}))) for b in (8, 32, 128)],
+    "lambda": lambda a: [("λ sweep", a.batch_size, None, tuple(
+        [(f"λ={w:g}", {"cls_loss_weight": w}) for w in (0.0, 0.5, 1.0, 2.0)]
+        + [("λ=1 IDF off", {"cls_loss_weight": 1.0, "idf": "off"})]))],
+    "captions": lambda a: [("detailed captions only", a.batch_size, 1.0, (("CLIP", {"cls_loss_weight": 0.0}),
+                                                                         ("SuperCLIP", {"cls_loss_weight": 1.0})))],
+}
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("study", choices=sorted(STUDIES))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--samples", type=int, default=9600, help="samples seen per run")
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--eval-samples", type=int, default=500)
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    out = Path(args.out or f"runs/study-{args.study}")
+    rows = {}  # (group, run) -> metric -> [values over seeds]
+    for group, batch, long_ratio, runs in STUDIES[args.study](args):
+        for seed in args.seeds:
+            steps = args.samples // batch
+            report = run_demo(out / f"{group.replace(' ', '_')}-seed{seed}", steps=steps, batch_size=batch,
+                              seed=seed, lr=args.lr, eval_samples=args.eval_samples, runs=runs,
+                              long_caption_ratio=0.5 if long_ratio is None else long_ratio)
+            for name, run in report["runs"].items():
+                for metric, value in run["metrics"].items():
+                    rows.setdefault((group, name), {}).setdefault(metric, []).append(100 * value)
+            print(f"done: {group}, seed {seed}", file=sys.stderr, flush=True)
+    metrics = list(next(iter(rows.values())))
+    fmt = lambda v: f"{statistics.mean(v):.1f} ± {statistics.stdev(v) if len(v) > 1 else 0:.1f}"  # noqa: E731
+    lines = [f"Study `{args.study}`: {args.samples} samples seen per run, seeds {args.seeds}; "
+             "test split, %, mean ± std over seeds", "",
+             "| setting | run | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
+    for (group, name), vals in rows.items():
+        lines.append(f"| {group} | {name} | " + " | ".join(fmt(vals[m]) for m in metrics) + " |")
+    table = "\n".join(lines)
+    print(table)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "table.md").write_text(table + "\n")
+    (out / "report.json").write_text(json.dumps({f"{g} / {n}": v for (g, n), v in rows.items()}, indent=2) + "\n")
+    key = "zeroshot_colour+shape_acc1"
+    fig, ax = plt.subplots(figsize=(max(6, len(rows) * 0.9), 4), dpi=110)
+    labels = [f"{g}\n{n}" for g, n in rows]
+    means = [statistics.mean(v[key]) for v in rows.values()]
+    stds = [statistics.stdev(v[key]) if len(v[key]) > 1 else 0 for v in rows.values()]
+    ax.bar(range(len(rows)), means, yerr=stds, capsize=4, color=["C0" if "CLIP" == n or n == "λ=0" else "C1"
+                                                               for _, n in rows])
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels(labels, fontsize=8)
+    ax.set_ylabel("colour+shape zero-shot acc1, %")
+    ax.set_title(f"study '{args.study}': mean ± std over {len(args.seeds)} seeds")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "study.png")
+
+
+if __name__ == "__main__":
+    main()
