@@ -48,3 +48,20 @@ def test_demo_end_to_end_in_seconds(tmp_path, capsys):
     assert report["runs"]["SuperCLIP"]["history"][0]["class_loss"] > 1.0
     assert (tmp_path / "demo.png").stat().st_size > 10_000
     assert "zeroshot_colour+shape_acc1" in capsys.readouterr().out
+
+
+def test_data_synth_writes_shards_that_train(tmp_path, capsys):
+    from superclip.train.trainer import Trainer
+
+    from .test_train import _cfg
+
+    assert cli.main(["data", "synth", "--out", str(tmp_path / "shards"), "--train-samples", "24",
+                     "--test-samples", "8", "--shard-size", "10"]) == 0
+    assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == [
+        "test-000000.tar", "train-000000.tar", "train-000001.tar", "train-000002.tar"]
+    hint = capsys.readouterr().out
+    assert "train-{000000..000002}.tar" in hint
+    pattern = str(tmp_path / "shards" / "train-{000000..000002}.tar")
+    hist = Trainer(_cfg(tmp_path, dataset_type="auto", train_data=pattern, train_num_samples=24, batch_size=4,
+                        epochs=1, long_caption_key="long.txt", class_caption="long")).fit()
+    assert len(hist) == 6 and hist[-1]["skipped_samples"] == 0

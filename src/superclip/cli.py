@@ -124,6 +124,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_synth(args: argparse.Namespace) -> int:
+    from .data.synthetic import write_shards
+
+    paths = []
+    for split, n in (("train", args.train_samples), ("val", args.val_samples), ("test", args.test_samples)):
+        if n:
+            paths += write_shards(args.out, n, args.image_size, args.seed, split, args.shard_size)
+    print(f"wrote {len(paths)} shards to {args.out}; train on them with: superclip train --train-data "
+          f"'{args.out}/train-{{000000..{max(0, -(-args.train_samples // args.shard_size) - 1):06d}}}.tar' "
+          f"--train-num-samples {args.train_samples}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="superclip", description="SuperCLIP on open_clip towers")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
@@ -157,6 +170,18 @@ def build_parser() -> argparse.ArgumentParser:
     from .cli_eval import add_parsers
 
     add_parsers(sub)
+
+    p = sub.add_parser("data", help="data tools")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    p = data_sub.add_parser("synth", help="write the synthetic scenes as webdataset shards, to inspect or train on")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--train-samples", type=int, default=10000)
+    p.add_argument("--val-samples", type=int, default=0)
+    p.add_argument("--test-samples", type=int, default=1000)
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--shard-size", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_data_synth)
 
     p = sub.add_parser("models", help="list the model configs shipped with superclip")
     p.set_defaults(func=_cmd_models)

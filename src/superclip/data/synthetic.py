@@ -169,3 +169,34 @@ def zero_shot_task(task: str, num_samples: int, image_size: int = 64, seed: int 
         name = {"shape": obj.shape, "colour": obj.colour}.get(task, f"{obj.colour} {obj.shape}")
         labels.append(classnames.index(name))
     return images, labels, classnames, templates
+
+
+def write_shards(out_dir: str, num_samples: int, image_size: int = 64, seed: int = 0, split: str = "train",
+                 shard_size: int = 1000) -> list:
+    """Write the scenes as webdataset shards ``{split}-NNNNNN.tar``: KEY.png, KEY.txt (short caption),
+    KEY.long.txt (detailed caption), KEY.json (the scene drawn). Returns the shard paths."""
+    import io
+    import json
+    import tarfile
+    from dataclasses import asdict
+    from pathlib import Path
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = SyntheticCaptions(num_samples, image_size=image_size, seed=seed, split=split)
+    paths = []
+    for start in range(0, num_samples, shard_size):
+        path = out / f"{split}-{start // shard_size:06d}.tar"
+        with tarfile.open(path, "w") as tar:
+            for i in range(start, min(start + shard_size, num_samples)):
+                image, short, detailed = data.sample(i)
+                buf = io.BytesIO()
+                image.save(buf, format="PNG")
+                members = {"png": buf.getvalue(), "txt": short.encode(), "long.txt": detailed.encode(),
+                           "json": json.dumps(asdict(data.scene(i))).encode()}
+                for ext, payload in members.items():
+                    info = tarfile.TarInfo(f"{i:08d}.{ext}")
+                    info.size = len(payload)
+                    tar.addfile(info, io.BytesIO(payload))
+        paths.append(str(path))
+    return paths
