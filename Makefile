@@ -21,7 +21,10 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
+	$(BIN)/pip install --quiet pandas  # open_clip_train's CSV loader needs it
 	$(BIN)/python bench/loss_memory.py
+	$(BIN)/python bench/cls_overhead.py
+	$(BIN)/python bench/trainer_throughput.py
 
 clean:
 	rm -rf $(VENV) runs

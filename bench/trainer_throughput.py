@@ -4,7 +4,8 @@
 
 Both trainers read the same TSV of 64 px PNGs (drawn once from the synthetic scenes) and train the same
 tiny ViT (SuperCLIP-Tiny's towers) in fp32 on the CPU, one after the other, ``--rounds`` times in turn.
-Each logs every step: our metrics.jsonl has samples/s per step (step + data wait), open_clip_train's log
+``--compile`` adds a run with ``--torchcompile`` (its compile time, the first step, falls in the skipped
+steps; metrics.jsonl records it as compile_seconds). Each logs every step: our metrics.jsonl has samples/s per step (step + data wait), open_clip_train's log
 has the step's ``Batch (t)`` (the same span). The figure is the median over all steps after the first 5 of
 each run. open_clip_train needs pandas (pip install pandas).
 """
@@ -62,6 +63,7 @@ def main():
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--compile", action="store_true", help="also time superclip with --torchcompile")
     args = p.parse_args()
     from superclip.model import resolve_model_config, split_model_config
 
@@ -76,7 +78,7 @@ def main():
               "--csv-caption-key", "title", "--csv-separator", "\t", "--batch-size", str(b), "--epochs", "1",
               "--lr", "5e-4", "--warmup", "2", "--precision", "fp32", "--workers", str(args.workers), "--seed", "0",
               "--log-every-n-steps", "1", "--name", "run"]
-    labels = ("open_clip_train", "superclip λ=1", "superclip λ=0")
+    labels = ("open_clip_train", "superclip λ=1", "superclip λ=0") + (("superclip λ=1 compiled",) if args.compile else ())
     rates = {label: [] for label in labels}
     for r in range(args.rounds):
         for label in labels:
@@ -85,13 +87,16 @@ def main():
                 cmd = [sys.executable, "-c", OPEN_CLIP_DRIVER, str(cfg_dir), "--model", "bench-tiny",
                        "--logs", str(logs), "--save-frequency", "0", "--report-to", "", *common]
             else:
+                weight = "0" if "λ=0" in label else "1"
                 cmd = [sys.executable, "-m", "superclip", "train", "--model", "SuperCLIP-Tiny", "--logs", str(logs),
-                       "--no-progress", "--cls-loss-weight", label[-1], *common]
+                       "--no-progress", "--cls-loss-weight", weight, *common]
+                if "compiled" in label:
+                    cmd.append("--torchcompile")
             run(cmd)
             rates[label] += step_rates(label, logs, b)
     med = {label: statistics.median(v) for label, v in rates.items()}
     for label in labels:
-        print(f"{label:16s} {med[label]:7.1f} samples/s (median of {len(rates[label])} steps, "
+        print(f"{label:24s} {med[label]:7.1f} samples/s (median of {len(rates[label])} steps, "
               f"{args.rounds} runs of {args.steps} steps, batch {b}, {args.workers} worker(s))")
     for label in labels[1:]:
         print(f"ratio {label} / open_clip_train: {med[label] / med['open_clip_train']:.3f}x")

@@ -71,6 +71,7 @@ class TrainConfig:
     precision: str = field(default="fp32", metadata={"help": f"one of {PRECISIONS}"})
     seed: int = field(default=0, metadata={"help": "random seed"})
     device: Optional[str] = field(default=None, metadata={"help": "cpu, cuda, cuda:N (default: cuda if any)"})
+    torchcompile: bool = field(default=False, metadata={"help": "torch.compile the model (first step slower)"})
     fsdp: bool = field(default=False, metadata={"help": "shard the model with FSDP2 (fully_shard) instead of DDP"})
     ddp_static_graph: bool = field(default=False, metadata={"help": "DDP static_graph"})
     # --- logging and checkpoints

@@ -166,6 +166,9 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 static_graph=cfg.ddp_static_graph,
             )
+        self.compile_seconds: Optional[float] = None  # the first step's time when torch.compile is on
+        if cfg.torchcompile:
+            self.ddp_model = torch.compile(self.ddp_model)
         self.step, self.epoch, self.batch_in_epoch, self.skipped = 0, 0, 0, 0
         # shards: raw samples (good + corrupt) each data-loader worker delivered this epoch; DataLoader takes
         # whole batches from its workers in turn, so batch k of the epoch came from worker k % workers
@@ -267,6 +270,9 @@ class Trainer:
                     m.update(step=self.step, epoch=self.epoch, lr=self.optimizer.param_groups[0]["lr"],
                              samples_per_s=self.step_batch * self.world_size / max(now - t_last, 1e-9),
                              skipped_samples=self.skipped)
+                    if cfg.torchcompile and self.compile_seconds is None:
+                        self.compile_seconds = m["compile_seconds"] = now - t_last
+                        log.info("first (compiling) step took %.1f s", self.compile_seconds)
                     t_last = now
                     if not all(math.isfinite(m[k]) for k in ("loss", "contrastive_loss", "class_loss")):
                         raise FloatingPointError(f"non-finite loss at step {self.step}: {m['loss']}; "
