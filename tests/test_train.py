@@ -16,7 +16,9 @@ from .conftest import TINY_CFG
 
 def _cfg(tmp_path, **kw):
     model_path = tmp_path / "tiny.json"
-    model_path.write_text(json.dumps(TINY_CFG))
+    tmp = tmp_path / f"tiny.json.{os.getpid()}"  # atomic: two spawned ranks may write it at once
+    tmp.write_text(json.dumps(TINY_CFG))
+    os.replace(tmp, model_path)
     base = dict(model=str(model_path), dataset_type="synthetic", train_num_samples=64, batch_size=8, epochs=2,
                 lr=1e-3, warmup=2, logs=str(tmp_path / "logs"), name="run", log_every_n_steps=1, progress=False)
     base.update(kw)
