@@ -197,3 +197,16 @@ def test_pure_bf16_force_image_size_and_step_checkpoints(tmp_path):
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in hist)
     names = set(os.listdir(tmp_path / "logs" / "bf16" / "checkpoints"))
     assert "step_4.pt" in names and "step_2.pt" not in names and "epoch_latest.pt" in names
+
+
+def test_train_cli_end_to_end_writes_plot_and_metrics(tmp_path, capsys):
+    model_path = tmp_path / "tiny.json"
+    model_path.write_text(json.dumps(TINY_CFG))
+    assert cli.main(["train", "--dataset-type", "synthetic", "--train-num-samples", "32", "--batch-size", "8",
+                     "--model", str(model_path), "--logs", str(tmp_path), "--name", "cli", "--no-progress",
+                     "--log-every-n-steps", "1"]) == 0
+    assert "trained 4 steps" in capsys.readouterr().out
+    run = tmp_path / "cli"
+    assert (run / "loss.png").stat().st_size > 10_000
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 4
+    assert json.loads((run / "config.json").read_text())["batch_size"] == 8
