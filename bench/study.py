@@ -26,7 +26,7 @@ STUDIES = {
     "seeds": lambda a: [("demo", a.batch_size, None, (("CLIP", {"cls_loss_weight": 0.0}),
                                                       ("SuperCLIP", {"cls_loss_weight": 1.0})))],
     "batch": lambda a: [(f"batch {b}", b, None, (("CLIP", {"cls_loss_weight": 0.0}),
-                                                 ("SuperCLIP", {"cls_loss_weight": 1.0}))) for b in (8, 32, 128)],
+                                                 ("SuperCLIP", {"cls_loss_weight": 1.0}))) for b in a.batches],
     "lambda": lambda a: [("λ sweep", a.batch_size, None, tuple(
         [(f"λ={w:g}", {"cls_loss_weight": w}) for w in (0.0, 0.5, 1.0, 2.0)]
         + [("λ=1 IDF off", {"cls_loss_weight": 1.0, "idf": "off"})]))],
@@ -40,6 +40,7 @@ def main():
     p.add_argument("study", choices=sorted(STUDIES))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batches", type=int, nargs="+", default=[8, 32, 128], help="batch sizes of the batch study")
     p.add_argument("--samples", type=int, default=9600, help="samples seen per run")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--eval-samples", type=int, default=500)
