@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 
@@ -32,10 +32,11 @@ def _load(args):
     return model, get_transforms(model)[1], get_tokenizer(model.config), device
 
 
-def _bar(args, total: int, desc: str):
+def _bar(args, total: Optional[int], desc: str):
+    """A progress bar on stderr, shown once the work has taken 2 s; ``total`` may come later (``bar.reset``)."""
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit="img", disable=not args.progress or total < 256, file=sys.stderr)
+    return tqdm(total=total, desc=desc, unit="img", disable=not args.progress, delay=2, file=sys.stderr)
 
 
 def _images(model, preprocess, paths: List[str], args, desc: str, kind: str = "features") -> torch.Tensor:
@@ -52,18 +53,17 @@ def _texts(model, tokenizer, texts: List[str], args) -> torch.Tensor:
 
 
 def _zero_shot(model, preprocess, tokenizer, args, root: str, classnames, templates) -> Dict:
-    from .evaluate.data import image_folder
     from .evaluate.tasks import zero_shot_folder
 
-    with _bar(args, len(image_folder(root)[0]), "zero-shot") as bar:
+    with _bar(args, None, "zero-shot") as bar:
         return zero_shot_folder(model, preprocess, tokenizer, root, classnames, templates, args.batch_size,
-                                args.device_, args.precision, bar.update)
+                                args.device_, args.precision, bar)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from open_clip import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
 
-    from .evaluate.data import image_folder, read_lines, retrieval_pairs
+    from .evaluate.data import image_folder, read_lines
     from .evaluate.linear_probe import linear_probe
     from .evaluate.tasks import retrieval_file
 
@@ -87,12 +87,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
             model, preprocess, tokenizer, args, args.imagenet_val, list(IMAGENET_CLASSNAMES),
             [t("{c}") for t in OPENAI_IMAGENET_TEMPLATES])
     if args.retrieval_data:
-        n_images = len(retrieval_pairs(args.retrieval_data, args.csv_img_key, args.csv_caption_key,
-                                       split=args.retrieval_split, image_root=args.retrieval_images)[0])
-        with _bar(args, n_images, "retrieval") as bar:
+        with _bar(args, None, "retrieval") as bar:
             results["metrics"]["retrieval"] = retrieval_file(
                 model, preprocess, tokenizer, args.retrieval_data, args.csv_img_key, args.csv_caption_key,
-                args.retrieval_split, args.retrieval_images, args.batch_size, args.device_, args.precision, bar.update)
+                args.retrieval_split, args.retrieval_images, args.batch_size, args.device_, args.precision, bar)
     if args.linear_probe_train:
         tr_paths, tr_labels, tr_classes = image_folder(args.linear_probe_train)
         te_paths, te_labels, te_classes = image_folder(args.linear_probe_test)

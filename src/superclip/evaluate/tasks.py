@@ -1,7 +1,7 @@
 """Whole evaluations over data on disk, shared by ``superclip eval`` and evaluation during training."""
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import torch
 
@@ -12,16 +12,26 @@ from .retrieval import retrieval_metrics
 from .zero_shot import classifier_weights, zero_shot_metrics
 
 
+def _updater(progress: Optional[Any], total: int) -> Optional[Callable[[int], None]]:
+    if progress is None:
+        return None
+    progress.reset(total=total)
+    return progress.update
+
+
 def zero_shot_folder(model, preprocess: Callable, tokenizer: Callable, root: str,
                      classnames: Optional[List[str]], templates: Sequence[str], batch_size: int = 64,
-                     device="cpu", precision: str = "fp32", progress: Optional[Callable[[int], None]] = None) -> Dict:
-    """Zero-shot metrics on an ImageFolder tree; class names default to the folder names (``_`` -> space)."""
+                     device="cpu", precision: str = "fp32", progress: Optional[Any] = None) -> Dict:
+    """Zero-shot metrics on an ImageFolder tree; class names default to the folder names (``_`` -> space).
+
+    ``progress``: a tqdm-like bar (``reset(total)``, ``update(n)``), told the number of images once known.
+    """
     paths, labels, folders = image_folder(root)
     names = classnames or [f.replace("_", " ") for f in folders]
     if len(names) != len(folders):
         raise ConfigError(f"{len(names)} class names for {len(folders)} class folders in {root}")
     weights = classifier_weights(lambda t: model.encode_text(t), tokenizer, names, templates, device)
-    feats = embed_images(model, preprocess, paths, batch_size, device, precision, progress)
+    feats = embed_images(model, preprocess, paths, batch_size, device, precision, _updater(progress, len(paths)))
     return {**zero_shot_metrics(feats, weights.cpu(), torch.tensor(labels)), "data": root, "n_images": len(paths),
             "n_classes": len(names)}
 
@@ -29,10 +39,10 @@ def zero_shot_folder(model, preprocess: Callable, tokenizer: Callable, root: str
 def retrieval_file(model, preprocess: Callable, tokenizer: Callable, path: str, img_key: str = "filepath",
                    caption_key: str = "title", split: str = "test", image_root: Optional[str] = None,
                    batch_size: int = 64, device="cpu", precision: str = "fp32",
-                   progress: Optional[Callable[[int], None]] = None) -> Dict:
-    """Retrieval metrics on a CSV/TSV or karpathy-style JSON file."""
+                   progress: Optional[Any] = None) -> Dict:
+    """Retrieval metrics on a CSV/TSV or karpathy-style JSON file (``progress`` as in :func:`zero_shot_folder`)."""
     images, captions, owner = retrieval_pairs(path, img_key, caption_key, split=split, image_root=image_root)
-    img = embed_images(model, preprocess, images, batch_size, device, precision, progress)
+    img = embed_images(model, preprocess, images, batch_size, device, precision, _updater(progress, len(images)))
     txt = embed_texts(model, tokenizer, captions, 256, device, precision)
     return {**retrieval_metrics(img, txt, torch.tensor(owner)), "data": path, "n_images": len(images),
             "n_captions": len(captions)}
