@@ -210,3 +210,13 @@ def test_train_cli_end_to_end_writes_plot_and_metrics(tmp_path, capsys):
     assert (run / "loss.png").stat().st_size > 10_000
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 4
     assert json.loads((run / "config.json").read_text())["batch_size"] == 8
+
+
+def test_pretrained_official_checkpoint_continues_its_statistics(tmp_path):
+    from .test_checkpoint import _official_checkpoint
+
+    path, cfg_path, sd, ref = _official_checkpoint(TINY_CFG, tmp_path)
+    t = Trainer(_cfg(tmp_path, model=str(cfg_path), pretrained=str(path), name="ft"))
+    assert torch.equal(t.model.head.fc.weight, sd["module.text_decoder.text_projection.weight"])
+    assert t.criterion.num_samples.item() == ref.n
+    assert torch.equal(t.criterion.cap_fq, sd["module.cap_fq"])

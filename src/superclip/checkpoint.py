@@ -159,18 +159,27 @@ def _load_strict(model: torch.nn.Module, sd: Dict[str, torch.Tensor], source: st
     model.load_state_dict(sd, strict=True)
 
 
+def _token_stats(ckpt: Dict[str, Any]) -> Optional[Dict[str, torch.Tensor]]:
+    """The loss statistics {cap_fq (1, V), num_samples (1, 1)} a loaded checkpoint holds, or None."""
+    kind = checkpoint_kind(ckpt)
+    if kind == "superclip":
+        loss_sd = ckpt.get("loss") or {}
+        return {k: loss_sd[k] for k in STAT_KEYS if k in loss_sd} or None
+    if kind == "official":
+        return official_to_superclip(ckpt.get("state_dict", ckpt))[1] or None
+    return None
+
+
 def load_into(model: SuperCLIP, path: os.PathLike, ckpt: Optional[Dict[str, Any]] = None) -> Optional[Dict]:
     """Load weights from ``path`` (any supported kind) into ``model``; return loss statistics if it has any."""
     ckpt = read_checkpoint(path) if ckpt is None else ckpt
     kind = checkpoint_kind(ckpt)
     if kind == "superclip":
         _load_strict(model, _strip_module(ckpt["model"]), str(path))
-        loss_sd = ckpt.get("loss") or {}
-        return {k: loss_sd[k] for k in STAT_KEYS if k in loss_sd} or None
+        return _token_stats(ckpt)
     if kind == "official":
-        model_sd, stats = official_to_superclip(ckpt.get("state_dict", ckpt))
-        _load_strict(model, model_sd, str(path))
-        return stats or None
+        _load_strict(model, official_to_superclip(ckpt.get("state_dict", ckpt))[0], str(path))
+        return _token_stats(ckpt)
     try:
         open_clip.load_checkpoint(model.clip, str(path), strict=True)
     except RuntimeError as e:
@@ -184,17 +193,10 @@ def load_token_stats(path: os.PathLike) -> Optional[Dict[str, torch.Tensor]]:
 
     ``criterion.load_state_dict(load_token_stats(path))`` continues an official or superclip run's IDF.
     """
-    ckpt = read_checkpoint(path)
-    kind = checkpoint_kind(ckpt)
-    if kind == "superclip":
-        loss_sd = ckpt.get("loss") or {}
-        return {k: loss_sd[k] for k in STAT_KEYS if k in loss_sd} or None
-    if kind == "official":
-        return official_to_superclip(ckpt.get("state_dict", ckpt))[1] or None
-    return None
+    return _token_stats(read_checkpoint(path))
 
 
-def _resolve_pretrained(cfg: Optional[ModelCfg], pretrained: str) -> str:
+def resolve_pretrained(cfg: Optional[ModelCfg], pretrained: str) -> str:
     """A file path as-is; else an open_clip pretrained tag for ``cfg`` (downloaded from the hub)."""
     if os.path.exists(pretrained) or cfg is None or not isinstance(cfg, str):
         return pretrained
@@ -214,7 +216,7 @@ def create_model(cfg: Optional[ModelCfg] = None, pretrained: Optional[str] = Non
     """
     ckpt = None
     if pretrained is not None:
-        pretrained = _resolve_pretrained(cfg, pretrained)
+        pretrained = resolve_pretrained(cfg, pretrained)
         ckpt = read_checkpoint(pretrained)
         if cfg is None:
             if checkpoint_kind(ckpt) != "superclip" or not ckpt.get("config"):

@@ -9,6 +9,7 @@ import zlib
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Tuple
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, IterableDataset, Sampler
@@ -247,9 +248,4 @@ def build_train_dataset(cfg, transform: Callable, tokenizer: Callable, image_siz
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
-    try:
-        import numpy as np
-
-        np.random.seed(seed % 2**32)
-    except ImportError:  # numpy is a dependency, but seeding must not be why a run fails
-        pass
+    np.random.seed(seed % 2**32)

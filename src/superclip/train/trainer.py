@@ -15,13 +15,13 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from .. import distributed
-from ..checkpoint import create_model, load_token_stats, read_checkpoint, save_checkpoint
+from ..checkpoint import load_into, read_checkpoint, resolve_pretrained, save_checkpoint
 from ..config import TrainConfig
 from ..data.loader import ResumableSampler, build_train_dataset, collate, seed_everything
 from ..errors import CheckpointError, ConfigError
 from ..evaluate.data import image_folder
 from ..loss import SuperCLIPLoss
-from ..model import get_tokenizer, get_transforms, resolve_model_config
+from ..model import build_model, get_tokenizer, get_transforms, resolve_model_config
 from .engine import train_step
 from .evaluation import evaluate_in_training
 from .optim import build_optimizer, build_scheduler
@@ -105,7 +105,11 @@ class Trainer:
             model_cfg["nonscalar_logit_scale"] = True
         if cfg.force_image_size:
             model_cfg["vision_cfg"]["image_size"] = cfg.force_image_size
-        self.model = create_model(model_cfg, pretrained=cfg.pretrained).to(self.device)
+        self.model = build_model(model_cfg)
+        # one read of the checkpoint: weights now, its IDF statistics (if any) for the loss below
+        pretrained_stats = load_into(self.model, resolve_pretrained(cfg.model, cfg.pretrained)) \
+            if cfg.pretrained else None
+        self.model.to(self.device)
         # "pure" precisions train the weights themselves in half precision (open_clip's bf16 / fp16)
         self.param_dtype = {"bf16": torch.bfloat16, "pure_bf16": torch.bfloat16, "fp16": torch.float16,
                             "pure_fp16": torch.float16}.get(cfg.precision)
@@ -123,10 +127,8 @@ class Trainer:
             vocab_size=self.model.vocab_size, contrastive=cfg.contrastive, cls_weight=cfg.cls_loss_weight,
             idf=cfg.idf, local_loss=cfg.local_loss, gather_with_grad=cfg.gather_with_grad,
         ).to(self.device)
-        if cfg.pretrained and self.criterion.tracks_statistics:
-            stats = load_token_stats(cfg.pretrained)
-            if stats:
-                self.criterion.load_state_dict(stats)
+        if pretrained_stats and self.criterion.tracks_statistics:
+            self.criterion.load_state_dict(pretrained_stats)
         if not self.criterion.needs_token_logits:  # λ = 0: the head is never used, keep it out of the optimizer
             self.model.head.requires_grad_(False)
 
