@@ -3,8 +3,9 @@
     python bench/cls_overhead.py [--model SuperCLIP-ViT-B-32] [--batch-size 32] [--steps 6] [--device cpu]
         [--precision fp32|amp_bf16]
 
-A step is forward + backward + AdamW step (``superclip.train.engine.train_step``), each setting on its own
-copy of the model with its own optimizer (for λ = 0 the head is frozen, as the trainer does). The two
+A step is forward + backward + AdamW step (``superclip.train.engine.train_step``, the trainer's optimizer),
+each setting on its own copy of the model with its own optimizer (for λ = 0 the head is frozen, as the
+trainer does). The two
 settings alternate step by step after warm-up (so drifts in machine load hit both alike); the figure is the
 ratio of median step times. On a GPU: ``--model SuperCLIP-ViT-B-16 --batch-size 256 --precision amp_bf16``.
 """
@@ -17,7 +18,9 @@ import time
 import torch
 
 import superclip
+from superclip.config import TrainConfig
 from superclip.train.engine import train_step
+from superclip.train.optim import build_optimizer
 
 
 def main():
@@ -46,8 +49,7 @@ def main():
         if weight == 0:
             m.head.requires_grad_(False)  # as the trainer does for λ = 0
         crit = superclip.SuperCLIPLoss(vocab_size=model.vocab_size, cls_weight=weight).to(device).train()
-        opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-5,
-                                fused=device.type == "cuda")
+        opt = build_optimizer(m, TrainConfig(lr=1e-5))  # the trainer's AdamW (fused), its parameter groups
         setups[weight] = (m, crit, opt)
     del model
     times = {0.0: [], 1.0: []}

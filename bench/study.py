@@ -35,6 +35,16 @@ STUDIES = {
 }
 
 
+def finished(run_dir: Path, settings: dict, runs) -> dict:
+    """The report of an earlier run with identical settings and runs (an interrupted study resumes), else None."""
+    path = run_dir / "report.json"
+    if not path.exists():
+        return None
+    report = json.loads(path.read_text())
+    same_runs = {n: r["config"] for n, r in report["runs"].items()} == {n: dict(c) for n, c in runs}
+    return report if report["settings"] == settings and same_runs else None
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("study", choices=sorted(STUDIES))
@@ -51,9 +61,14 @@ def main():
     for group, batch, long_ratio, runs in STUDIES[args.study](args):
         for seed in args.seeds:
             steps = args.samples // batch
-            report = run_demo(out / f"{group.replace(' ', '_')}-seed{seed}", steps=steps, batch_size=batch,
-                              seed=seed, lr=args.lr, eval_samples=args.eval_samples, runs=runs,
-                              long_caption_ratio=0.5 if long_ratio is None else long_ratio)
+            run_dir = out / f"{group.replace(' ', '_')}-seed{seed}"
+            settings = {"model": "SuperCLIP-Tiny", "steps": steps, "batch_size": batch, "seed": seed, "lr": args.lr,
+                        "eval_samples": args.eval_samples, "long_caption_ratio": 0.5 if long_ratio is None else long_ratio}
+            report = finished(run_dir, settings, runs)
+            if report is None:
+                report = run_demo(run_dir, runs=runs, **{k: v for k, v in settings.items() if k != "model"})
+            else:
+                print(f"reusing {run_dir / 'report.json'} (same settings)", file=sys.stderr, flush=True)
             for name, run in report["runs"].items():
                 for metric, value in run["metrics"].items():
                     rows.setdefault((group, name), {}).setdefault(metric, []).append(100 * value)

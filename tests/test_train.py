@@ -220,3 +220,29 @@ def test_pretrained_official_checkpoint_continues_its_statistics(tmp_path):
     assert torch.equal(t.model.head.fc.weight, sd["module.text_decoder.text_projection.weight"])
     assert t.criterion.num_samples.item() == ref.n
     assert torch.equal(t.criterion.cap_fq, sd["module.cap_fq"])
+
+
+def test_optimizer_is_fused_adamw_with_clip_groups_and_matches_reference_loop():
+    """The trainer's AdamW (fused kernel, also on CPU) takes the same steps as torch's per-tensor reference
+    loop with open_clip_train's groups: decay on matrices only."""
+    from superclip.train.optim import build_optimizer
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 5), torch.nn.LayerNorm(5), torch.nn.Linear(5, 300))
+    ref = [p.detach().clone().requires_grad_() for p in model.parameters()]
+    cfg = TrainConfig(lr=1e-2, wd=0.2)
+    opt = build_optimizer(model, cfg)
+    assert all(g["fused"] for g in opt.param_groups)
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.2, 0.0]
+    assert [p.ndim for p in opt.param_groups[0]["params"]] == [2, 2]
+    ref_opt = torch.optim.AdamW([{"params": [p for p in ref if p.ndim == 2], "weight_decay": 0.2},
+                                 {"params": [p for p in ref if p.ndim < 2], "weight_decay": 0.0}],
+                                lr=1e-2, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, foreach=False)
+    for _ in range(5):
+        grads = [torch.randn_like(p) for p in ref]
+        for p, q, g in zip(model.parameters(), ref, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        opt.step()
+        ref_opt.step()
+    for p, q in zip(model.parameters(), ref):
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-6, atol=1e-7)
