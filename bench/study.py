@@ -62,8 +62,9 @@ def main():
         for seed in args.seeds:
             steps = args.samples // batch
             run_dir = out / f"{group.replace(' ', '_')}-seed{seed}"
-            settings = {"model": "SuperCLIP-Tiny", "steps": steps, "batch_size": batch, "seed": seed, "lr": args.lr,
-                        "eval_samples": args.eval_samples, "long_caption_ratio": 0.5 if long_ratio is None else long_ratio}
+            settings = {"model": "SuperCLIP-Tiny", "steps": steps, "batch_size": batch, "seed": seed,
+                        "lr": args.lr, "eval_samples": args.eval_samples,
+                        "long_caption_ratio": 0.5 if long_ratio is None else long_ratio}
             report = finished(run_dir, settings, runs)
             if report is None:
                 report = run_demo(run_dir, runs=runs, **{k: v for k, v in settings.items() if k != "model"})

@@ -3,11 +3,9 @@ import random
 import tarfile
 
 import pytest
-import torch
 from PIL import Image
 
 from superclip import cli
-from superclip.config import TrainConfig
 from superclip.data.loader import CaptionPolicy
 from superclip.data.webdataset import ShardStream, expand_urls, iter_tar
 from superclip.model import get_tokenizer

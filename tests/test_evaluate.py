@@ -2,7 +2,6 @@ import json
 
 import numpy as np
 import open_clip
-import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image

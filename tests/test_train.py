@@ -1,7 +1,6 @@
 import json
 import os
 
-import pytest
 import torch
 import torch.multiprocessing as mp
 from PIL import Image
