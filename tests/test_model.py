@@ -1,3 +1,4 @@
+import copy
 import json
 
 import open_clip
@@ -9,7 +10,7 @@ import torch.nn.functional as F
 import superclip
 from superclip.model import resolve_model_config
 
-from .conftest import V
+from .conftest import V, random_captions
 
 
 def _manual_vit_tokens(visual, images):
@@ -58,6 +59,33 @@ def test_embeddings_equal_plain_open_clip(tiny_cfg):
         assert torch.equal(out["image_features"], plain.encode_image(images, normalize=True))
     assert set(out) == {"image_features", "text_features", "logit_scale", "token_logits"}
     assert "token_logits" not in model(images, ids, return_token_logits=False)
+
+
+def test_text_tower_runs_only_to_the_last_end_of_text_with_the_same_features_and_gradients(tiny_cfg):
+    model = superclip.build_model(tiny_cfg).train()
+    ids = random_captions(6, torch.Generator().manual_seed(1))  # <= 14 tokens incl. SOT and EOT
+    assert model._text_length(ids) == 16
+    results = []
+    for crop in (True, False):
+        model.zero_grad()
+        model.crop_text = crop
+        feats = model.encode_text(ids, normalize=True)
+        (feats * torch.linspace(-1, 1, feats.numel()).view_as(feats)).sum().backward()
+        results.append((feats.detach(), {n: p.grad.clone() for n, p in model.clip.text.named_parameters()}))
+    (cropped, g_crop), (full, g_full) = results
+    torch.testing.assert_close(cropped, full, rtol=1e-5, atol=1e-6)
+    assert g_crop.keys() == g_full.keys()
+    for name in g_full:
+        assert (g_crop[name] - g_full[name]).abs().max() <= 1e-5 * g_full[name].abs().max(), name  # rounding
+    assert torch.count_nonzero(g_full["positional_embedding"][16:]) == 0  # no position past EOT ever mattered
+    # a row that fills the context, and a bidirectional tower, run whole
+    full_row = ids.clone()
+    full_row[0, 76] = ids.max() + 1
+    model.crop_text = True
+    assert model._text_length(full_row) is None
+    cfg = copy.deepcopy(tiny_cfg)
+    cfg["text_cfg"]["no_causal_mask"] = True
+    assert superclip.build_model(cfg)._text_length(ids) is None
 
 
 def test_patch_dropout_head_sees_kept_tokens(tiny_cfg):
