@@ -80,6 +80,7 @@ def main():
               "--log-every-n-steps", "1", "--name", "run"]
     labels = ("open_clip_train", "superclip λ=1", "superclip λ=0") + (("superclip λ=1 compiled",) if args.compile else ())
     rates = {label: [] for label in labels}
+    compile_s = []
     for r in range(args.rounds):
         for label in labels:
             logs = tmp / f"logs-{r}-{labels.index(label)}"
@@ -94,12 +95,17 @@ def main():
                     cmd.append("--torchcompile")
             run(cmd)
             rates[label] += step_rates(label, logs, b)
+            if "compiled" in label:
+                rows = [json.loads(x) for x in (logs / "run" / "metrics.jsonl").read_text().splitlines()]
+                compile_s += [r["compile_seconds"] for r in rows if "compile_seconds" in r]
     med = {label: statistics.median(v) for label, v in rates.items()}
     for label in labels:
         print(f"{label:24s} {med[label]:7.1f} samples/s (median of {len(rates[label])} steps, "
               f"{args.rounds} runs of {args.steps} steps, batch {b}, {args.workers} worker(s))")
     for label in labels[1:]:
         print(f"ratio {label} / open_clip_train: {med[label] / med['open_clip_train']:.3f}x")
+    if compile_s:
+        print("first (compiling) step of the compiled runs: " + ", ".join(f"{s:.1f} s" for s in compile_s))
 
 
 if __name__ == "__main__":

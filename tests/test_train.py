@@ -245,3 +245,17 @@ def test_optimizer_is_fused_adamw_with_clip_groups_and_matches_reference_loop():
         ref_opt.step()
     for p, q in zip(model.parameters(), ref):
         torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-6, atol=1e-7)
+
+
+def test_torchcompile_trains_like_eager_and_reports_compile_time(tmp_path):
+    """--torchcompile compiles the towers and head in place: same losses as eager (to float rounding), the
+    first step's time recorded, and checkpoints with the eager model's keys."""
+    eager = Trainer(_cfg(tmp_path, name="eager", epochs=1, train_num_samples=32)).fit()
+    trainer = Trainer(_cfg(tmp_path, name="compiled", epochs=1, train_num_samples=32, torchcompile=True))
+    compiled = trainer.fit()
+    for a, b in zip(eager, compiled, strict=True):
+        for key in ("loss", "contrastive_loss", "class_loss"):
+            assert abs(a[key] - b[key]) <= 1e-4 * max(1.0, abs(a[key])), (a["step"], key, a[key], b[key])
+    assert trainer.compile_seconds is not None and "compile_seconds" in compiled[0]
+    state = torch.load(tmp_path / "logs" / "compiled" / "checkpoints" / "epoch_latest.pt", weights_only=True)
+    assert set(state["model"]) == set(Trainer(_cfg(tmp_path, name="keys")).model.state_dict())

@@ -241,6 +241,18 @@ class SuperCLIP(nn.Module):
         return out
 
 
+def compile_towers(model: SuperCLIP) -> SuperCLIP:
+    """``torch.compile`` the image tower, the text tower's transformer (or the whole text tower when it is not
+    open_clip's) and the head, each in place. ``SuperCLIP.encode_text`` crops the batch to its last end-of-text
+    column before the transformer, eagerly; the compiled transformer sees a few lengths (multiples of 8) and
+    torch compiles it once more for a dynamic length after the second."""
+    model.clip.visual.compile()
+    text = model.clip.text
+    (text.transformer if isinstance(text, TextTransformer) else text).compile()
+    model.head.compile()
+    return model
+
+
 def build_model(cfg: ModelCfg, precision: str = "fp32") -> SuperCLIP:
     """A freshly initialised SuperCLIP from a config (name, JSON path or dict)."""
     full_cfg = resolve_model_config(cfg)

@@ -21,7 +21,7 @@ from ..data.loader import ResumableSampler, build_train_dataset, collate, seed_e
 from ..errors import CheckpointError, ConfigError
 from ..evaluate.data import image_folder
 from ..loss import SuperCLIPLoss
-from ..model import build_model, get_tokenizer, get_transforms, resolve_model_config
+from ..model import build_model, compile_towers, get_tokenizer, get_transforms, resolve_model_config
 from .engine import train_step
 from .evaluation import evaluate_in_training
 from .optim import build_optimizer, build_scheduler
@@ -169,8 +169,10 @@ class Trainer:
                 static_graph=cfg.ddp_static_graph,
             )
         self.compile_seconds: Optional[float] = None  # the first step's time when torch.compile is on
-        if cfg.torchcompile:
+        if cfg.torchcompile and self.fsdp:
             self.ddp_model = torch.compile(self.ddp_model)
+        elif cfg.torchcompile:
+            compile_towers(self.model)  # in place: the text length cropping stays eager, state-dict keys unchanged
         self.step, self.epoch, self.batch_in_epoch, self.skipped = 0, 0, 0, 0
         # shards: raw samples (good + corrupt) each data-loader worker delivered this epoch; DataLoader takes
         # whole batches from its workers in turn, so batch k of the epoch came from worker k % workers
