@@ -81,25 +81,47 @@ def main():
              "| setting | run | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
     for (group, name), vals in rows.items():
         lines.append(f"| {group} | {name} | " + " | ".join(fmt(vals[m]) for m in metrics) + " |")
+    lines += ["", "Paired gap against the group's first run (same seed, same data), mean ± std over seeds, points:", "",
+              "| setting | run | " + " | ".join(PAIRED) + " |", "|---|---|" + "---|" * len(PAIRED)]
+    for (group, name), vals in rows.items():
+        base = next(v for (g, _), v in rows.items() if g == group)
+        if vals is not base:
+            lines.append(f"| {group} | {name} | " + " | ".join(
+                fmt([a - b for a, b in zip(vals[m], base[m])]) for m in PAIRED) + " |")
     table = "\n".join(lines)
     print(table)
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(table + "\n")
     (out / "report.json").write_text(json.dumps({f"{g} / {n}": v for (g, n), v in rows.items()}, indent=2) + "\n")
-    key = "zeroshot_colour+shape_acc1"
-    fig, ax = plt.subplots(figsize=(max(6, len(rows) * 0.9), 4), dpi=110)
+    plot(rows, PAIRED, out / "study.png", f"study '{args.study}': mean ± std over seeds {args.seeds} (dots: seeds)")
+
+
+PAIRED = ("zeroshot_colour+shape_acc1", "zeroshot_colour_acc1", "image_retrieval_recall@1")
+
+
+def plot(rows: dict, metrics, path: Path, title: str) -> None:
+    """One panel per metric: a bar (mean ± std) per run, each seed a dot, a seed's runs joined within a group."""
+    fig, axes = plt.subplots(1, len(metrics), figsize=(max(9, len(metrics) * len(rows) * 0.75), 4.2), dpi=100)
     labels = [f"{g}\n{n}" for g, n in rows]
-    means = [statistics.mean(v[key]) for v in rows.values()]
-    stds = [statistics.stdev(v[key]) if len(v[key]) > 1 else 0 for v in rows.values()]
-    ax.bar(range(len(rows)), means, yerr=stds, capsize=4, color=["C0" if "CLIP" == n or n == "λ=0" else "C1"
-                                                               for _, n in rows])
-    ax.set_xticks(range(len(rows)))
-    ax.set_xticklabels(labels, fontsize=8)
-    ax.set_ylabel("colour+shape zero-shot acc1, %")
-    ax.set_title(f"study '{args.study}': mean ± std over {len(args.seeds)} seeds")
-    ax.grid(axis="y", alpha=0.3)
+    for ax, metric in zip(axes, metrics):
+        for i, ((group, name), vals) in enumerate(rows.items()):
+            v = vals[metric]
+            ax.bar(i, statistics.mean(v), yerr=statistics.stdev(v) if len(v) > 1 else 0, capsize=3,
+                   color="C0" if i == 0 or list(rows)[i - 1][0] != group else "C1", alpha=0.8)
+            ax.plot([i] * len(v), v, "k.", ms=4)
+        for group in dict.fromkeys(g for g, _ in rows):  # join each seed's runs within a group
+            idx = [i for i, (g, _) in enumerate(rows) if g == group]
+            for seed in range(len(rows[list(rows)[idx[0]]][metric])):
+                ax.plot(idx, [list(rows.values())[i][metric][seed] for i in idx], "k-", lw=0.5, alpha=0.4)
+        ax.set_xticks(range(len(rows)))
+        ax.set_xticklabels(labels, fontsize=7, rotation=30 if len(rows) > 4 else 0)
+        ax.set_title(metric.replace("zeroshot_", "zero-shot ").replace("_acc1", " acc1"), fontsize=9)
+        ax.set_ylabel("%")
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(out / "study.png")
+    fig.savefig(path)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
