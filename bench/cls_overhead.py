@@ -16,11 +16,10 @@ import statistics
 import time
 
 import torch
+from common import random_batch, setting
 
 import superclip
-from superclip.config import TrainConfig
 from superclip.train.engine import train_step
-from superclip.train.optim import build_optimizer
 
 
 def main():
@@ -35,22 +34,10 @@ def main():
     device = torch.device(args.device)
     torch.manual_seed(0)
     model = superclip.create_model(args.model).to(device).train()
-    size = model.visual.image_size
-    size = size if isinstance(size, int) else size[0]
-    images = torch.randn(args.batch_size, 3, size, size, device=device)
-    tok = superclip.get_tokenizer(args.model)
-    ids = tok([f"a photo of a {w} number {i}" for i, w in enumerate(["dog", "cat", "car", "tree"] * 64)]
-              [: args.batch_size]).to(device)
+    images, ids = random_batch(model, args.model, args.batch_size, device)
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if args.precision == "amp_bf16" \
         else contextlib.nullcontext
-    setups = {}
-    for weight in (0.0, 1.0):  # one model (same initial weights) and one optimizer per setting
-        m = copy.deepcopy(model)
-        if weight == 0:
-            m.head.requires_grad_(False)  # as the trainer does for λ = 0
-        crit = superclip.SuperCLIPLoss(vocab_size=model.vocab_size, cls_weight=weight).to(device).train()
-        opt = build_optimizer(m, TrainConfig(lr=1e-5))  # the trainer's AdamW (fused), its parameter groups
-        setups[weight] = (m, crit, opt)
+    setups = {w: setting(copy.deepcopy(model), w, device) for w in (0.0, 1.0)}  # same initial weights
     del model
     times = {0.0: [], 1.0: []}
     for i in range(args.warmup + args.steps):

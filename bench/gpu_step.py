@@ -15,12 +15,11 @@ import json
 import time
 
 import torch
+from common import random_batch, setting
 
 import superclip
-from superclip.config import TrainConfig
 from superclip.flops import count_macs
 from superclip.train.engine import train_step
-from superclip.train.optim import build_optimizer
 
 
 def timed(fn, steps: int, device: torch.device) -> float:
@@ -63,21 +62,12 @@ def main():
     macs = count_macs(args.model)
     flops_per_sample = {w: 6 * sum(v for part, counts in macs.items() if w or part != "head"
                                    for v in counts.values()) for w in (0.0, 1.0)}
-    tokenizer = superclip.get_tokenizer(args.model)
     result = {"model": args.model, "batch_size": args.batch_size, "device": str(device),
               "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}
     for weight in (1.0, 0.0):
         torch.manual_seed(0)
-        model = superclip.create_model(args.model).to(device).train()
-        if weight == 0:
-            model.head.requires_grad_(False)
-        size = model.visual.image_size
-        size = size if isinstance(size, int) else size[0]
-        images = torch.randn(args.batch_size, 3, size, size, device=device)
-        ids = tokenizer([f"a photo of a {w} number {i}" for i, w in
-                         zip(range(args.batch_size), ["dog", "cat", "car", "tree"] * args.batch_size)]).to(device)
-        criterion = superclip.SuperCLIPLoss(vocab_size=model.vocab_size, cls_weight=weight).to(device).train()
-        optimizer = build_optimizer(model, TrainConfig(lr=1e-5))
+        model, criterion, optimizer = setting(superclip.create_model(args.model).to(device).train(), weight, device)
+        images, ids = random_batch(model, args.model, args.batch_size, device)
         runner = torch.compile(model) if args.compile else model
 
         def autocast():
