@@ -14,6 +14,7 @@ import json
 import statistics
 import sys
 from pathlib import Path
+from typing import Optional
 
 import matplotlib
 
@@ -35,7 +36,7 @@ STUDIES = {
 }
 
 
-def finished(run_dir: Path, settings: dict, runs) -> dict:
+def finished(run_dir: Path, settings: dict, runs) -> Optional[dict]:
     """The report of an earlier run with identical settings and runs (an interrupted study resumes), else None."""
     path = run_dir / "report.json"
     if not path.exists():
@@ -102,17 +103,18 @@ PAIRED = ("zeroshot_colour+shape_acc1", "zeroshot_colour_acc1", "image_retrieval
 def plot(rows: dict, metrics, path: Path, title: str) -> None:
     """One panel per metric: a bar (mean ± std) per run, each seed a dot, a seed's runs joined within a group."""
     fig, axes = plt.subplots(1, len(metrics), figsize=(max(9, len(metrics) * len(rows) * 0.75), 4.2), dpi=100)
-    labels = [f"{g}\n{n}" for g, n in rows]
+    keys, values = list(rows), list(rows.values())
+    labels = [f"{g}\n{n}" for g, n in keys]
     for ax, metric in zip(axes, metrics):
-        for i, ((group, name), vals) in enumerate(rows.items()):
+        for i, ((group, _), vals) in enumerate(rows.items()):
             v = vals[metric]
             ax.bar(i, statistics.mean(v), yerr=statistics.stdev(v) if len(v) > 1 else 0, capsize=3,
-                   color="C0" if i == 0 or list(rows)[i - 1][0] != group else "C1", alpha=0.8)
+                   color="C0" if i == 0 or keys[i - 1][0] != group else "C1", alpha=0.8)  # C0: group's baseline
             ax.plot([i] * len(v), v, "k.", ms=4)
-        for group in dict.fromkeys(g for g, _ in rows):  # join each seed's runs within a group
-            idx = [i for i, (g, _) in enumerate(rows) if g == group]
-            for seed in range(len(rows[list(rows)[idx[0]]][metric])):
-                ax.plot(idx, [list(rows.values())[i][metric][seed] for i in idx], "k-", lw=0.5, alpha=0.4)
+        for group in dict.fromkeys(g for g, _ in keys):  # join each seed's runs within a group
+            idx = [i for i, (g, _) in enumerate(keys) if g == group]
+            for seed in range(len(values[idx[0]][metric])):
+                ax.plot(idx, [values[i][metric][seed] for i in idx], "k-", lw=0.5, alpha=0.4)
         ax.set_xticks(range(len(rows)))
         ax.set_xticklabels(labels, fontsize=7, rotation=30 if len(rows) > 4 else 0)
         ax.set_title(metric.replace("zeroshot_", "zero-shot ").replace("_acc1", " acc1"), fontsize=9)

@@ -32,24 +32,32 @@ def t(f, n=15):
         f()
         ts.append(time.perf_counter() - t0)
     return 1e3 * statistics.median(ts)
+
+
 def text_step(crop):
     def f():
         m.zero_grad()
         m.crop_text = crop
         m.encode_text(ids, normalize=True).sum().backward()
     return f
+
+
 print(f"text tower fwd+bwd: 77 positions {t(text_step(False)):.1f} ms, cropped {t(text_step(True)):.1f} ms")
 img = torch.randn(64, 3, 64, 64)
+
+
 def img_step():
     m.zero_grad()
     m.encode_image(img, normalize=True).sum().backward()
+
+
 print(f"image tower fwd+bwd {t(img_step):.1f} ms")
 params = [p for n, p in m.named_parameters() if not n.startswith("head.")]
 for p in params:
     p.grad = torch.randn_like(p)
 KINDS = (("per-tensor loop (open_clip_train's default)", {"foreach": False}), ("foreach", {"foreach": True}),
          ("fused", {"fused": True}))
+n = sum(p.numel() for p in params) / 1e6
 for kind, kw in KINDS:
     opt = torch.optim.AdamW(params, lr=1e-5, **kw)
-    n = sum(p.numel() for p in params) / 1e6
     print(f"AdamW over the CLIP model's {n:.1f} M parameters, {kind}: {t(opt.step):.1f} ms")

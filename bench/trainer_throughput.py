@@ -5,8 +5,9 @@
 Both trainers read the same TSV of 64 px PNGs (drawn once from the synthetic scenes) and train the same
 tiny ViT (SuperCLIP-Tiny's towers) in fp32 on the CPU, one after the other, ``--rounds`` times in turn.
 ``--compile`` adds a run with ``--torchcompile`` (its compile time, the first step, falls in the skipped
-steps; metrics.jsonl records it as compile_seconds). Each logs every step: our metrics.jsonl has samples/s per step (step + data wait), open_clip_train's log
-has the step's ``Batch (t)`` (the same span). The figure is the median over all steps after the first 5 of
+steps; metrics.jsonl records it as compile_seconds, and the script prints it). Each logs every step: our
+metrics.jsonl has samples/s per step (step + data wait), open_clip_train's log has the step's ``Batch (t)``
+(the same span). The figure is the median over all steps after the first 5 of
 each run. open_clip_train needs pandas (pip install pandas).
 """
 import argparse
@@ -78,7 +79,8 @@ def main():
               "--csv-caption-key", "title", "--csv-separator", "\t", "--batch-size", str(b), "--epochs", "1",
               "--lr", "5e-4", "--warmup", "2", "--precision", "fp32", "--workers", str(args.workers), "--seed", "0",
               "--log-every-n-steps", "1", "--name", "run"]
-    labels = ("open_clip_train", "superclip λ=1", "superclip λ=0") + (("superclip λ=1 compiled",) if args.compile else ())
+    labels = ("open_clip_train", "superclip λ=1", "superclip λ=0")
+    labels += ("superclip λ=1 compiled",) if args.compile else ()
     rates = {label: [] for label in labels}
     compile_s = []
     for r in range(args.rounds):
