@@ -29,7 +29,7 @@ def test_resume_continues_exactly(tmp_path):
     first = Trainer(_cfg(tmp_path, name="resumed", max_steps=5)).fit()
     assert len(first) == 5
     second = Trainer(_cfg(tmp_path, name="resumed", resume="latest")).fit()
-    resumed = first + second[5:]
+    resumed = first + second
     assert [h["step"] for h in resumed] == [h["step"] for h in straight] == list(range(1, 17))
     for a, b in zip(straight, resumed):
         for key in ("loss", "contrastive_loss", "class_loss", "lr"):
@@ -58,15 +58,6 @@ def test_accumulation_matches_one_big_batch(tmp_path):
         torch.testing.assert_close(g2[name], g1[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-def _ddp_worker(rank, tmp_path, init_file):
-    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1")
-    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    hist = Trainer(_cfg(tmp_path, batch_size=4, max_steps=1, name="ddp")).fit()
-    if rank == 0:
-        torch.save(hist, os.path.join(tmp_path, "ddp_hist.pt"))
-    torch.distributed.destroy_process_group()
-
-
 def _fsdp_worker(rank, tmp_path, init_file):
     os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1")
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
@@ -75,7 +66,7 @@ def _fsdp_worker(rank, tmp_path, init_file):
     resumed = Trainer(_cfg(tmp_path, batch_size=4, max_steps=3, name="fsdp-resumed", fsdp=True,
                            resume="latest")).fit()
     if rank == 0:
-        torch.save({"straight": straight, "resumed": first + resumed[2:]}, os.path.join(tmp_path, "fsdp.pt"))
+        torch.save({"straight": straight, "resumed": first + resumed}, os.path.join(tmp_path, "fsdp.pt"))
     torch.distributed.destroy_process_group()
 
 
@@ -91,15 +82,6 @@ def test_two_process_fsdp2_matches_single_process_and_resumes(tmp_path):
     ckpt = torch.load(tmp_path / "logs" / "fsdp" / "checkpoints" / "epoch_latest.pt", weights_only=True)
     assert ckpt["model"]["clip.logit_scale"].shape == (1,)  # whole tensors, not shards
     assert ckpt["model"]["head.fc.weight"].shape == (49408, 64)
-
-
-def test_two_process_ddp_first_step_equals_single_process_on_global_batch(tmp_path):
-    mp.spawn(_ddp_worker, args=(tmp_path, str(tmp_path / "init")), nprocs=2, join=True)
-    ddp = torch.load(tmp_path / "ddp_hist.pt")
-    # one process, batch 8: the same 8 samples (rank r takes perm[r::2] of the same seeded permutation)
-    m = Trainer(_cfg(tmp_path, batch_size=8, max_steps=1, name="single")).fit()
-    for key in ("loss", "contrastive_loss", "class_loss"):
-        assert abs(ddp[0][key] - m[0][key]) < 1e-5, (key, ddp[0][key], m[0][key])
 
 
 def test_corrupt_images_are_skipped_and_counted(tmp_path):

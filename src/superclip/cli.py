@@ -56,7 +56,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         kwargs = {"default": argparse.SUPPRESS, "help": f.metadata.get("help", ""), "dest": f.name}
-        if f.type == "bool":
+        if "bool" in f.type:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, **kwargs)
         else:
             caster = float if "float" in f.type else int if "int" in f.type else str
@@ -69,13 +69,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from . import distributed
     from .config import FIELD_NAMES, load_yaml, make_config
     from .plot import plot_losses
-    from .train.trainer import Trainer
+    from .train.trainer import Trainer, read_metrics
 
     overrides = {k: v for k, v in vars(args).items() if k in FIELD_NAMES}
     cfg = make_config(load_yaml(args.config) if args.config else {}, overrides)
     trainer = Trainer(cfg)
     main_process = distributed.is_main_process()
-    bar = tqdm(total=trainer.total_steps, initial=trainer.step, unit="step", dynamic_ncols=True,
+    bar = tqdm(total=trainer.total_steps, initial=trainer.progress.step, unit="step", dynamic_ncols=True,
                disable=not (main_process and cfg.progress))
 
     def on_step(step, m):
@@ -88,10 +88,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         bar.close()
         distributed.destroy()
     if main_process:
-        if history:
-            plot_losses(history, trainer.dir / "loss.png", title=trainer.dir.name)
+        logged = [m for m in read_metrics(trainer.dir / "metrics.jsonl") if "loss" in m]  # the whole run's steps
+        if logged:
+            plot_losses(logged, trainer.dir / "loss.png", title=trainer.dir.name)
         last = history[-1] if history else {}
-        print(f"trained {trainer.step} steps; final loss {last.get('loss', float('nan')):.4f}; "
+        print(f"trained {trainer.progress.step} steps; final loss {last.get('loss', float('nan')):.4f}; "
               f"run folder {trainer.dir} (checkpoints/, metrics.jsonl, loss.png)")
     return 0
 

@@ -27,9 +27,11 @@ def _load(args):
 
     if args.model is None and args.pretrained is None:
         raise ConfigError("name a model (--model) and/or a checkpoint (--pretrained)")
+    from .evaluate.features import Encoder
+
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = create_model(args.model, pretrained=args.pretrained, device=device).eval()
-    return model, get_transforms(model)[1], get_tokenizer(model.config), device
+    return model, get_transforms(model)[1], get_tokenizer(model.config), Encoder(model, device, args.precision)
 
 
 def _bar(args, total: Optional[int], desc: str):
@@ -39,25 +41,25 @@ def _bar(args, total: Optional[int], desc: str):
     return tqdm(total=total, desc=desc, unit="img", disable=not args.progress, delay=2, file=sys.stderr)
 
 
-def _images(model, preprocess, paths: List[str], args, desc: str, kind: str = "features") -> torch.Tensor:
+def _images(preprocess, paths: List[str], args, desc: str, kind: str = "features") -> torch.Tensor:
     from .evaluate.features import embed_images
 
     with _bar(args, len(paths), desc) as bar:
-        return embed_images(model, preprocess, paths, args.batch_size, args.device_, args.precision, bar.update, kind)
+        return embed_images(args.encoder, preprocess, paths, args.batch_size, bar.update, kind)
 
 
-def _texts(model, tokenizer, texts: List[str], args) -> torch.Tensor:
+def _texts(tokenizer, texts: List[str], args) -> torch.Tensor:
     from .evaluate.features import embed_texts
 
-    return embed_texts(model, tokenizer, texts, 256, args.device_, args.precision)
+    return embed_texts(args.encoder, tokenizer, texts)
 
 
 def _zero_shot(model, preprocess, tokenizer, args, root: str, classnames, templates) -> Dict:
     from .evaluate.tasks import zero_shot_folder
 
     with _bar(args, None, "zero-shot") as bar:
-        return zero_shot_folder(model, preprocess, tokenizer, root, classnames, templates, args.batch_size,
-                                args.device_, args.precision, bar)
+        return zero_shot_folder(args.encoder, preprocess, tokenizer, root, classnames, templates, args.batch_size,
+                                bar)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -72,7 +74,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                           "--linear-probe-train/--linear-probe-test")
     if bool(args.linear_probe_train) != bool(args.linear_probe_test):
         raise ConfigError("--linear-probe-train and --linear-probe-test go together")
-    model, preprocess, tokenizer, args.device_ = _load(args)
+    model, preprocess, tokenizer, args.encoder = _load(args)
     templates = read_lines(args.templates, "templates") if args.templates else [
         t("{c}") for t in OPENAI_IMAGENET_TEMPLATES]
     if any("{c}" not in t for t in templates):
@@ -89,15 +91,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.retrieval_data:
         with _bar(args, None, "retrieval") as bar:
             results["metrics"]["retrieval"] = retrieval_file(
-                model, preprocess, tokenizer, args.retrieval_data, args.csv_img_key, args.csv_caption_key,
-                args.retrieval_split, args.retrieval_images, args.batch_size, args.device_, args.precision, bar)
+                args.encoder, preprocess, tokenizer, args.retrieval_data, args.csv_img_key, args.csv_caption_key,
+                args.retrieval_split, args.retrieval_images, args.batch_size, bar)
     if args.linear_probe_train:
         tr_paths, tr_labels, tr_classes = image_folder(args.linear_probe_train)
         te_paths, te_labels, te_classes = image_folder(args.linear_probe_test)
         if tr_classes != te_classes:
             raise ConfigError("--linear-probe-train and --linear-probe-test have different class folders")
-        tr = _images(model, preprocess, tr_paths, args, "probe train")
-        te = _images(model, preprocess, te_paths, args, "probe test")
+        tr = _images(preprocess, tr_paths, args, "probe train")
+        te = _images(preprocess, te_paths, args, "probe test")
         results["metrics"]["linear_probe"] = {
             **linear_probe(tr, torch.tensor(tr_labels), te, torch.tensor(te_labels), seed=args.seed),
             "data": [args.linear_probe_train, args.linear_probe_test]}
@@ -115,13 +117,13 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     if bool(args.images) == bool(args.texts):
         raise ConfigError("give either image files or --texts FILE")
-    model, preprocess, tokenizer, args.device_ = _load(args)
+    model, preprocess, tokenizer, args.encoder = _load(args)
     if args.images:
         ids = list(args.images)
-        feats = _images(model, preprocess, ids, args, "embed")
+        feats = _images(preprocess, ids, args, "embed")
     else:
         ids = read_lines(args.texts, "texts")
-        feats = _texts(model, tokenizer, ids, args)
+        feats = _texts(tokenizer, ids, args)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.save(str(out) + ".npy", feats.numpy())
@@ -134,11 +136,12 @@ def cmd_classify(args: argparse.Namespace) -> int:
     labels = [x.strip() for x in args.labels.split(",") if x.strip()]
     if len(labels) < 2:
         raise ConfigError("--labels needs at least two comma-separated labels")
-    model, preprocess, tokenizer, args.device_ = _load(args)
+    model, preprocess, tokenizer, args.encoder = _load(args)
     from .evaluate.zero_shot import classifier_weights
 
-    weights = classifier_weights(lambda t: model.encode_text(t), tokenizer, labels, [args.template], args.device_)
-    feats = _images(model, preprocess, list(args.images), args, "classify")
+    weights = classifier_weights(lambda t: model.encode_text(t), tokenizer, labels, [args.template],
+                                 args.encoder.device)
+    feats = _images(preprocess, list(args.images), args, "classify")
     probs = (model.logit_scale.exp().item() * feats @ weights.cpu().T).softmax(dim=1)
     for path, row in zip(args.images, probs):
         ranked = sorted(zip(labels, row.tolist()), key=lambda x: -x[1])
@@ -151,13 +154,13 @@ def cmd_tag(args: argparse.Namespace) -> int:
     from .evaluate.tags import excluded_token_ids, top_tags
     from .loss import idf_weights
 
-    model, preprocess, tokenizer, args.device_ = _load(args)
+    model, preprocess, tokenizer, args.encoder = _load(args)
     weights = None
     stats = load_token_stats(args.pretrained) if args.pretrained else None
     if stats and stats["num_samples"].item() > 0:
         weights = idf_weights(stats["cap_fq"], stats["num_samples"], 1 << 30)
     exclude = excluded_token_ids(tokenizer, weights)
-    logits = _images(model, preprocess, list(args.images), args, "tag", kind="token_logits")
+    logits = _images(preprocess, list(args.images), args, "tag", kind="token_logits")
     for path, row in zip(args.images, logits):
         tags = top_tags(row, tokenizer, args.top_k, exclude)
         print(path + "\t" + "  ".join(f"{w} ({p:.3f})" for w, p in tags))

@@ -52,7 +52,8 @@ class TrainConfig:
     cls_loss_weight: float = field(default=1.0, metadata={"help": "λ of the classification term (0 = CLIP)"})
     idf: str = field(default="online", metadata={"help": "online or off"})
     local_loss: bool = field(default=False, metadata={"help": "open_clip's --local-loss"})
-    gather_with_grad: bool = field(default=False, metadata={"help": "open_clip's --gather-with-grad"})
+    gather_with_grad: Optional[bool] = field(default=None, metadata={
+        "help": "gather features with their gradients (on by default with several processes: exact)"})
     # --- optimisation
     batch_size: int = field(default=64, metadata={"help": "per process, per micro-batch"})
     global_batch_size: Optional[int] = field(default=None, metadata={"help": "sets batch_size = global / "

@@ -1,10 +1,24 @@
-"""The one module that talks to ``torch.distributed``. With a single process it never creates a group."""
+"""The one module that talks to ``torch.distributed``: the process group, collectives, DDP / FSDP2 wrapping,
+gradient-sync contexts and the gathers of evaluation. With a single process it never creates a group.
+
+Collectives and devices: a process group serves a tensor only on a device type it has a backend for (NCCL
+cannot reduce a CPU tensor). The group is created with a backend per device type in use (``cpu:gloo`` always,
+for object collectives and CPU tensors, plus ``cuda:nccl`` on GPUs), and every collective here first checks
+that its tensor's device has one (:func:`check_device`), so a mistake is one clear error, not a hang.
+"""
 from __future__ import annotations
 
+import contextlib
 import os
+from typing import Any, Dict, List, Optional
 
 import torch
 import torch.distributed as dist
+
+from .errors import ConfigError
+
+# accelerator device type -> the collective backend for its tensors
+_DEVICE_BACKENDS = {"cuda": "nccl", "xpu": "xccl"}
 
 
 def is_initialized() -> bool:
@@ -23,29 +37,71 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
-def all_reduce_mean_(tensor: torch.Tensor) -> torch.Tensor:
-    """In-place mean over ranks (SUM then divide: gloo has no AVG). A no-op with one process."""
-    n = world_size()
-    if n > 1:
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-        tensor.div_(n)
+def backend_config(device_type: str) -> str:
+    """The ``init_process_group`` backend string for training on ``device_type``: gloo for CPU tensors (and
+    object collectives) always, plus the accelerator's own backend (``cpu:gloo,cuda:nccl``)."""
+    if device_type == "cpu":
+        return "cpu:gloo"
+    return f"cpu:gloo,{device_type}:{_DEVICE_BACKENDS.get(device_type, 'gloo')}"
+
+
+def group_backends() -> Dict[str, str]:
+    """Device type -> backend of the default group (``{}`` without one). A plain ``gloo`` group serves both
+    cpu and cuda; ``nccl`` alone serves cuda only."""
+    if not is_initialized():
+        return {}
+    pairs = (p.split(":") for p in dist.get_backend_config().split(","))
+    return {device: backend for device, backend in pairs}
+
+
+def check_device(tensor: torch.Tensor) -> torch.Tensor:
+    """``tensor``, after checking that the group has a backend for its device (else a clear RuntimeError)."""
+    backends = group_backends()
+    if backends and tensor.device.type not in backends:
+        raise RuntimeError(f"a collective was handed a {tensor.device.type} tensor, but the process group has "
+                           f"backends only for {', '.join(sorted(backends))} ({dist.get_backend_config()})")
     return tensor
 
 
-def init_from_env(backend: str = "auto") -> tuple:
-    """Join the process group torchrun describes in the environment; returns (rank, world_size, local_rank).
+def resolve_device(spec: Optional[str], local_rank: int) -> torch.device:
+    """The training device: ``spec`` (``cpu``, ``cuda``, ``cuda:N``) or CUDA when available; a bare ``cuda``
+    means this process's own GPU, ``cuda:LOCAL_RANK`` (as torchrun numbers them)."""
+    if not spec:
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ConfigError(f"--device: unknown device {spec!r} (cpu, cuda, cuda:N)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {spec}: CUDA is not available on this machine")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+        if device.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {spec}: this machine has {torch.cuda.device_count()} GPUs")
+    return device
 
-    Without torchrun's variables (``WORLD_SIZE`` unset or 1) nothing is initialised.
-    """
-    n = int(os.environ.get("WORLD_SIZE", "1"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if n <= 1:
-        return 0, 1, local_rank
-    if backend == "auto":
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def launched_distributed() -> bool:
+    """Started by torchrun (even with one process), or with ``WORLD_SIZE`` > 1 in the environment."""
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1 or "TORCHELASTIC_RUN_ID" in os.environ
+
+
+def init_from_env(device_type: str = "cpu") -> tuple:
+    """Join the process group torchrun describes in the environment, with a backend for CPU tensors and one
+    for ``device_type``'s; returns (rank, world_size). A plain ``python`` / ``superclip`` process creates no
+    group; a torchrun launch always joins one, also with one process (its collectives then run on the
+    group's backends, as with more). A group made beforehand (tests, notebooks) is used as it is."""
+    if not launched_distributed() and not is_initialized():
+        return 0, 1
     if not is_initialized():
-        dist.init_process_group(backend=backend)
-    return rank(), world_size(), local_rank
+        kwargs = {"device_id": torch.device(device_type, local_rank())} if device_type == "cuda" else {}
+        dist.init_process_group(backend=backend_config(device_type), **kwargs)
+    return rank(), world_size()
 
 
 def barrier() -> None:
@@ -56,6 +112,86 @@ def barrier() -> None:
 def destroy() -> None:
     if is_initialized():
         dist.destroy_process_group()
+
+
+# --- collectives (no-ops without a process group; with one, they run even for a single process)
+def all_reduce_(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
+    """In place over ranks: ``sum``, ``mean`` (SUM then divide: gloo has no AVG) or ``max``."""
+    if is_initialized():
+        check_device(tensor)
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+        if op == "mean":
+            tensor.div_(world_size())
+    return tensor
+
+
+def all_reduce_mean_(tensor: torch.Tensor) -> torch.Tensor:
+    return all_reduce_(tensor, "mean")
+
+
+def all_gather_rows(tensor: torch.Tensor) -> torch.Tensor:
+    """(n, ...) on every rank (the same n) -> (world_size x n, ...), rank 0's rows first."""
+    if not is_initialized():
+        return tensor
+    n = world_size()
+    check_device(tensor)
+    out = torch.empty((n * tensor.shape[0], *tensor.shape[1:]), dtype=tensor.dtype, device=tensor.device)
+    dist.all_gather_into_tensor(out, tensor.contiguous())
+    return out
+
+
+def all_gather_object(obj: Any) -> List[Any]:
+    """Every rank's ``obj`` (picklable), in rank order, on every rank (through the group's CPU backend)."""
+    if not is_initialized():
+        return [obj]
+    out: List[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s ``obj`` on every rank."""
+    if not is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+# --- wrapping and gradient synchronisation
+def wrap_ddp(model: torch.nn.Module, device: torch.device, static_graph: bool = False) -> torch.nn.Module:
+    """DistributedDataParallel over ``model`` (which keeps its own parameters: checkpoints read ``model``)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                   static_graph=static_graph)
+
+
+def is_fsdp(model: torch.nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(getattr(model, "_orig_mod", model), FSDPModule)
+
+
+@contextlib.contextmanager
+def no_sync(model: torch.nn.Module, enabled: bool = True):
+    """Gradients accumulate locally inside (no all-reduce / reduce-scatter) when ``enabled``: DDP's
+    ``no_sync``, FSDP2's ``set_requires_gradient_sync(False)``; a no-op for an unwrapped model."""
+    if not enabled:
+        yield
+        return
+    inner = getattr(model, "_orig_mod", model)  # torch.compile's wrapper
+    if is_fsdp(inner):
+        inner.set_requires_gradient_sync(False)
+        try:
+            yield
+        finally:
+            inner.set_requires_gradient_sync(True)
+    elif hasattr(inner, "no_sync"):
+        with inner.no_sync():
+            yield
+    else:
+        yield
 
 
 def fsdp_shard(model: torch.nn.Module, blocks) -> torch.nn.Module:

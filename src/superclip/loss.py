@@ -116,7 +116,10 @@ class SuperCLIPLoss(nn.Module):
             ``none`` (classification only, as SuperClass).
         cls_weight: λ. 0 gives plain CLIP/SigLIP; the model can then skip the head (``needs_token_logits``).
         idf: ``online`` (the released code's running IDF) or ``off`` (uniform weights over a caption's ids).
-        local_loss, gather_with_grad: open_clip's ClipLoss semantics for multi-process training.
+        local_loss, gather_with_grad: open_clip's ClipLoss semantics for multi-process training. The default
+            ``gather_with_grad=None`` gathers features with their gradients whenever there are several
+            processes: then DDP / FSDP's gradient average equals one process's gradient on the global batch
+            (without, the contrastive gradient is 1/world_size of it while the class term's is whole).
         rank, world_size: default to the current process group; build the loss after joining it.
         siglip_dist_impl: open_clip SigLipLoss ``dist_impl``.
 
@@ -135,7 +138,7 @@ class SuperCLIPLoss(nn.Module):
         cls_weight: float = 1.0,
         idf: str = "online",
         local_loss: bool = False,
-        gather_with_grad: bool = False,
+        gather_with_grad: Optional[bool] = None,
         rank: Optional[int] = None,
         world_size: Optional[int] = None,
         siglip_dist_impl: Optional[str] = None,
@@ -155,6 +158,8 @@ class SuperCLIPLoss(nn.Module):
         self.idf = idf
         self.rank = distributed.rank() if rank is None else rank
         self.world_size = distributed.world_size() if world_size is None else world_size
+        if gather_with_grad is None:
+            gather_with_grad = self.world_size > 1
         if contrastive == "clip":
             self.contrastive_fn = ClipLoss(
                 local_loss=local_loss, gather_with_grad=gather_with_grad, cache_labels=True,
@@ -186,6 +191,17 @@ class SuperCLIPLoss(nn.Module):
         distributed.all_reduce_mean_(self.cap_fq)
         distributed.all_reduce_mean_(self.num_samples)
         self.idf_batch_size = b_local * self.world_size
+
+    def statistics(self) -> Dict[str, object]:
+        """A copy of the running statistics, for :meth:`load_statistics` (a skipped step puts them back)."""
+        return {"cap_fq": self.cap_fq.clone(), "num_samples": self.num_samples.clone(),
+                "idf_batch_size": self.idf_batch_size}
+
+    @torch.no_grad()
+    def load_statistics(self, stats: Dict[str, object]) -> None:
+        self.cap_fq.copy_(stats["cap_fq"])
+        self.num_samples.copy_(stats["num_samples"])
+        self.idf_batch_size = stats["idf_batch_size"]
 
     def token_weights(self, token_ids: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
         """(1, V) float64 IDF weights from the statistics (None when ``idf='off'``).

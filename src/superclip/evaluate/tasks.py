@@ -7,9 +7,9 @@ import torch
 
 from ..errors import ConfigError
 from .data import image_folder, retrieval_pairs
-from .features import embed_images, embed_texts
+from .features import Encoder, embed_images, embed_texts
 from .retrieval import retrieval_metrics
-from .zero_shot import classifier_weights, zero_shot_metrics
+from .zero_shot import average_prompts, prompts, zero_shot_metrics
 
 
 def _updater(progress: Optional[Any], total: int) -> Optional[Callable[[int], None]]:
@@ -19,9 +19,9 @@ def _updater(progress: Optional[Any], total: int) -> Optional[Callable[[int], No
     return progress.update
 
 
-def zero_shot_folder(model, preprocess: Callable, tokenizer: Callable, root: str,
+def zero_shot_folder(encoder: Encoder, preprocess: Callable, tokenizer: Callable, root: str,
                      classnames: Optional[List[str]], templates: Sequence[str], batch_size: int = 64,
-                     device="cpu", precision: str = "fp32", progress: Optional[Any] = None) -> Dict:
+                     progress: Optional[Any] = None) -> Dict:
     """Zero-shot metrics on an ImageFolder tree; class names default to the folder names (``_`` -> space).
 
     ``progress``: a tqdm-like bar (``reset(total)``, ``update(n)``), told the number of images once known.
@@ -30,19 +30,19 @@ def zero_shot_folder(model, preprocess: Callable, tokenizer: Callable, root: str
     names = classnames or [f.replace("_", " ") for f in folders]
     if len(names) != len(folders):
         raise ConfigError(f"{len(names)} class names for {len(folders)} class folders in {root}")
-    weights = classifier_weights(lambda t: model.encode_text(t), tokenizer, names, templates, device)
-    feats = embed_images(model, preprocess, paths, batch_size, device, precision, _updater(progress, len(paths)))
+    weights = average_prompts(embed_texts(encoder, tokenizer, prompts(names, templates)), len(names))
+    feats = embed_images(encoder, preprocess, paths, batch_size, _updater(progress, len(paths)))
     return {**zero_shot_metrics(feats, weights.cpu(), torch.tensor(labels)), "data": root, "n_images": len(paths),
             "n_classes": len(names)}
 
 
-def retrieval_file(model, preprocess: Callable, tokenizer: Callable, path: str, img_key: str = "filepath",
-                   caption_key: str = "title", split: str = "test", image_root: Optional[str] = None,
-                   batch_size: int = 64, device="cpu", precision: str = "fp32",
-                   progress: Optional[Any] = None) -> Dict:
+def retrieval_file(encoder: Encoder, preprocess: Callable, tokenizer: Callable, path: str,
+                   img_key: str = "filepath", caption_key: str = "title", split: str = "test",
+                   image_root: Optional[str] = None, batch_size: int = 64, progress: Optional[Any] = None,
+                   separator: Optional[str] = None) -> Dict:
     """Retrieval metrics on a CSV/TSV or karpathy-style JSON file (``progress`` as in :func:`zero_shot_folder`)."""
-    images, captions, owner = retrieval_pairs(path, img_key, caption_key, split=split, image_root=image_root)
-    img = embed_images(model, preprocess, images, batch_size, device, precision, _updater(progress, len(images)))
-    txt = embed_texts(model, tokenizer, captions, 256, device, precision)
+    images, captions, owner = retrieval_pairs(path, img_key, caption_key, separator, split, image_root)
+    img = embed_images(encoder, preprocess, images, batch_size, _updater(progress, len(images)))
+    txt = embed_texts(encoder, tokenizer, captions)
     return {**retrieval_metrics(img, txt, torch.tensor(owner)), "data": path, "n_images": len(images),
             "n_captions": len(captions)}

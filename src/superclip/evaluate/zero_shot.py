@@ -1,23 +1,30 @@
 """Zero-shot classification with clip_benchmark's metric names: acc1, acc5, mean_per_class_recall."""
 from __future__ import annotations
 
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 
 
+def prompts(classnames: Sequence[str], templates: Sequence[str]) -> List[str]:
+    """Every class's prompts, class by class: ``template.format(c=name)``."""
+    return [t.format(c=name) for name in classnames for t in templates]
+
+
+def average_prompts(prompt_features: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """(C x T, D) prompt embeddings, class by class -> (C, D) class embeddings: normalised, averaged over a
+    class's T prompts and normalised again (the CLIP recipe)."""
+    feats = F.normalize(prompt_features.float(), dim=-1)
+    return F.normalize(feats.reshape(n_classes, -1, feats.shape[-1]).mean(dim=1), dim=-1)
+
+
 @torch.no_grad()
 def classifier_weights(encode_text: Callable, tokenizer: Callable, classnames: Sequence[str],
                        templates: Sequence[str], device="cpu") -> torch.Tensor:
-    """(C, D) class embeddings: each class's prompts (``template.format(c=name)``) embedded, normalised,
-    averaged and normalised again (the CLIP recipe)."""
-    rows = []
-    for name in classnames:
-        ids = tokenizer([t.format(c=name) for t in templates]).to(device)
-        emb = F.normalize(encode_text(ids).float(), dim=-1).mean(dim=0)
-        rows.append(F.normalize(emb, dim=-1))
-    return torch.stack(rows)
+    """(C, D) class embeddings (:func:`average_prompts`), one ``encode_text`` batch per class."""
+    feats = [encode_text(tokenizer([t.format(c=name) for t in templates]).to(device)) for name in classnames]
+    return average_prompts(torch.cat(feats), len(classnames))
 
 
 def classification_metrics(logits: torch.Tensor, labels: torch.Tensor) -> Dict[str, Optional[float]]:

@@ -1,6 +1,8 @@
-"""Evaluation during training (rank 0): ImageNet-style zero-shot (``--imagenet-val``) and retrieval on
-``--val-data``; metric names as open_clip_train logs them (``imagenet-zeroshot-val-top1``) and as
-clip_benchmark names retrieval (``val/image_retrieval_recall@1``)."""
+"""Evaluation during training, on every rank: ImageNet-style zero-shot (``--imagenet-val``) and retrieval on
+``--val-data``. Batches are dealt over the ranks and run through the training model itself (sharded by FSDP2
+or not, in its own precision), the embeddings gathered, so the numbers are a one-process evaluation's.
+Metric names as open_clip_train logs them (``imagenet-zeroshot-val-top1``) and as clip_benchmark names
+retrieval (``val/image_retrieval_recall@1``)."""
 from __future__ import annotations
 
 from typing import Dict
@@ -8,30 +10,33 @@ from typing import Dict
 import torch
 
 from ..evaluate.data import image_folder
+from ..evaluate.features import Encoder
 from ..evaluate.tasks import retrieval_file, zero_shot_folder
 from ..model import get_tokenizer, get_transforms
 
 
 @torch.no_grad()
 def evaluate_in_training(model, cfg, device, zeroshot: bool, val: bool) -> Dict[str, float]:
+    """Every rank calls this with the same arguments (``model``: the training module, FSDP2-sharded or not)."""
     from open_clip import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
 
     was_training = model.training
     model.eval()
     _, preprocess = get_transforms(model)
     tokenizer = get_tokenizer(model.config)
+    encoder = Encoder(model, device, cfg.precision, split=True)
     out: Dict[str, float] = {}
     try:
         if zeroshot and cfg.imagenet_val:
             # ImageNet's own class names for a 1000-class tree; any other ImageFolder uses its folder names
             names = list(IMAGENET_CLASSNAMES) if len(image_folder(cfg.imagenet_val)[2]) == 1000 else None
-            m = zero_shot_folder(model, preprocess, tokenizer, cfg.imagenet_val, names,
-                                 [t("{c}") for t in OPENAI_IMAGENET_TEMPLATES], cfg.batch_size, device)
+            m = zero_shot_folder(encoder, preprocess, tokenizer, cfg.imagenet_val, names,
+                                 [t("{c}") for t in OPENAI_IMAGENET_TEMPLATES], cfg.batch_size)
             out["imagenet-zeroshot-val-top1"] = m["acc1"]
             out["imagenet-zeroshot-val-top5"] = m["acc5"]
         if val and cfg.val_data:
-            m = retrieval_file(model, preprocess, tokenizer, cfg.val_data, cfg.csv_img_key, cfg.csv_caption_key,
-                               batch_size=cfg.batch_size, device=device)
+            m = retrieval_file(encoder, preprocess, tokenizer, cfg.val_data, cfg.csv_img_key, cfg.csv_caption_key,
+                               batch_size=cfg.batch_size)
             out.update({f"val/{k}": v for k, v in m.items() if "recall" in k})
     finally:
         model.train(was_training)
