@@ -179,6 +179,11 @@ class SuperCLIPLoss(nn.Module):
         return self.cls_weight != 0
 
     @property
+    def needs_text(self) -> bool:
+        """False without a contrastive term: the text tower's features are then never used."""
+        return self.contrastive_fn is not None
+
+    @property
     def tracks_statistics(self) -> bool:
         return self.cls_weight != 0 and self.idf == "online"
 

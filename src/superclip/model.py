@@ -12,7 +12,7 @@ import logging
 from dataclasses import asdict
 from importlib import resources
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 import open_clip
 import torch
@@ -158,6 +158,15 @@ class SuperCLIP(nn.Module):
     @property
     def context_length(self) -> int:
         return self.clip.context_length
+
+    def contrastive_parameters(self) -> List[nn.Parameter]:
+        """Parameters that only the contrastive embeddings use: the text tower, the temperature (and bias),
+        and the image tower's projection of its pooled output. The classification head never reaches them."""
+        visual = self.clip.visual
+        projection = [visual.proj] if isinstance(visual, VisionTransformer) and visual.proj is not None else \
+            list(visual.head.parameters()) if isinstance(visual, TimmModel) else []
+        extra = [p for p in (self.logit_scale, self.logit_bias) if p is not None]
+        return [*self.clip.text.parameters(), *extra, *projection]
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.clip.set_grad_checkpointing(enable)

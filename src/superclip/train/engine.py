@@ -49,14 +49,16 @@ def compute_gradients(model, criterion: SuperCLIPLoss, images: torch.Tensor, ids
     if criterion.training and criterion.tracks_statistics:
         criterion.update(ids if cls_ids is None else cls_ids)
     want_logits = criterion.needs_token_logits
+    text_ids = ids if criterion.needs_text else None  # without a contrastive term the text tower never runs
     if accum_freq == 1:
         with autocast():
-            out = model(images, ids, return_token_logits=want_logits)
+            out = model(images, text_ids, return_token_logits=want_logits)
             losses = criterion(out, ids, update=False, class_token_ids=cls_ids)
         _backward(losses["loss"], scaler)
         return _detached(losses, out)
 
-    img_chunks, id_chunks = images.chunk(accum_freq), ids.chunk(accum_freq)
+    img_chunks = images.chunk(accum_freq)
+    id_chunks = ids.chunk(accum_freq) if text_ids is not None else [None] * len(img_chunks)
     with torch.no_grad(), autocast():
         cached = [model(i, t, return_token_logits=want_logits) for i, t in zip(img_chunks, id_chunks)]
     for j, (img, tid) in enumerate(zip(img_chunks, id_chunks)):

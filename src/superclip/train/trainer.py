@@ -120,8 +120,14 @@ class Trainer:
         ).to(self.device)
         if pretrained_stats and self.criterion.tracks_statistics:
             self.criterion.load_state_dict(pretrained_stats)
-        if not self.criterion.needs_token_logits:  # λ = 0: the head is never used, keep it out of the optimizer
+        # parts the loss never uses stay out of the optimizer (and out of DDP, which insists every trained
+        # parameter gets a gradient): the head with λ = 0, the text tower, temperature and image projection
+        # without a contrastive term
+        if not self.criterion.needs_token_logits:
             self.model.head.requires_grad_(False)
+        if not self.criterion.needs_text:
+            for param in self.model.contrastive_parameters():
+                param.requires_grad_(False)
         self._build_data()
         if cfg.imagenet_val:  # fail now, not after hours of training
             image_folder(cfg.imagenet_val)
