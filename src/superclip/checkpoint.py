@@ -13,6 +13,7 @@ import logging
 import os
 import platform
 import tempfile
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
@@ -41,26 +42,55 @@ def versions() -> Dict[str, str]:
     return out
 
 
-def atomic_torch_save(obj: Any, path: os.PathLike) -> None:
-    """``torch.save`` to a temporary file in the same folder, then ``os.replace``: never a half-written file."""
+def _test_write_delay() -> None:
+    """Test-only: ``SUPERCLIP_TEST_WRITE_DELAY`` seconds of sleep before each rename, so that fault-injection
+    tests can kill a run while a checkpoint is being written. Unset in real runs."""
+    delay = os.environ.get("SUPERCLIP_TEST_WRITE_DELAY")
+    if delay:
+        time.sleep(float(delay))
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (a no-op where directories cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(path: os.PathLike, write) -> None:
+    """``write(file)`` into a temporary file in the same folder, fsync, then ``os.replace`` onto ``path``: a
+    reader (or a resumed run) sees the old file or the whole new one, never a half-written one, also after a
+    kill or a power cut. On any failure (a full disk) the temporary file is removed and ``path`` is untouched."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    os.close(fd)
     try:
-        torch.save(obj, tmp)
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        _test_write_delay()
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
 
 
+def atomic_torch_save(obj: Any, path: os.PathLike) -> None:
+    """``torch.save`` through :func:`_atomic_write`."""
+    _atomic_write(path, lambda f: torch.save(obj, f))
+
+
 def atomic_write_text(text: str, path: os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    _atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def save_checkpoint(path: os.PathLike, model: SuperCLIP, criterion: Optional[torch.nn.Module] = None,
@@ -86,9 +116,19 @@ def read_checkpoint(path: os.PathLike) -> Dict[str, Any]:
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a bad file: report them as one user error
-        raise CheckpointError(f"cannot read checkpoint {path}: {str(e).splitlines()[0]}") from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        if "Weights only load failed" in first:  # torch's advice to turn weights_only off is not ours to give
+            reason = "it holds objects other than tensors and plain values, which superclip never unpickles"
+        elif isinstance(e, (EOFError, KeyError)) or "zip archive" in first or "central directory" in first:
+            reason = "not a complete torch checkpoint (empty, truncated, or another kind of file)"
+        else:
+            reason = first or type(e).__name__
+        raise CheckpointError(f"cannot read checkpoint {path}: {reason}") from None
+    if not isinstance(ckpt, dict):
+        raise CheckpointError(f"cannot read checkpoint {path}: it holds a {type(ckpt).__name__}, not a state dict")
+    return ckpt
 
 
 def _strip_module(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -248,9 +288,12 @@ def export_openclip(model: SuperCLIP, out_dir: os.PathLike) -> Path:
     if model.config is None:
         raise ConfigError("model has no config to export")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     config = {"model_cfg": openclip_config(model.config),
               "preprocess_cfg": open_clip.get_model_preprocess_cfg(model.clip)}
-    atomic_torch_save(model.clip.state_dict(), out / "open_clip_pytorch_model.bin")
-    atomic_write_text(json.dumps(config, indent=2) + "\n", out / "open_clip_config.json")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_torch_save(model.clip.state_dict(), out / "open_clip_pytorch_model.bin")
+        atomic_write_text(json.dumps(config, indent=2) + "\n", out / "open_clip_config.json")
+    except OSError as e:
+        raise ConfigError(f"cannot write to {out}: {e.strerror or e}") from None
     return out

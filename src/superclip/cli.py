@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from .errors import SuperCLIPError
+from .errors import ConfigError, SuperCLIPError
 
 
 def _cmd_flops(args: argparse.Namespace) -> int:
@@ -33,6 +33,8 @@ def _cmd_flops(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from .checkpoint import create_model, export_openclip
 
+    if Path(args.out_dir).exists() and not Path(args.out_dir).is_dir():
+        raise ConfigError(f"{args.out_dir} exists and is not a folder: name a folder to export into")
     model = create_model(args.model, pretrained=args.checkpoint)
     out = export_openclip(model, args.out_dir)
     print(f"wrote open_clip folder {out}: open_clip.create_model_and_transforms('local-dir:{out}')")
@@ -68,29 +70,40 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from . import distributed
     from .config import FIELD_NAMES, load_yaml, make_config
+    from .errors import TrainingInterrupted
     from .plot import plot_losses
     from .train.trainer import Trainer, read_metrics
 
     overrides = {k: v for k, v in vars(args).items() if k in FIELD_NAMES}
     cfg = make_config(load_yaml(args.config) if args.config else {}, overrides)
-    trainer = Trainer(cfg)
-    main_process = distributed.is_main_process()
-    bar = tqdm(total=trainer.total_steps, initial=trainer.progress.step, unit="step", dynamic_ncols=True,
-               disable=not (main_process and cfg.progress))
-
-    def on_step(step, m):
-        bar.update(1)
-        bar.set_postfix(loss=f"{m['loss']:.3f}", cls=f"{m['class_loss']:.3f}", sps=f"{m['samples_per_s']:.0f}")
-
     try:
-        history = trainer.fit(on_step)
+        trainer = Trainer(cfg)
+        main_process = distributed.is_main_process()
+        bar = tqdm(total=trainer.total_steps, initial=trainer.progress.step, unit="step", dynamic_ncols=True,
+                   disable=not (main_process and cfg.progress))
+
+        def on_step(step, m):
+            bar.update(1)
+            bar.set_postfix(loss=f"{m['loss']:.3f}", cls=f"{m['class_loss']:.3f}", sps=f"{m['samples_per_s']:.0f}")
+
+        interrupted = None
+        try:
+            history = trainer.fit(on_step)
+        except TrainingInterrupted as e:
+            history, interrupted = [], e
+        finally:
+            bar.close()
     finally:
-        bar.close()
         distributed.destroy()
     if main_process:
         logged = [m for m in read_metrics(trainer.dir / "metrics.jsonl") if "loss" in m]  # the whole run's steps
         if logged:
             plot_losses(logged, trainer.dir / "loss.png", title=trainer.dir.name)
+    if interrupted is not None:
+        if main_process:
+            print(f"superclip train: stopped by {interrupted}", file=sys.stderr)
+        return 128 + interrupted.signum
+    if main_process:
         last = history[-1] if history else {}
         print(f"trained {trainer.progress.step} steps; final loss {last.get('loss', float('nan')):.4f}; "
               f"run folder {trainer.dir} (checkpoints/, metrics.jsonl, loss.png)")
@@ -189,6 +202,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(error: Exception) -> str:
+    """The message of ``error`` on one line; an error re-raised from a data-loader worker carries the worker's
+    traceback in its text, and only its last line is the message."""
+    text = str(error).strip()
+    if "Traceback" in text:
+        text = text.splitlines()[-1]
+        prefix = f"{type(error).__module__}.{type(error).__name__}: "
+        text = text[len(prefix):] if text.startswith(prefix) else text
+    return " ".join(text.split())
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -199,7 +223,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     except SuperCLIPError as e:
         if args.debug:
             raise
-        print(f"superclip {args.command}: error: {e}", file=sys.stderr)
+        print(f"superclip {args.command}: error: {one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"superclip {args.command}: interrupted", file=sys.stderr)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -17,8 +18,31 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pretrained", default=None, help="checkpoint: superclip, official SuperCLIP or open_clip")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "amp", "amp_bf16", "bf16"])
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=_positive, default=64)
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def _positive(value: str) -> int:
+    """argparse type: an int >= 1 (a bad value is argparse's one-line usage error, exit 2)."""
+    n = int(value)
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
+    return n
+
+
+def _writable_output(path: Optional[str], what: str) -> None:
+    """Create the folder an output goes to now, so that a bad path fails before the work, not after it."""
+    if path is None:
+        return
+    parent = Path(path).parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"{what}: cannot create folder {parent}: {e.strerror or e}") from None
+    if Path(path).is_dir():
+        raise ConfigError(f"{what}: {path} is a folder, expected a file name")
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"{what}: folder {parent} is not writable")
 
 
 def _load(args):
@@ -62,6 +86,16 @@ def _zero_shot(model, preprocess, tokenizer, args, root: str, classnames, templa
                                 bar)
 
 
+def _check_templates(templates: List[str]) -> None:
+    for t in templates:
+        if "{c}" not in t:
+            raise ConfigError(f"template {t!r} has no {{c}} where the class name goes")
+        try:
+            t.format(c="x")
+        except (IndexError, KeyError, ValueError) as e:
+            raise ConfigError(f"template {t!r}: only {{c}} may stand in braces ({e})") from None
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from open_clip import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
 
@@ -74,12 +108,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
                           "--linear-probe-train/--linear-probe-test")
     if bool(args.linear_probe_train) != bool(args.linear_probe_test):
         raise ConfigError("--linear-probe-train and --linear-probe-test go together")
-    model, preprocess, tokenizer, args.encoder = _load(args)
+    _writable_output(args.output, "--output")
     templates = read_lines(args.templates, "templates") if args.templates else [
         t("{c}") for t in OPENAI_IMAGENET_TEMPLATES]
-    if any("{c}" not in t for t in templates):
-        raise ConfigError("every template needs a {c} where the class name goes")
+    _check_templates(templates)
     classnames = read_lines(args.classnames, "class names") if args.classnames else None
+    model, preprocess, tokenizer, args.encoder = _load(args)
     results: Dict = {"model": args.model or "(from checkpoint)", "pretrained": args.pretrained, "metrics": {}}
     if args.zeroshot_data:
         results["metrics"]["zeroshot"] = _zero_shot(model, preprocess, tokenizer, args, args.zeroshot_data,
@@ -92,7 +126,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         with _bar(args, None, "retrieval") as bar:
             results["metrics"]["retrieval"] = retrieval_file(
                 args.encoder, preprocess, tokenizer, args.retrieval_data, args.csv_img_key, args.csv_caption_key,
-                args.retrieval_split, args.retrieval_images, args.batch_size, bar)
+                args.retrieval_split, args.retrieval_images, args.batch_size, bar, args.csv_separator)
     if args.linear_probe_train:
         tr_paths, tr_labels, tr_classes = image_folder(args.linear_probe_train)
         te_paths, te_labels, te_classes = image_folder(args.linear_probe_test)
@@ -117,15 +151,11 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     if bool(args.images) == bool(args.texts):
         raise ConfigError("give either image files or --texts FILE")
+    _writable_output(args.out + ".npy", "--out")
+    ids = list(args.images) if args.images else read_lines(args.texts, "texts")
     model, preprocess, tokenizer, args.encoder = _load(args)
-    if args.images:
-        ids = list(args.images)
-        feats = _images(preprocess, ids, args, "embed")
-    else:
-        ids = read_lines(args.texts, "texts")
-        feats = _texts(tokenizer, ids, args)
+    feats = _images(preprocess, ids, args, "embed") if args.images else _texts(tokenizer, ids, args)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     np.save(str(out) + ".npy", feats.numpy())
     Path(str(out) + ".ids.txt").write_text("\n".join(ids) + "\n")
     print(f"wrote {out}.npy ({feats.shape[0]} x {feats.shape[1]}) and {out}.ids.txt")
@@ -136,6 +166,9 @@ def cmd_classify(args: argparse.Namespace) -> int:
     labels = [x.strip() for x in args.labels.split(",") if x.strip()]
     if len(labels) < 2:
         raise ConfigError("--labels needs at least two comma-separated labels")
+    if len(set(labels)) < len(labels):
+        raise ConfigError("--labels names a label twice")
+    _check_templates([args.template])
     model, preprocess, tokenizer, args.encoder = _load(args)
     from .evaluate.zero_shot import classifier_weights
 
@@ -179,6 +212,8 @@ def add_parsers(sub) -> None:
     p.add_argument("--retrieval-split", default="test", help="split of a Karpathy dataset_*.json")
     p.add_argument("--csv-img-key", default="filepath")
     p.add_argument("--csv-caption-key", default="title")
+    p.add_argument("--csv-separator", default=None,
+                   help="CSV separator (default: a tab if the header line has one, else a comma; as train)")
     p.add_argument("--linear-probe-train", default=None, help="ImageFolder tree to fit the probe on")
     p.add_argument("--linear-probe-test", default=None, help="ImageFolder tree to score it on")
     p.add_argument("--seed", type=int, default=0)
@@ -202,5 +237,5 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("tag", help="the classification head as an image tagger: top caption words per image")
     _add_model_args(p)
     p.add_argument("images", nargs="+")
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--top-k", type=_positive, default=5)
     p.set_defaults(func=cmd_tag)

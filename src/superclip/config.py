@@ -18,6 +18,16 @@ PRECISIONS = ("fp32", "amp", "amp_bf16", "amp_bfloat16", "bf16", "fp16", "pure_b
 DATASET_TYPES = ("auto", "csv", "synthetic", "webdataset")
 
 
+# (fields, lowest value, how the error says it); None is allowed for the optional fields
+_BOUNDS = (
+    (("accum_freq", "epochs", "log_every_n_steps", "max_nonfinite_steps", "max_steps", "train_num_samples",
+      "global_batch_size", "force_image_size"), 1, ">= 1"),
+    (("workers", "warmup", "save_frequency", "save_every_n_steps", "zeroshot_frequency", "zeroshot_steps",
+      "val_steps", "val_frequency", "cls_loss_weight", "wd"), 0, ">= 0"),
+)
+_OPTIONAL = ("max_steps", "train_num_samples", "global_batch_size", "force_image_size")
+
+
 @dataclass
 class TrainConfig:
     # --- data
@@ -30,7 +40,8 @@ class TrainConfig:
                                                                       "dataset size)"})
     csv_img_key: str = field(default="filepath", metadata={"help": "CSV column with image paths"})
     csv_caption_key: str = field(default="title", metadata={"help": "CSV column with captions"})
-    csv_separator: str = field(default="\t", metadata={"help": "CSV separator"})
+    csv_separator: Optional[str] = field(default=None, metadata={"help": "CSV separator (default: a tab if the "
+                                                                 "header line has one, else a comma)"})
     wds_caption_key: str = field(default="txt", metadata={"help": "webdataset caption member (or json field)"})
     long_caption_key: Optional[str] = field(default=None, metadata={"help": "second, long caption: CSV column "
                                                                      "or webdataset member / json field"})
@@ -78,18 +89,20 @@ class TrainConfig:
     # --- logging and checkpoints
     logs: str = field(default="./logs", metadata={"help": "root folder of runs"})
     name: Optional[str] = field(default=None, metadata={"help": "run name (folder under --logs)"})
-    save_frequency: int = field(default=1, metadata={"help": "save every N epochs"})
+    save_frequency: int = field(default=1, metadata={"help": "save every N epochs (0: no epoch checkpoints)"})
     save_every_n_steps: int = field(default=0, metadata={"help": "also save every N steps (0: off)"})
     delete_prev_step_ckpt: bool = field(default=False, metadata={"help": "keep only the latest step checkpoint"})
     resume: Optional[str] = field(default=None, metadata={"help": "checkpoint path or 'latest'"})
     report_to: str = field(default="", metadata={"help": "comma list of tensorboard, wandb"})
     log_every_n_steps: int = field(default=10, metadata={"help": "metrics line every N steps"})
+    max_nonfinite_steps: int = field(default=5, metadata={"help": "stop after this many steps in a row with a "
+                                                          "non-finite loss or gradient (each is skipped)"})
     progress: bool = field(default=True, metadata={"help": "progress bar on rank 0"})
     # --- evaluation during training (accepted for the released YAML; see the README for what runs)
     zeroshot_frequency: int = field(default=0, metadata={"help": "zero-shot eval every N epochs"})
     zeroshot_steps: int = field(default=0, metadata={"help": "zero-shot eval every N steps"})
     val_steps: int = field(default=0, metadata={"help": "validation every N steps"})
-    val_frequency: int = field(default=1, metadata={"help": "validation every N epochs"})
+    val_frequency: int = field(default=1, metadata={"help": "validation every N epochs (0: never)"})
     imagenet_val: Optional[str] = field(default=None, metadata={"help": "ImageNet val folder (any ImageFolder tree: "
                                                                   "zero-shot during training)"})
 
@@ -98,18 +111,31 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(msg)
 
-        check(self.dataset_type in DATASET_TYPES, f"--dataset-type must be one of {DATASET_TYPES}, got {self.dataset_type!r}")
+        check(self.dataset_type in DATASET_TYPES,
+              f"--dataset-type must be one of {DATASET_TYPES}, got {self.dataset_type!r}")
         check(self.precision in PRECISIONS, f"--precision must be one of {PRECISIONS}, got {self.precision!r}")
-        check(self.lr_scheduler in ("cosine", "const"), f"--lr-scheduler must be cosine or const, got {self.lr_scheduler!r}")
-        check(self.contrastive in ("clip", "siglip", "none"), f"--contrastive must be clip, siglip or none, got {self.contrastive!r}")
+        check(self.lr_scheduler in ("cosine", "const"),
+              f"--lr-scheduler must be cosine or const, got {self.lr_scheduler!r}")
+        check(self.contrastive in ("clip", "siglip", "none"),
+              f"--contrastive must be clip, siglip or none, got {self.contrastive!r}")
         check(self.idf in ("online", "off"), f"--idf must be online or off, got {self.idf!r}")
-        check(self.batch_size >= 0, f"--batch-size must be positive, got {self.batch_size}")
-        check(self.accum_freq >= 1, f"--accum-freq must be >= 1, got {self.accum_freq}")
-        check(self.epochs >= 1, f"--epochs must be >= 1, got {self.epochs}")
-        check(self.cls_loss_weight >= 0, f"--cls-loss-weight must be >= 0, got {self.cls_loss_weight}")
-        check(self.lr > 0, f"--lr must be positive, got {self.lr}")
+        for names, low, what in _BOUNDS:
+            for name in names:
+                value = getattr(self, name)
+                check((value is None and name in _OPTIONAL) or (value is not None and value >= low),
+                      f"--{name.replace('_', '-')} must be {what}, got {value}")
+        check(self.batch_size >= 1 or (self.batch_size == 0 and self.global_batch_size),
+              f"--batch-size must be >= 1 (0 only with --global-batch-size), got {self.batch_size}")
+        for name in ("lr", "eps"):
+            check(getattr(self, name) > 0, f"--{name} must be > 0, got {getattr(self, name)}")
+        check(self.grad_clip_norm is None or self.grad_clip_norm > 0,
+              f"--grad-clip-norm must be > 0, got {self.grad_clip_norm}")
+        for name in ("beta1", "beta2"):
+            check(0 <= getattr(self, name) < 1, f"--{name} must be in [0, 1), got {getattr(self, name)}")
         check(self.force_patch_dropout is None or 0 <= self.force_patch_dropout < 1,
               f"--force-patch-dropout must be in [0, 1), got {self.force_patch_dropout}")
+        check(self.csv_separator is None or len(self.csv_separator) == 1,
+              f"--csv-separator must be one character (e.g. ',' or a tab), got {self.csv_separator!r}")
         for name in ("contrastive_caption", "class_caption"):
             check(getattr(self, name) in ("short", "long"),
                   f"--{name.replace('_', '-')} must be short or long, got {getattr(self, name)!r}")
@@ -135,18 +161,25 @@ def _coerce(name: str, value: Any) -> Any:
     ftype = {f.name: f.type for f in fields(TrainConfig)}[name]
     if value is None:
         return None
+    wanted = next((t for t in ("float", "int", "bool", "str") if t in ftype), "str")
+    if isinstance(value, (list, dict)):
+        raise ConfigError(f"config key {name!r}: expected one {wanted} value, got {value!r}")
     try:
-        if "float" in ftype:
+        if wanted == "float":
             return float(value)
-        if "int" in ftype and not isinstance(value, bool):
-            return int(str(value).replace("_", ""))
-        if "bool" in ftype:
+        if wanted == "int" and not isinstance(value, bool):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError(value)
+            return int(str(value).replace("_", "")) if not isinstance(value, float) else int(value)
+        if wanted == "bool":
             if isinstance(value, str):
+                if value.lower() not in ("1", "true", "yes", "0", "false", "no"):
+                    raise ValueError(value)
                 return value.lower() in ("1", "true", "yes")
             return bool(value)
-    except ValueError:
-        raise ConfigError(f"config key {name!r}: cannot read {value!r} as {ftype}") from None
-    return value
+    except (TypeError, ValueError):
+        raise ConfigError(f"config key {name!r}: cannot read {value!r} as {wanted}") from None
+    return str(value) if wanted == "str" else value
 
 
 def load_yaml(path: str) -> Dict[str, Any]:

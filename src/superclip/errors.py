@@ -11,3 +11,17 @@ class ConfigError(SuperCLIPError, ValueError):
 
 class CheckpointError(SuperCLIPError, ValueError):
     """A checkpoint that is missing, unreadable, or does not fit the model config."""
+
+
+class TrainingError(SuperCLIPError, RuntimeError):
+    """Training cannot go on: unreadable data, or too many non-finite steps in a row."""
+
+
+class TrainingInterrupted(Exception):
+    """SIGINT / SIGTERM stopped a run at a step boundary after saving it (not a mistake: exit 128 + signal)."""
+
+    def __init__(self, signum: int, step: int, path):
+        import signal
+
+        self.signum, self.step, self.path = signum, step, path
+        super().__init__(f"{signal.Signals(signum).name} at step {step}: saved {path}; continue with --resume latest")

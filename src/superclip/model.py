@@ -72,6 +72,14 @@ def split_model_config(cfg: Dict[str, Any]) -> tuple:
     for key in ("embed_dim", "vision_cfg", "text_cfg"):
         if key not in cfg:
             raise ConfigError(f"model config lacks required key {key!r}")
+    for tower, external, keys in (("vision_cfg", "timm_model_name", ("width", "layers", "patch_size", "image_size")),
+                                  ("text_cfg", "hf_model_name", ("width", "heads", "layers"))):
+        if not isinstance(cfg[tower], dict):
+            raise ConfigError(f"model config: {tower} must be a mapping, got {cfg[tower]!r}")
+        # open_clip would fill a missing size with its ViT-B default and build another model than the one meant
+        missing = [k for k in keys if k not in cfg[tower]] if not cfg[tower].get(external) else []
+        if missing:
+            raise ConfigError(f"model config: {tower} lacks {', '.join(repr(k) for k in missing)}")
     cls_cfg = cfg.get("clstext_cfg") or {}
     vocab_size = int(cls_cfg.get("vocab_size", cfg["text_cfg"].get("vocab_size", 49408)))
     preprocess = cfg.get("preprocess_cfg") or {}

@@ -2,7 +2,6 @@
 handling, and a seeded sampler whose position is part of the checkpoint."""
 from __future__ import annotations
 
-import csv
 import logging
 import random
 import zlib
@@ -14,48 +13,50 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, IterableDataset, Sampler
 
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainingError
+from .csv import clean_text, read_columns
 
 log = logging.getLogger(__name__)
 
 # A corrupt sample is replaced by the next readable one (keeping batch shapes equal across ranks, which the
 # gathered contrastive loss needs) and counted; this many failures in a row mean the data itself is broken.
 _MAX_CONSECUTIVE_FAILURES = 50
+_MAX_CONSECUTIVE_FAILURES_STREAM = 200  # shards: a corrupt stretch of one shard should not end a long run
 
 
 class CsvCaptions(Dataset):
-    """Rows of a CSV/TSV file: (PIL image, caption, long caption or None). Relative image paths are taken
-    from the file's folder."""
+    """Rows of a CSV/TSV file (:mod:`superclip.data.csv`): (PIL image, caption, long caption or None).
+    Relative image paths are taken from the file's folder. A row whose caption is empty or not UTF-8 fails
+    (ValueError) when read, so that the sample is skipped and counted."""
 
-    def __init__(self, path: str, img_key: str = "filepath", caption_key: str = "title", separator: str = "\t",
-                 long_caption_key: Optional[str] = None):
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"CSV file not found: {path}")
-        with p.open(newline="") as f:
-            reader = csv.DictReader(f, delimiter=separator)
-            columns = reader.fieldnames or []
-            keys = [(img_key, "--csv-img-key"), (caption_key, "--csv-caption-key")]
-            if long_caption_key:
-                keys.append((long_caption_key, "--long-caption-key"))
-            for key, flag in keys:
-                if key not in columns:
-                    raise ConfigError(f"{path}: no column {key!r} ({flag}); columns are {columns} "
-                                      f"(separator {separator!r}, --csv-separator)")
-            rows = [(r[img_key], r[caption_key], r[long_caption_key] if long_caption_key else None) for r in reader]
-        if not rows:
-            raise ConfigError(f"CSV file {path} has no rows")
-        self.root = p.parent
-        self.rows = rows
+    def __init__(self, path: str, img_key: str = "filepath", caption_key: str = "title",
+                 separator: Optional[str] = None, long_caption_key: Optional[str] = None):
+        columns = {img_key: "--csv-img-key", caption_key: "--csv-caption-key"}
+        if long_caption_key:
+            columns[long_caption_key] = "--long-caption-key"
+        rows = read_columns(path, columns, separator)
+        self.root = Path(path).parent
+        self.rows = [(r[0], r[1], r[2] if long_caption_key else None) for r in rows]
         self.has_long = long_caption_key is not None
+        if not any(text.strip() for _, text, _ in self.rows):
+            raise ConfigError(f"every caption in {path} (column {caption_key!r}) is empty")
+        # fail now, not after 50 unreadable samples in a row: look at a spread of up to 32 image paths
+        probe = self.rows[::max(1, len(self.rows) // 32)][:32]
+        if not any(self._full(p).is_file() for p, _, _ in probe):
+            raise ConfigError(f"{path}: none of {len(probe)} image paths looked at exists (e.g. "
+                              f"{str(self._full(probe[0][0]))!r}); relative paths are read from the CSV's folder")
+
+    def _full(self, img_path: str) -> Path:
+        return Path(img_path) if Path(img_path).is_absolute() else self.root / img_path
 
     def __len__(self) -> int:
         return len(self.rows)
 
     def __getitem__(self, index: int) -> Tuple[Image.Image, str, Optional[str]]:
         img_path, text, long_text = self.rows[index]
-        full = Path(img_path) if Path(img_path).is_absolute() else self.root / img_path
-        with Image.open(full) as im:
+        text = clean_text(text)
+        long_text = clean_text(long_text, "long caption") if self.has_long else None
+        with Image.open(self._full(img_path)) as im:
             return im.convert("RGB"), text, long_text
 
 
@@ -132,15 +133,17 @@ class ImageTextDataset(Dataset):
         return len(self.source)
 
     def __getitem__(self, index: int):
+        error = None
         for skipped in range(_MAX_CONSECUTIVE_FAILURES):
             i = (index + skipped) % len(self.source)
-            try:
+            try:  # any failure of one sample (unreadable, truncated, a decompression bomb, a bad caption...)
                 image, short, long = self.source[i]
-            except (OSError, ValueError, SyntaxError) as e:  # PIL's errors for unreadable or truncated files
+                return (*self.encoder(image, short, long, hash((self.encoder.seed, self.epoch, i))), skipped)
+            except Exception as e:  # noqa: BLE001 - one sample's failure never stops the run
                 log.warning("skipping unreadable sample %d: %s", i, e)
-                continue
-            return (*self.encoder(image, short, long, hash((self.encoder.seed, self.epoch, i))), skipped)
-        raise RuntimeError(f"{_MAX_CONSECUTIVE_FAILURES} unreadable samples in a row from index {index}")
+                error = e
+        raise TrainingError(f"{_MAX_CONSECUTIVE_FAILURES} unreadable samples in a row from sample {index} "
+                            f"(the last: {type(error).__name__}: {error}); is the data readable?")
 
 
 class ImageTextStream(IterableDataset):
@@ -156,14 +159,18 @@ class ImageTextStream(IterableDataset):
 
         skipped = 0
         for raw in self.stream:
-            try:
+            try:  # any failure of one sample is skipped and counted (it rides on the next good one)
                 image, short, long = decode_sample(raw, self.caption_key, self.long_caption_key)
-            except (OSError, ValueError, SyntaxError, UnicodeDecodeError) as e:
+                sample_seed = zlib.crc32(raw["__key__"]) ^ (self.encoder.seed * 1_000_003 + self.stream.epoch)
+                encoded = self.encoder(image, short, long, sample_seed)
+            except Exception as e:  # noqa: BLE001
                 log.warning("skipping unreadable sample: %s", e)
                 skipped += 1
+                if skipped >= _MAX_CONSECUTIVE_FAILURES_STREAM:
+                    raise TrainingError(f"{skipped} unreadable samples in a row in the shards (the last: "
+                                        f"{type(e).__name__}: {e}); is --wds-caption-key right?") from None
                 continue
-            sample_seed = zlib.crc32(raw["__key__"]) ^ (self.encoder.seed * 1_000_003 + self.stream.epoch)
-            yield (*self.encoder(image, short, long, sample_seed), skipped)
+            yield (*encoded, skipped)
             skipped = 0
 
 
@@ -236,12 +243,12 @@ def build_train_dataset(cfg, transform: Callable, tokenizer: Callable, image_siz
     elif kind == "csv":
         if not cfg.train_data:
             raise ConfigError("--train-data is required for --dataset-type csv")
+        if policy.needs_long and not cfg.long_caption_key:
+            raise ConfigError("a long caption is asked for: name its column with --long-caption-key")
         source = CsvCaptions(cfg.train_data, cfg.csv_img_key, cfg.csv_caption_key, cfg.csv_separator,
                              cfg.long_caption_key)
     else:
         raise ConfigError(f"unknown dataset type {kind!r}")
-    if policy.needs_long and not source.has_long:
-        raise ConfigError("a long caption is asked for: name its column with --long-caption-key")
     return ImageTextDataset(source, encoder)
 
 

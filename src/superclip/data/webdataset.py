@@ -26,6 +26,7 @@ from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import ConfigError
+from .csv import clean_text
 
 log = logging.getLogger(__name__)
 
@@ -74,18 +75,23 @@ def decode_sample(sample: Dict[str, bytes], caption_key: str, long_caption_key: 
     """(PIL image, caption, long caption or None); raises ValueError on a missing part or bad bytes."""
     img_bytes = next((sample[e] for e in IMAGE_EXTS if e in sample), None)
     if img_bytes is None:
-        raise ValueError(f"sample {sample.get('__key__', b'?').decode()} has no image")
+        raise ValueError(f"sample {sample.get('__key__', b'?').decode('utf-8', 'replace')} has no image")
+
+    name = sample.get("__key__", b"?").decode("utf-8", "replace")
 
     def text(key: Optional[str]) -> Optional[str]:
         if key is None:
             return None
         if key in sample:
-            return sample[key].decode("utf-8").strip()
+            return clean_text(sample[key].decode("utf-8"))
         if "json" in sample:  # a field of the json member
-            value = json.loads(sample["json"]).get(key)
+            meta = json.loads(sample["json"])
+            value = meta.get(key) if isinstance(meta, dict) else None
+            if isinstance(value, str):
+                return clean_text(value)
             if value is not None:
-                return str(value)
-        raise ValueError(f"sample {sample.get('__key__', b'?').decode()} has no caption {key!r}")
+                raise ValueError(f"sample {name}: json field {key!r} is a {type(value).__name__}, not a caption")
+        raise ValueError(f"sample {name} has no caption {key!r}")
 
     with Image.open(io.BytesIO(img_bytes)) as im:
         image = im.convert("RGB")

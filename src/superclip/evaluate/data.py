@@ -1,13 +1,13 @@
 """Reading evaluation data: ImageFolder trees, retrieval files (CSV/TSV or karpathy-style JSON), images."""
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import List, Optional, Tuple
 
 from PIL import Image
 
+from ..data.csv import clean_text, read_columns
 from ..errors import ConfigError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -20,8 +20,8 @@ def load_image(path: str) -> Image.Image:
             return im.convert("RGB")
     except FileNotFoundError:
         raise ConfigError(f"image not found: {path}") from None
-    except (OSError, ValueError, SyntaxError) as e:
-        raise ConfigError(f"cannot read image {path}: {e}") from None
+    except Exception as e:  # noqa: BLE001 - PIL raises many types (DecompressionBombError is none of OSError's)
+        raise ConfigError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
 
 
 def image_folder(root: str) -> Tuple[List[str], List[int], List[str]]:
@@ -38,6 +38,10 @@ def image_folder(root: str) -> Tuple[List[str], List[int], List[str]]:
                 labels.append(i)
     if not classes or not paths:
         raise ConfigError(f"{root} holds no class folders with images (expected ROOT/CLASS/IMAGE.jpg)")
+    empty = sorted(set(range(len(classes))) - set(labels))
+    if empty:  # a class without images would still compete in zero-shot, and shift the classes after it
+        raise ConfigError(f"{root}: class folder {classes[empty[0]]!r} holds no images "
+                          f"({len(empty)} empty class folder{'s' if len(empty) > 1 else ''}; remove them)")
     return paths, labels, classes
 
 
@@ -45,7 +49,10 @@ def read_lines(path: str, what: str) -> List[str]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"{what} file not found: {path}")
-    lines = [line.strip() for line in p.read_text().splitlines() if line.strip()]
+    try:
+        lines = [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{what} file {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     if not lines:
         raise ConfigError(f"{what} file {path} is empty")
     return lines
@@ -56,7 +63,7 @@ def retrieval_pairs(path: str, img_key: str = "filepath", caption_key: str = "ti
                     image_root: Optional[str] = None) -> Tuple[List[str], List[str], List[int]]:
     """(image paths, captions, caption -> image index) from a retrieval file.
 
-    CSV/TSV: one row per caption, rows may share an image. JSON: a list of ``{"image", "caption": [...]}``
+    CSV/TSV (:mod:`superclip.data.csv`, the reader training uses): one row per caption, rows may share an image. JSON: a list of ``{"image", "caption": [...]}``
     (COCO/Flickr karpathy test files as BLIP ships them) or ``{"images": [{"filename", "filepath"?,
     "sentences": [{"raw"}], "split"}]}`` (Karpathy's dataset_*.json; only ``split`` is used).
     Relative image paths are taken from ``image_root``, else the file's folder.
@@ -78,15 +85,13 @@ def retrieval_pairs(path: str, img_key: str = "filepath", caption_key: str = "ti
             owner.append(len(images) - 1)
 
     if suffix in (".csv", ".tsv"):
-        sep = separator or ("\t" if suffix == ".tsv" else ",")
         grouped = {}
-        with p.open(newline="") as f:
-            reader = csv.DictReader(f, delimiter=sep)
-            for key, flag in ((img_key, "--csv-img-key"), (caption_key, "--csv-caption-key")):
-                if key not in (reader.fieldnames or []):
-                    raise ConfigError(f"{path}: no column {key!r} ({flag}); columns are {reader.fieldnames}")
-            for row in reader:
-                grouped.setdefault(row[img_key], []).append(row[caption_key])
+        rows = read_columns(path, {img_key: "--csv-img-key", caption_key: "--csv-caption-key"}, separator)
+        for line, (image, text) in enumerate(rows, start=2):
+            try:
+                grouped.setdefault(image, []).append(clean_text(text))
+            except ValueError as e:
+                raise ConfigError(f"{path}, line {line}: {e}") from None
         for image, texts in grouped.items():
             add(image, texts)
     elif suffix == ".json":

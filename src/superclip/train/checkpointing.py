@@ -3,18 +3,24 @@
 A training checkpoint is one file written by rank 0: the model and optimizer (gathered whole from FSDP2
 shards), every stateful component's ``state_dict`` (scheduler, grad scaler, loss statistics, progress), and
 ``rank_states``: one entry per rank with what differs between ranks, its RNG states and its position in the
-data, so that every rank gets its own back on resume. A readable ``.json`` beside it describes the same step.
+data, so that every rank gets its own back on resume. A readable ``.json`` beside it describes the same step;
+the file is complete when both exist and agree (each is written to a temporary file, fsynced and renamed, the
+checkpoint first).
 
-The loop never assembles checkpoints by hand: it calls :meth:`CheckpointManager.save` at step boundaries and
-:meth:`CheckpointManager.load` once at start-up.
+Resuming ``latest`` takes the newest complete checkpoint of the run (epoch, step or latest, by the step it
+holds), reading it before trusting it: one that cannot be read is reported and the next newest is used. Rank 0
+chooses and tells the others. The loop never assembles checkpoints by hand: it calls :meth:`save` at step
+boundaries and :meth:`resume` once at start-up.
 """
 from __future__ import annotations
 
 import json
 import logging
+import os
 import random
+import shutil
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Protocol
+from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -50,6 +56,14 @@ def set_rng_state(state: Dict[str, Any], device: torch.device) -> None:
         torch.cuda.set_rng_state(cuda, device)
 
 
+def _nonfinite_key(state: Dict[str, torch.Tensor]) -> Optional[str]:
+    """The first floating-point tensor of ``state`` holding inf or nan, or None."""
+    for key, value in state.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all():
+            return key
+    return None
+
+
 class CheckpointManager:
     """Saves and restores a run's whole state.
 
@@ -61,7 +75,7 @@ class CheckpointManager:
         components: name -> object with ``state_dict`` / ``load_state_dict``, the same on every rank
             (scheduler, grad scaler).
         rank_state: returns this rank's own state (RNG, data position); ``load_rank_state`` takes it back.
-        meta: constant plain values written into each checkpoint and its ``.json`` (config, world size).
+        meta: constant values written into each checkpoint (config, world size).
     """
 
     def __init__(self, folder: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -76,20 +90,41 @@ class CheckpointManager:
         self.meta = meta or {}
 
     # --- saving
-    def save(self, name: str) -> Path:
-        """Write ``folder/name`` (every rank calls this at the same step boundary; rank 0 writes)."""
-        path = self.folder / name
+    def save(self, names: Sequence[str]) -> Path:
+        """Write the run's state as ``folder/names[0]``; the other names become hard links to it (copies where
+        the file system has none). Every rank calls this at the same step boundary; rank 0 writes.
+
+        A weight that is not finite is never saved (CheckpointError), nor is anything when the write fails
+        (a full disk: the previous checkpoints stay as they were)."""
+        path = self.folder / names[0]
         rank_states = distributed.all_gather_object(self.rank_state())
         if self.fsdp:  # gathering the shards is a collective: every rank takes part
             model_state = distributed.full_model_state_dict(self.model)
             optimizer_state = distributed.full_optimizer_state_dict(self.model, self.optimizer)
         else:
-            model_state, optimizer_state = None, self.optimizer.state_dict()
+            model_state, optimizer_state = self.model.state_dict(), self.optimizer.state_dict()
+        error = None
         if distributed.is_main_process():
-            state = {key: c.state_dict() for key, c in self.components.items()}
-            save_checkpoint(path, self.model, self.criterion, model_state=model_state, optimizer=optimizer_state,
-                            rank_states=rank_states, **state, **self.progress.state_dict(), **self.meta)
-        distributed.barrier()
+            bad = _nonfinite_key(model_state)
+            try:
+                if bad is not None:
+                    raise CheckpointError(f"not saving {path}: weight {bad} is not finite (the previous checkpoints "
+                                          "are left as they were)")
+                state = {key: c.state_dict() for key, c in self.components.items()}
+                save_checkpoint(path, self.model, self.criterion, model_state=model_state,
+                                optimizer=optimizer_state, rank_states=rank_states, **state,
+                                **self.progress.state_dict(), **self.meta)
+                for name in names[1:]:
+                    for suffix in ("", ".json"):
+                        _link_atomically(Path(str(path) + suffix), self.folder / (name + suffix))
+            except CheckpointError as e:
+                error = str(e)
+            except OSError as e:
+                error = (f"cannot write checkpoint {path}: {e.strerror or e} (the previous checkpoints are left as "
+                         "they were)")
+        error = distributed.broadcast_object(error)  # every rank stops alike
+        if error:
+            raise CheckpointError(error)
         return path
 
     def delete(self, name: str) -> None:
@@ -97,10 +132,54 @@ class CheckpointManager:
             for p in (self.folder / name, self.folder / (name + ".json")):
                 p.unlink(missing_ok=True)
 
-    # --- loading
-    def load(self, path: Path) -> Dict[str, Any]:
-        """Restore everything from ``path``; returns the checkpoint's meta values."""
-        ckpt = read_checkpoint(path)
+    # --- finding and loading
+    def candidates(self) -> List[Tuple[int, Path]]:
+        """(step, path) of every checkpoint with its ``.json``, newest first (ties: the most recent file)."""
+        found = []
+        for path in self.folder.glob("*.pt"):
+            try:
+                step = int(json.loads(path.with_name(path.name + ".json").read_text())["step"])
+                found.append((step, path.stat().st_mtime_ns, path))
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # no readable description beside it: not a complete checkpoint
+        return [(step, path) for step, _, path in sorted(found, reverse=True)]
+
+    def _newest_readable(self) -> Tuple[Optional[Path], Optional[Dict[str, Any]]]:
+        for step, path in self.candidates():
+            try:
+                ckpt = read_checkpoint(path)
+            except CheckpointError as e:
+                log.warning("%s; resuming from the next newest checkpoint", e)
+                continue
+            if ckpt.get("step") != step:
+                log.warning("%s holds step %s but its .json says %d (interrupted while written); skipped",
+                            path, ckpt.get("step"), step)
+                continue
+            return path, ckpt
+        return None, None
+
+    def resume(self, resume: Optional[str]) -> Optional[Path]:
+        """Restore the state named by ``--resume``: ``latest`` (the newest complete checkpoint of this run, or a
+        fresh start when there is none) or a file. Returns the checkpoint used."""
+        if resume is None:
+            return None
+        if resume == "latest":
+            path, ckpt = self._newest_readable() if distributed.is_main_process() else (None, None)
+            path = distributed.broadcast_object(path)
+            if path is None:
+                return None
+            if ckpt is None:
+                ckpt = read_checkpoint(path)
+        else:
+            path = Path(resume)
+            if not path.is_file():
+                raise CheckpointError(f"--resume checkpoint not found: {path}")
+            ckpt = read_checkpoint(path)
+        self.load(path, ckpt)
+        return path
+
+    def load(self, path: Path, ckpt: Dict[str, Any]) -> None:
+        """Restore everything from a checkpoint ``ckpt`` read from ``path``."""
         if ckpt.get("format") != "superclip" or "optimizer" not in ckpt:
             raise CheckpointError(f"{path} is not a superclip training checkpoint (use --pretrained for weights)")
         rank_states = ckpt.get("rank_states") or [  # written before per-rank state: one process's
@@ -109,6 +188,7 @@ class CheckpointManager:
         if len(rank_states) != world:
             raise CheckpointError(f"{path} was written by {len(rank_states)} processes, this run has {world}: "
                                   "resume with the same number of processes")
+        self._check_same_run(path, ckpt)
         if self.fsdp:
             distributed.load_full_state_dicts(self.model, self.optimizer, ckpt["model"], ckpt["optimizer"])
         else:
@@ -120,16 +200,43 @@ class CheckpointManager:
                 component.load_state_dict(ckpt[key])
         self.progress.load_state_dict(ckpt)
         self.load_rank_state(rank_states[distributed.rank()])
-        return ckpt
 
-    def latest(self) -> Optional[Path]:
-        """The newest checkpoint in the folder (by the step it holds), or None."""
-        found: List[tuple] = []
-        for path in self.folder.glob("*.pt"):
-            meta = path.with_name(path.name + ".json")
-            try:
-                step = json.loads(meta.read_text())["step"]
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
-            found.append((step, path.stat().st_mtime, path))
-        return max(found)[2] if found else None
+    def _check_same_run(self, path: Path, ckpt: Dict[str, Any]) -> None:
+        """A checkpoint of another model or batch shape is a one-line error naming what differs."""
+        where = _first_difference(ckpt.get("config"), getattr(self.model, "config", None))
+        if where is not None:
+            raise CheckpointError(f"{path} holds another model: its config differs at {where} (resume with the "
+                                  "--model the run was started with, or use --pretrained to start from its weights)")
+        saved, now = ckpt.get("train_config") or {}, self.meta.get("train_config") or {}
+        for key in ("batch_size", "accum_freq"):
+            if key in saved and key in now and saved[key] != now[key]:
+                raise CheckpointError(f"{path} was trained with --{key.replace('_', '-')} {saved[key]}, this run "
+                                      f"has {now[key]}: resume with the same value")
+
+    def remove_temporary_files(self) -> None:
+        """Leftovers of writes a kill interrupted (``*.tmp``); rank 0 only."""
+        if distributed.is_main_process() and self.folder.is_dir():
+            for tmp in self.folder.glob("*.tmp"):
+                tmp.unlink(missing_ok=True)
+
+
+def _first_difference(a: Any, b: Any, where: str = "") -> Optional[str]:
+    """The first key path where two (nested) config dicts differ, with both values, or None."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            found = _first_difference(a.get(key), b.get(key), f"{where}.{key}" if where else str(key))
+            if found:
+                return found
+        return None
+    return None if a == b else f"{where or 'the top'} ({a!r} in the checkpoint, {b!r} now)"
+
+
+def _link_atomically(src: Path, dst: Path) -> None:
+    """``dst`` becomes the same file as ``src`` (a hard link, else a copy), replacing it atomically."""
+    tmp = dst.with_name(dst.name + f".{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)

@@ -6,6 +6,9 @@ import contextlib
 import json
 import logging
 import math
+import os
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -15,10 +18,10 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from .. import distributed
-from ..checkpoint import load_into, resolve_pretrained
+from ..checkpoint import atomic_write_text, load_into, resolve_pretrained
 from ..config import TrainConfig
 from ..data.loader import ResumableSampler, build_train_dataset, collate, seed_everything
-from ..errors import CheckpointError, ConfigError
+from ..errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
 from ..evaluate.data import image_folder
 from ..loss import SuperCLIPLoss
 from ..model import build_model, compile_towers, get_tokenizer, get_transforms, resolve_model_config
@@ -39,14 +42,112 @@ def _autocast(precision: str, device: torch.device) -> Callable:
 
 
 def run_dir(cfg: TrainConfig) -> Path:
-    return Path(cfg.logs) / (cfg.name or "superclip")
+    return Path(cfg.logs) / cfg.name
+
+
+def default_name(cfg: TrainConfig) -> str:
+    """open_clip_train's unique run name: date-time, model, learning rate, batch size, precision."""
+    model = Path(cfg.model).stem if str(cfg.model).endswith(".json") else str(cfg.model).replace("/", "-")
+    return "-".join([time.strftime("%Y_%m_%d-%H_%M_%S"), f"model_{model}", f"lr_{cfg.lr:g}",
+                     f"b_{cfg.batch_size}", f"p_{cfg.precision}"])
+
+
+def _restart_count() -> int:
+    """How many times torchrun restarted this job (``--max-restarts``); 0 outside torchrun."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+
+
+def _settle_name(cfg: TrainConfig) -> None:
+    """Give a run without ``--name`` its unique default name, the same on every rank and, under torchrun, the
+    same after an elastic restart (remembered in ``{logs}/.run-names/{TORCHELASTIC_RUN_ID}``)."""
+    if cfg.name:
+        return
+    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
+    marker = Path(cfg.logs) / ".run-names" / run_id if run_id else None
+    name = None
+    if distributed.is_main_process():
+        if marker is not None and _restart_count() > 0 and marker.is_file():
+            name = marker.read_text().strip()
+        name = name or default_name(cfg)
+        if marker is not None:
+            atomic_write_text(name + "\n", marker)
+    cfg.name = distributed.broadcast_object(name)
+
+
+def _check_run_folder(cfg: TrainConfig) -> None:
+    """A run folder is never overwritten: checkpoints there and no --resume is refused; the folder must be
+    writable. Rank 0 looks, every rank raises alike."""
+    error = None
+    if distributed.is_main_process():
+        folder = run_dir(cfg)
+        if cfg.resume is None and any((folder / "checkpoints").glob("*.pt")):
+            error = (f"run folder {folder} already holds checkpoints: continue that run with --resume latest, or "
+                     "start a new one with another --name")
+        else:
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+                probe = folder / f".write-test-{os.getpid()}"
+                probe.write_bytes(b"")
+                probe.unlink()
+            except OSError as e:
+                error = f"cannot write to the run folder {folder}: {e.strerror or e} (--logs / --name)"
+    error = distributed.broadcast_object(error)
+    if error:
+        raise ConfigError(error)
 
 
 def read_metrics(path: Path) -> List[Dict[str, Any]]:
-    """The lines of a run's ``metrics.jsonl`` (training steps and evaluations), or [] without the file."""
+    """The lines of a run's ``metrics.jsonl`` (training steps and evaluations), or [] without the file.
+    A line a kill cut short is left out."""
     if not Path(path).is_file():
         return []
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    out = []
+    for line in Path(path).read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
+    return out
+
+
+def trim_metrics(path: Path, step: int) -> None:
+    """Keep the lines of ``metrics.jsonl`` up to ``step`` (the one a run resumes from), so that each step is
+    logged once after any resume."""
+    if Path(path).is_file():
+        kept = [m for m in read_metrics(path) if m.get("step", 0) <= step]
+        atomic_write_text("".join(json.dumps(m) + "\n" for m in kept), path)
+
+
+class _StopSignals:
+    """SIGINT / SIGTERM ask the run to stop at the next step boundary (``requested`` holds the signal); a second
+    one exits at once, without touching checkpoints. Installed only in the main thread."""
+
+    def __init__(self):
+        self.requested: Optional[int] = None
+        self.previous = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested is not None:
+            os._exit(128 + signum)
+        self.requested = signum
+        log.warning("%s: stopping after this step (a second signal exits at once)", signal.Signals(signum).name)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def _ignore_stop_signals(worker_id: int) -> None:
+    """Data-loader workers leave SIGINT / SIGTERM to the main process, which stops at a step boundary (a worker
+    killed by them would otherwise fail the step in progress)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def _shard_units(model) -> List[torch.nn.Module]:
@@ -109,6 +210,13 @@ class Trainer:
             torch.cuda.set_device(self.device)
         if cfg.global_batch_size:
             cfg.batch_size = cfg.global_batch_size // (self.world_size * cfg.accum_freq)
+            if cfg.batch_size < 1:
+                raise ConfigError(f"--global-batch-size {cfg.global_batch_size} is smaller than {self.world_size} "
+                                  f"processes x --accum-freq {cfg.accum_freq}")
+        if _restart_count() > 0 and cfg.resume is None:  # an elastic restart continues the run it restarts
+            cfg.resume = "latest"
+        _settle_name(cfg)
+        _check_run_folder(cfg)
         gather_with_grad = exact_gather_with_grad(cfg, self.world_size)
         self.fsdp = cfg.fsdp and self.world_size > 1
         seed_everything(cfg.seed)  # the same initial weights on every rank (FSDP2 does not broadcast them)
@@ -159,9 +267,12 @@ class Trainer:
             self.dir / "checkpoints", self.model, self.optimizer, self.criterion, self.progress,
             {"scheduler": self.scheduler, "scaler": self.scaler}, self._rank_state, self._load_rank_state,
             fsdp=self.fsdp, meta={"train_config": cfg.to_dict(), "world_size": self.world_size})
-        path = self._resume_path()
+        self.checkpoints.remove_temporary_files()
+        self._saved_step: Optional[int] = None  # the step the newest checkpoint holds
+        self._nonfinite_in_row = 0
+        path = self.checkpoints.resume(cfg.resume)
         if path is not None:
-            self.checkpoints.load(path)
+            self._saved_step = self.progress.step
             log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.progress.step,
                      self.progress.epoch, self.progress.batch_in_epoch)
 
@@ -214,18 +325,6 @@ class Trainer:
         if cfg.max_steps:
             self.total_steps = min(self.total_steps, cfg.max_steps)
 
-    def _resume_path(self) -> Optional[Path]:
-        cfg = self.cfg
-        if cfg.resume is None:
-            return None
-        if cfg.resume == "latest":
-            path = self.dir / "checkpoints" / "epoch_latest.pt"
-            return path if path.is_file() else None  # nothing to resume yet: start fresh, as open_clip does
-        path = Path(cfg.resume)
-        if not path.is_file():
-            raise CheckpointError(f"--resume checkpoint not found: {path}")
-        return path
-
     # --- per-rank state (the checkpoint manager gathers it from every rank)
     def _rank_state(self) -> Dict[str, Any]:
         return {"rng": rng_state(self.device), "raw_consumed": list(self.raw_consumed)}
@@ -237,8 +336,11 @@ class Trainer:
         elif self.streaming and self.progress.batch_in_epoch:
             log.warning("--workers changed since the checkpoint: the shard stream restarts this epoch")
 
-    def save(self, name: str) -> Path:
-        return self.checkpoints.save(name)
+    def save(self, *names: str) -> Path:
+        """Checkpoint the run as ``names[0]`` (the other names link to it); every rank calls this."""
+        path = self.checkpoints.save(names)
+        self._saved_step = self.progress.step
+        return path
 
     # --- the loop
     def _loader(self) -> DataLoader:
@@ -253,10 +355,11 @@ class Trainer:
         return DataLoader(self.dataset, batch_size=self.step_batch, sampler=self.sampler, drop_last=True,
                           num_workers=self.cfg.workers, collate_fn=collate,
                           generator=torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + p.epoch),
+                          worker_init_fn=_ignore_stop_signals if self.cfg.workers else None,
                           pin_memory=self.device.type == "cuda", persistent_workers=False,
                           prefetch_factor=4 if self.cfg.workers else None)
 
-    def _step(self, batch) -> Dict[str, float]:
+    def _step(self, batch, stop_requested: bool) -> Dict[str, float]:
         images, ids, cls_ids, skipped = batch
         images = images.to(self.device, dtype=self.param_dtype, non_blocking=True)
         ids = ids.to(self.device, non_blocking=True)
@@ -264,7 +367,7 @@ class Trainer:
             cls_ids = cls_ids.to(self.device, non_blocking=True)
         m = train_step(self.ddp_model, self.criterion, self.optimizer, images, ids, self.cfg.accum_freq,
                        self.cfg.grad_clip_norm, self.scaler, self.autocast, cls_ids,
-                       counters={"skipped_this_step": skipped})
+                       counters={"skipped_this_step": skipped, "stop": float(stop_requested)})
         self.scheduler.step()
         p = self.progress
         self.raw_consumed[p.batch_in_epoch % len(self.raw_consumed)] += len(ids) + skipped
@@ -272,65 +375,85 @@ class Trainer:
         p.batch_in_epoch += 1
         p.skipped_samples += int(m.pop("skipped_this_step"))
         p.nonfinite_steps += int(m["nonfinite"])
+        self._nonfinite_in_row = self._nonfinite_in_row + 1 if m["nonfinite"] else 0
         return m
 
     def fit(self, on_step: Optional[Callable[[int, Dict[str, float]], None]] = None) -> List[Dict[str, float]]:
-        """Train to the end; returns the metrics of the steps this call trained (all ranks' figures)."""
+        """Train to the end; returns the metrics of the steps this call trained (all ranks' figures).
+
+        SIGINT / SIGTERM (on any rank) stop every rank after the same step, which is saved as
+        ``epoch_latest.pt``; then :class:`TrainingInterrupted` is raised."""
         cfg, p = self.cfg, self.progress
         metrics_file = self.dir / "metrics.jsonl"
         if distributed.is_main_process():
-            self.dir.mkdir(parents=True, exist_ok=True)
-            (self.dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+            atomic_write_text(json.dumps(cfg.to_dict(), indent=2) + "\n", self.dir / "config.json")
+            trim_metrics(metrics_file, p.step)
         self.ddp_model.train()
         self.criterion.train()
         reporters = Reporters(cfg.report_to, self.dir, cfg.to_dict(), self.dir.name) \
             if distributed.is_main_process() else None
         history: List[Dict[str, float]] = []
         try:
-            while p.step < self.total_steps and p.epoch < cfg.epochs:
-                t_last = time.perf_counter()
-                for batch in self._loader():
-                    m = self._step(batch)
-                    now = time.perf_counter()
-                    m.update(step=p.step, epoch=p.epoch, lr=self.optimizer.param_groups[0]["lr"],
-                             samples_per_s=self.step_batch * self.world_size / max(now - t_last, 1e-9),
-                             skipped_samples=p.skipped_samples)
-                    if cfg.torchcompile and self.compile_seconds is None:
-                        self.compile_seconds = m["compile_seconds"] = now - t_last
-                        log.info("first (compiling) step took %.1f s", self.compile_seconds)
-                    t_last = now
-                    if m["nonfinite"]:
-                        log.warning("step %d: non-finite loss or gradients, step skipped (weights unchanged)",
-                                    p.step)
-                    history.append(m)
-                    if distributed.is_main_process():
-                        if p.step % cfg.log_every_n_steps == 0 or p.step == self.total_steps:
-                            with metrics_file.open("a") as f:
-                                f.write(json.dumps(m) + "\n")
-                            reporters.log(m, p.step)
-                        if on_step:
-                            on_step(p.step, m)
-                    self._maybe_evaluate(step_end=True, metrics_file=metrics_file, reporters=reporters)
-                    if cfg.save_every_n_steps and p.step % cfg.save_every_n_steps == 0:
-                        self._save_step()
-                    if p.step >= self.total_steps or p.batch_in_epoch >= self.steps_per_epoch:
-                        break
-                if p.batch_in_epoch >= self.steps_per_epoch:  # epoch finished
-                    p.epoch += 1
-                    p.batch_in_epoch = 0
-                    self.raw_consumed = [0] * len(self.raw_consumed)
-                    self._maybe_evaluate(step_end=False, metrics_file=metrics_file, reporters=reporters)
-                    if p.epoch % cfg.save_frequency == 0 or p.epoch == cfg.epochs:
-                        self.save(f"epoch_{p.epoch}.pt")
-            self.save("epoch_latest.pt")
-        except KeyboardInterrupt:
-            self.save("epoch_latest.pt")
-            log.warning("interrupted at step %d: saved %s", p.step, self.dir / "checkpoints" / "epoch_latest.pt")
-            raise
+            with _StopSignals() as stop:
+                while p.step < self.total_steps and p.epoch < cfg.epochs:
+                    t_last = time.perf_counter()
+                    for batch in self._loader():
+                        m = self._step(batch, stop.requested is not None)
+                        now = time.perf_counter()
+                        m.update(step=p.step, epoch=p.epoch, lr=self.optimizer.param_groups[0]["lr"],
+                                 samples_per_s=self.step_batch * self.world_size / max(now - t_last, 1e-9),
+                                 skipped_samples=p.skipped_samples)
+                        if cfg.torchcompile and self.compile_seconds is None:
+                            self.compile_seconds = m["compile_seconds"] = now - t_last
+                            log.info("first (compiling) step took %.1f s", self.compile_seconds)
+                        t_last = now
+                        stopping = m.pop("stop") > 0
+                        self._log_step(m, history, metrics_file, reporters, on_step)
+                        if stopping:  # a signal on some rank: every rank saves this step and stops
+                            path = self.save("epoch_latest.pt")
+                            raise TrainingInterrupted(stop.requested or signal.SIGTERM, p.step, path)
+                        self._check_nonfinite()
+                        self._maybe_evaluate(step_end=True, metrics_file=metrics_file, reporters=reporters)
+                        if cfg.save_every_n_steps and p.step % cfg.save_every_n_steps == 0:
+                            self._save_step()
+                        if p.step >= self.total_steps or p.batch_in_epoch >= self.steps_per_epoch:
+                            break
+                    if p.batch_in_epoch >= self.steps_per_epoch:  # epoch finished
+                        p.epoch += 1
+                        p.batch_in_epoch = 0
+                        self.raw_consumed = [0] * len(self.raw_consumed)
+                        self._maybe_evaluate(step_end=False, metrics_file=metrics_file, reporters=reporters)
+                        if cfg.save_frequency and (p.epoch % cfg.save_frequency == 0 or p.epoch == cfg.epochs):
+                            self.save(f"epoch_{p.epoch}.pt", "epoch_latest.pt")
+                if self._saved_step != p.step:
+                    self.save("epoch_latest.pt")
+                if stop.requested is not None:  # the signal came after the last step
+                    raise TrainingInterrupted(stop.requested, p.step, self.dir / "checkpoints" / "epoch_latest.pt")
         finally:
             if reporters is not None:
                 reporters.close()
         return history
+
+    def _log_step(self, m: Dict[str, float], history: List, metrics_file: Path, reporters, on_step) -> None:
+        p = self.progress
+        if m["nonfinite"]:
+            log.warning("step %d: non-finite loss or gradients, step skipped (weights unchanged)", p.step)
+        history.append(m)
+        if distributed.is_main_process():
+            if p.step % self.cfg.log_every_n_steps == 0 or p.step == self.total_steps or m["nonfinite"]:
+                with metrics_file.open("a") as f:
+                    f.write(json.dumps(m) + "\n")
+                reporters.log(m, p.step)
+            if on_step:
+                on_step(p.step, m)
+
+    def _check_nonfinite(self) -> None:
+        limit = self.cfg.max_nonfinite_steps
+        if self._nonfinite_in_row >= limit:
+            step = self.progress.step
+            raise TrainingError(f"{limit} steps in a row (to step {step}) had a non-finite loss or gradient and were "
+                                "skipped; the weights and checkpoints are finite. Lower --lr, set --grad-clip-norm "
+                                "or check the data, then continue with --resume latest")
 
     def _maybe_evaluate(self, step_end: bool, metrics_file: Path, reporters) -> None:
         """Zero-shot / validation when their step or epoch frequency comes up, on every rank (each embeds its
@@ -341,7 +464,7 @@ class Trainer:
             val = bool(cfg.val_steps) and p.step % cfg.val_steps == 0
         else:
             zeroshot = bool(cfg.zeroshot_frequency) and p.epoch % cfg.zeroshot_frequency == 0
-            val = bool(cfg.val_data) and not cfg.val_steps and p.epoch % max(1, cfg.val_frequency) == 0
+            val = not cfg.val_steps and bool(cfg.val_frequency) and p.epoch % cfg.val_frequency == 0
         zeroshot = zeroshot and bool(cfg.imagenet_val)
         val = val and bool(cfg.val_data)
         if not (zeroshot or val):
@@ -357,7 +480,6 @@ class Trainer:
 
     def _save_step(self) -> None:
         step = self.progress.step
-        self.save(f"step_{step}.pt")
-        self.save("epoch_latest.pt")
+        self.save(f"step_{step}.pt", "epoch_latest.pt")
         if self.cfg.delete_prev_step_ckpt:
             self.checkpoints.delete(f"step_{step - self.cfg.save_every_n_steps}.pt")
