@@ -14,6 +14,7 @@ import os
 import platform
 import tempfile
 import time
+import zipfile
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
@@ -22,7 +23,7 @@ import open_clip
 import torch
 
 from .errors import CheckpointError, ConfigError
-from .model import ModelCfg, SuperCLIP, build_model, openclip_config
+from .model import ModelCfg, SuperCLIP, build_model, openclip_config, resolve_model_config
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,10 @@ def _test_write_delay() -> None:
         time.sleep(float(delay))
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def _fsync_dir(folder: Path) -> None:
     """Make a rename in ``folder`` durable (a no-op where directories cannot be opened, e.g. Windows)."""
     try:
@@ -72,6 +77,7 @@ def _atomic_write(path: os.PathLike, write) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would make checkpoints private to their writer
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -119,10 +125,10 @@ def read_checkpoint(path: os.PathLike) -> Dict[str, Any]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for a bad file: report them as one user error
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        if "Weights only load failed" in first:  # torch's advice to turn weights_only off is not ours to give
-            reason = "it holds objects other than tensors and plain values, which superclip never unpickles"
-        elif isinstance(e, (EOFError, KeyError)) or "zip archive" in first or "central directory" in first:
+        if not zipfile.is_zipfile(path) or "zip archive" in first or "central directory" in first:
             reason = "not a complete torch checkpoint (empty, truncated, or another kind of file)"
+        elif "Weights only load failed" in first:  # torch's advice to turn weights_only off is not ours to give
+            reason = "it holds objects other than tensors and plain values, which superclip never unpickles"
         else:
             reason = first or type(e).__name__
         raise CheckpointError(f"cannot read checkpoint {path}: {reason}") from None
@@ -264,6 +270,10 @@ def create_model(cfg: Optional[ModelCfg] = None, pretrained: Optional[str] = Non
             cfg = ckpt["config"]
     if cfg is None:
         raise ConfigError("a model config is needed (a name, a JSON path or a dict)")
+    if ckpt is not None:  # the weights come from the checkpoint: a hub text tower is built from its config only
+        cfg = resolve_model_config(cfg)
+        if cfg["text_cfg"].get("hf_model_name"):
+            cfg["text_cfg"]["hf_model_pretrained"] = False
     model = build_model(cfg)
     if ckpt is not None:
         load_into(model, pretrained, ckpt)

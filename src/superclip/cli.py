@@ -151,8 +151,15 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """argparse, with a usage mistake (unknown flag, bad value) on one line and exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="superclip", description="SuperCLIP on open_clip towers")
+    parser = OneLineErrorParser(prog="superclip", description="SuperCLIP on open_clip towers")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -290,12 +290,21 @@ def get_transforms(model: SuperCLIP, aug_cfg: Optional[Dict[str, Any]] = None):
     return image_transform_v2(pp, is_train=True, aug_cfg=aug_cfg), image_transform_v2(pp, is_train=False)
 
 
-def get_tokenizer(cfg: ModelCfg):
-    """The tokenizer a model config implies: open_clip's CLIP BPE, or an HF tokenizer if the config names one."""
+# tokenizer arguments that would let a config (e.g. one stored in a checkpoint) run code from the hub
+_CODE_KWARGS = ("trust_remote_code", "code_revision")
+
+
+def get_tokenizer(cfg: ModelCfg, trust_remote_code: bool = False):
+    """The tokenizer a model config implies: open_clip's CLIP BPE, or an HF tokenizer if the config names one.
+
+    A config is data: its ``tokenizer_kwargs`` cannot turn on ``trust_remote_code``; only the caller can."""
     text_cfg = resolve_model_config(cfg)["text_cfg"]
     context_length = text_cfg.get("context_length", 77)
     if "hf_tokenizer_name" in text_cfg:
-        return open_clip.tokenizer.HFTokenizer(
-            text_cfg["hf_tokenizer_name"], context_length=context_length, **text_cfg.get("tokenizer_kwargs", {})
-        )
+        kwargs = {k: v for k, v in (text_cfg.get("tokenizer_kwargs") or {}).items() if k not in _CODE_KWARGS}
+        if any(k in _CODE_KWARGS for k in text_cfg.get("tokenizer_kwargs") or {}) and not trust_remote_code:
+            log.warning("ignoring %s in the model config's tokenizer_kwargs", ", ".join(_CODE_KWARGS))
+        if trust_remote_code:
+            kwargs["trust_remote_code"] = True
+        return open_clip.tokenizer.HFTokenizer(text_cfg["hf_tokenizer_name"], context_length=context_length, **kwargs)
     return open_clip.SimpleTokenizer(context_length=context_length)

@@ -65,14 +65,21 @@ def iter_tar(path: str) -> Iterator[Dict[str, bytes]]:
                 key = k
                 current["__key__"] = k.encode()
                 current[ext.lower()] = tar.extractfile(member).read()
+        if os.path.isfile(path) and os.path.getsize(path) % tarfile.BLOCKSIZE:  # cut between two members
+            raise tarfile.ReadError(f"the file ends inside a {tarfile.BLOCKSIZE}-byte block: truncated")
     except (tarfile.TarError, OSError, EOFError) as e:
         log.warning("shard %s: read error, rest of the shard skipped: %s", path, e)
+        # the sample the error cut through is counted as skipped (decoding it fails); the rest is unknown
+        current = {"__key__": (key or path).encode(), "__error__": str(e).encode()}
     if current:
         yield current
 
 
 def decode_sample(sample: Dict[str, bytes], caption_key: str, long_caption_key: Optional[str]):
     """(PIL image, caption, long caption or None); raises ValueError on a missing part or bad bytes."""
+    if "__error__" in sample:
+        raise ValueError(f"sample {sample['__key__'].decode('utf-8', 'replace')}: shard read error "
+                         f"{sample['__error__'].decode('utf-8', 'replace')}")
     img_bytes = next((sample[e] for e in IMAGE_EXTS if e in sample), None)
     if img_bytes is None:
         raise ValueError(f"sample {sample.get('__key__', b'?').decode('utf-8', 'replace')} has no image")

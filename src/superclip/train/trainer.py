@@ -68,7 +68,12 @@ def _settle_name(cfg: TrainConfig) -> None:
     if distributed.is_main_process():
         if marker is not None and _restart_count() > 0 and marker.is_file():
             name = marker.read_text().strip()
-        name = name or default_name(cfg)
+        if name is None:
+            name = base = default_name(cfg)
+            for n in range(2, 1000):  # two runs started in the same second get their own folders
+                if not (Path(cfg.logs) / name).exists():
+                    break
+                name = f"{base}-{n}"
         if marker is not None:
             atomic_write_text(name + "\n", marker)
     cfg.name = distributed.broadcast_object(name)

@@ -1,0 +1,356 @@
+"""User mistakes and corrupt inputs, across the commands: each must end in one line on stderr with exit code 2, or
+be a sample that training skips and counts. ``tests/test_bad_inputs.py`` runs them; ``python -m tests.bad_inputs``
+prints the README's table (each case with what superclip answered)."""
+from __future__ import annotations
+
+import io
+import json
+import struct
+import tarfile
+import zlib
+from pathlib import Path
+from typing import Callable, List, NamedTuple
+
+from PIL import Image
+
+from .conftest import TINY_CFG
+
+
+class Case(NamedTuple):
+    command: str
+    what: str
+    argv: Callable[[Path], List[str]]  # workspace -> argv
+    expect: str  # a piece of the one-line message
+
+
+class SampleCase(NamedTuple):
+    what: str
+    kind: str  # csv or shard
+    make: Callable[[Path], object]  # writes one bad sample into the workspace, returns what the writer needs
+
+
+def png(colour=(200, 30, 30), size=36) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), colour).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def bomb_png(width=40000, height=40000) -> bytes:
+    """A valid PNG header claiming 1.6 gigapixels: PIL refuses it (DecompressionBombError) before decoding."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+
+
+def workspace(root: Path) -> Path:
+    """Every file the cases use: a tiny model, its checkpoint, images, CSVs, an image folder, YAML files."""
+    import superclip
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "tiny.json").write_text(json.dumps(TINY_CFG))
+    other = dict(TINY_CFG, vision_cfg=dict(TINY_CFG["vision_cfg"], width=96, head_width=32))
+    (root / "other.json").write_text(json.dumps(other))
+    no_width = dict(TINY_CFG, vision_cfg={k: v for k, v in TINY_CFG["vision_cfg"].items() if k != "width"})
+    (root / "no_width.json").write_text(json.dumps(no_width))
+    (root / "broken.json").write_text('{"embed_dim": 32, "vision_cfg": ')
+    model = superclip.build_model(TINY_CFG)
+    superclip.save_checkpoint(root / "tiny.pt", model)
+    import torch
+
+    torch.save(model.state_dict(), root / "no_config.pt")  # weights without a config
+    superclip.save_checkpoint(root / "other.pt", superclip.build_model(other))
+    data = (root / "tiny.pt").read_bytes()
+    (root / "truncated.pt").write_bytes(data[: len(data) // 2])
+    (root / "notes.txt").write_text("not a checkpoint\n")
+    (root / "empty.pt").write_bytes(b"")
+    for c in ("red", "blue"):
+        (root / "zs" / c).mkdir(parents=True, exist_ok=True)
+        (root / "zs" / c / "0.png").write_bytes(png((200, 30, 30) if c == "red" else (30, 30, 200)))
+    (root / "zs_empty_class" / "red").mkdir(parents=True, exist_ok=True)
+    (root / "zs_empty_class" / "green").mkdir(parents=True, exist_ok=True)
+    (root / "zs_empty_class" / "red" / "0.png").write_bytes(png())
+    (root / "zs_no_classes").mkdir(exist_ok=True)
+    (root / "zs_corrupt" / "red").mkdir(parents=True, exist_ok=True)
+    (root / "zs_corrupt" / "blue").mkdir(parents=True, exist_ok=True)
+    (root / "zs_corrupt" / "red" / "0.png").write_bytes(png())
+    (root / "zs_corrupt" / "blue" / "0.png").write_bytes(b"GIF89a truncated")
+    (root / "img.png").write_bytes(png())
+    (root / "text.jpg").write_text("this is text, not a jpeg")
+    (root / "train.csv").write_text("filepath,title\nimg.png,a red square\n")
+    (root / "train_missing_images.csv").write_text("filepath\ttitle\n" +
+                                                   "".join(f"nope{i}.png\ta red square\n" for i in range(40)))
+    (root / "train_empty_captions.csv").write_text("filepath\ttitle\n" + "img.png\t \n" * 8)
+    (root / "header_only.csv").write_text("filepath\ttitle\n")
+    (root / "empty.csv").write_text("")
+    (root / "val_bad_utf8.tsv").write_bytes(b"filepath\ttitle\nimg.png\ta caf\xe9 sign\n")
+    (root / "texts_bad_utf8.txt").write_bytes(b"a caf\xe9 sign\n")
+    (root / "retrieval.txt").write_text("img.png a red square\n")
+    (root / "bad.json").write_text("{not json")
+    (root / "templates_no_c.txt").write_text("a photo of a thing.\n")
+    (root / "templates_empty.txt").write_text("\n\n")
+    (root / "classnames_3.txt").write_text("red\nblue\ngreen\n")
+    (root / "unknown_key.yaml").write_text("learning_rate: 0.1\n")
+    (root / "list_value.yaml").write_text("lr: [0.1, 0.2]\n")
+    (root / "bad_syntax.yaml").write_text("lr: [0.1\n")
+    (root / "not_mapping.yaml").write_text("- lr\n- 0.1\n")
+    (root / "shards").mkdir(exist_ok=True)
+    (root / "a_file").write_text("x")
+    return root
+
+
+def _train(ws: Path, *extra: str) -> List[str]:
+    return ["train", "--model", str(ws / "tiny.json"), "--dataset-type", "synthetic", "--train-num-samples", "16",
+            "--batch-size", "8", "--logs", str(ws / "logs"), "--no-progress", *extra]
+
+
+def _csv_train(ws: Path, csv: str, *extra: str) -> List[str]:
+    return ["train", "--model", str(ws / "tiny.json"), "--train-data", str(ws / csv), "--batch-size", "1",
+            "--logs", str(ws / "logs"), "--no-progress", *extra]
+
+
+def _eval(ws: Path, *extra: str) -> List[str]:
+    return ["eval", "--pretrained", str(ws / "tiny.pt"), "--no-progress", *extra]
+
+
+CASES: List[Case] = [
+    # --- train: values
+    Case("train", "--batch-size 0", lambda ws: _train(ws, "--batch-size", "0"), "--batch-size must be >= 1"),
+    Case("train", "negative --batch-size", lambda ws: _train(ws, "--batch-size", "-4"), "--batch-size must be >= 1"),
+    Case("train", "--log-every-n-steps 0", lambda ws: _train(ws, "--log-every-n-steps", "0"),
+         "--log-every-n-steps must be >= 1"),
+    Case("train", "--max-steps -1", lambda ws: _train(ws, "--max-steps", "-1"), "--max-steps must be >= 1"),
+    Case("train", "--epochs 0", lambda ws: _train(ws, "--epochs", "0"), "--epochs must be >= 1"),
+    Case("train", "--lr 0", lambda ws: _train(ws, "--lr", "0"), "--lr must be > 0"),
+    Case("train", "--accum-freq 0", lambda ws: _train(ws, "--accum-freq", "0"), "--accum-freq must be >= 1"),
+    Case("train", "--workers -1", lambda ws: _train(ws, "--workers", "-1"), "--workers must be >= 0"),
+    Case("train", "--beta2 1", lambda ws: _train(ws, "--beta2", "1"), "--beta2 must be in [0, 1)"),
+    Case("train", "--precision fp8", lambda ws: _train(ws, "--precision", "fp8"), "--precision must be one of"),
+    Case("train", "--force-patch-dropout 1.5", lambda ws: _train(ws, "--force-patch-dropout", "1.5"),
+         "--force-patch-dropout must be in [0, 1)"),
+    Case("train", "--csv-separator of two characters", lambda ws: _train(ws, "--csv-separator", ";;"),
+         "--csv-separator must be one character"),
+    Case("train", "--batch-size not a number", lambda ws: _train(ws, "--batch-size", "eight"),
+         "invalid int value"),
+    Case("train", "unknown flag", lambda ws: _train(ws, "--learning-rate", "0.1"), "unrecognized arguments"),
+    Case("train", "--report-to mlflow", lambda ws: _train(ws, "--report-to", "mlflow"), "unknown backend 'mlflow'"),
+    Case("train", "epoch shorter than one batch", lambda ws: _train(ws, "--train-num-samples", "4"),
+         "shorter than one step's batch"),
+    Case("train", "--global-batch-size below --accum-freq", lambda ws: _train(
+        ws, "--batch-size", "0", "--global-batch-size", "2", "--accum-freq", "4"), "is smaller than"),
+    # --- train: config files and models
+    Case("train", "YAML with an unknown key", lambda ws: _train(ws, "--config", str(ws / "unknown_key.yaml")),
+         "unknown key 'learning_rate'"),
+    Case("train", "YAML value of the wrong shape (lr: [0.1, 0.2])",
+         lambda ws: _train(ws, "--config", str(ws / "list_value.yaml")), "expected one float value"),
+    Case("train", "YAML that does not parse", lambda ws: _train(ws, "--config", str(ws / "bad_syntax.yaml")),
+         "is not valid YAML"),
+    Case("train", "YAML that is a list", lambda ws: _train(ws, "--config", str(ws / "not_mapping.yaml")),
+         "must be a mapping"),
+    Case("train", "missing YAML file", lambda ws: _train(ws, "--config", str(ws / "none.yaml")),
+         "config file not found"),
+    Case("train", "unknown model name", lambda ws: _train(ws, "--model", "ViT-Q-99"), "unknown model 'ViT-Q-99'"),
+    Case("train", "model JSON without vision_cfg.width", lambda ws: _train(ws, "--model", str(ws / "no_width.json")),
+         "vision_cfg lacks 'width'"),
+    Case("train", "model JSON that does not parse", lambda ws: _train(ws, "--model", str(ws / "broken.json")),
+         "is not valid JSON"),
+    # --- train: data
+    Case("train", "missing CSV file", lambda ws: _csv_train(ws, "none.csv"), "CSV file not found"),
+    Case("train", "CSV without the caption column", lambda ws: _csv_train(ws, "train.csv", "--csv-caption-key",
+                                                                           "caption"), "no column 'caption'"),
+    Case("train", "separator mismatch (--csv-separator tab on a comma file)",
+         lambda ws: _csv_train(ws, "train.csv", "--csv-separator", "\t"), "no column 'filepath'"),
+    Case("train", "empty CSV file", lambda ws: _csv_train(ws, "empty.csv"), "is empty"),
+    Case("train", "CSV with a header and no rows", lambda ws: _csv_train(ws, "header_only.csv"), "has no rows"),
+    Case("train", "CSV whose image paths all fail", lambda ws: _csv_train(ws, "train_missing_images.csv"),
+         "none of 32 image paths looked at exists"),
+    Case("train", "CSV whose captions are all empty", lambda ws: _csv_train(ws, "train_empty_captions.csv"),
+         "every caption"),
+    Case("train", "shard pattern that matches nothing", lambda ws: _train(
+        ws, "--train-data", str(ws / "shards" / "{000..009}.tar"), "--dataset-type", "webdataset"),
+        "no shard file matches"),
+    Case("train", "shards without --train-num-samples", lambda ws: ["train", "--train-data", str(
+        ws / "shards" / "x.tar"), "--logs", str(ws / "logs")], "--train-num-samples is required"),
+    Case("train", "--val-data file missing", lambda ws: _train(ws, "--val-data", str(ws / "none.tsv")),
+         "--val-data file not found"),
+    Case("train", "--imagenet-val folder missing", lambda ws: _train(ws, "--imagenet-val", str(ws / "none")),
+         "folder not found"),
+    # --- train: checkpoints and run folders
+    Case("train", "--resume file missing", lambda ws: _train(ws, "--resume", str(ws / "none.pt")),
+         "--resume checkpoint not found"),
+    Case("train", "--resume a text file", lambda ws: _train(ws, "--resume", str(ws / "notes.txt")),
+         "not a complete torch checkpoint"),
+    Case("train", "--resume a truncated checkpoint", lambda ws: _train(ws, "--resume", str(ws / "truncated.pt")),
+         "not a complete torch checkpoint"),
+    Case("train", "--resume a checkpoint of weights only", lambda ws: _train(ws, "--resume", str(ws / "tiny.pt")),
+         "not a superclip training checkpoint"),
+    Case("train", "--pretrained of another model", lambda ws: _train(ws, "--pretrained", str(ws / "other.pt")),
+         "does not fit the model config"),
+    Case("train", "read-only --logs (/proc)", lambda ws: _train(ws, "--logs", "/proc/superclip-logs"),
+         "cannot write to the run folder"),
+    Case("train", "--logs through a file", lambda ws: _train(ws, "--logs", str(ws / "a_file" / "logs")),
+         "cannot write to the run folder"),
+    # --- eval
+    Case("eval", "nothing to evaluate", lambda ws: _eval(ws), "nothing to evaluate"),
+    Case("eval", "--batch-size 0", lambda ws: _eval(ws, "--batch-size", "0", "--zeroshot-data", str(ws / "zs")),
+         "must be >= 1"),
+    Case("eval", "missing --zeroshot-data folder", lambda ws: _eval(ws, "--zeroshot-data", str(ws / "none")),
+         "folder not found"),
+    Case("eval", "an empty class folder", lambda ws: _eval(ws, "--zeroshot-data", str(ws / "zs_empty_class")),
+         "class folder 'green' holds no images"),
+    Case("eval", "a folder without class folders", lambda ws: _eval(ws, "--zeroshot-data", str(ws / "zs_no_classes")),
+         "holds no class folders"),
+    Case("eval", "a corrupt image in the zero-shot folder", lambda ws: _eval(ws, "--zeroshot-data",
+                                                                            str(ws / "zs_corrupt")),
+         "cannot read image"),
+    Case("eval", "templates without {c}", lambda ws: _eval(ws, "--zeroshot-data", str(ws / "zs"), "--templates",
+                                                           str(ws / "templates_no_c.txt")), "has no {c}"),
+    Case("eval", "an empty templates file", lambda ws: _eval(ws, "--zeroshot-data", str(ws / "zs"), "--templates",
+                                                             str(ws / "templates_empty.txt")), "is empty"),
+    Case("eval", "3 class names for 2 class folders", lambda ws: _eval(
+        ws, "--zeroshot-data", str(ws / "zs"), "--classnames", str(ws / "classnames_3.txt")),
+        "3 class names for 2 class folders"),
+    Case("eval", "retrieval file of unknown format", lambda ws: _eval(ws, "--retrieval-data",
+                                                                      str(ws / "retrieval.txt")),
+         "unknown retrieval file format"),
+    Case("eval", "retrieval JSON that does not parse", lambda ws: _eval(ws, "--retrieval-data", str(ws / "bad.json")),
+         "is not valid JSON"),
+    Case("eval", "a non-UTF-8 caption in the retrieval file", lambda ws: _eval(
+        ws, "--retrieval-data", str(ws / "val_bad_utf8.tsv")), "line 2: caption is not valid UTF-8"),
+    Case("eval", "--output into a read-only place", lambda ws: _eval(
+        ws, "--zeroshot-data", str(ws / "zs"), "--output", "/proc/superclip/out.json"), "--output: cannot create"),
+    Case("eval", "--output naming a folder", lambda ws: _eval(ws, "--zeroshot-data", str(ws / "zs"), "--output",
+                                                             str(ws / "zs")), "is a folder"),
+    Case("eval", "--pretrained file missing", lambda ws: ["eval", "--pretrained", str(ws / "none.pt"),
+                                                          "--zeroshot-data", str(ws / "zs")],
+         "checkpoint file not found"),
+    Case("eval", "--pretrained an empty file", lambda ws: ["eval", "--pretrained", str(ws / "empty.pt"),
+                                                           "--zeroshot-data", str(ws / "zs")],
+         "not a complete torch checkpoint"),
+    Case("eval", "--linear-probe-train without --linear-probe-test", lambda ws: _eval(
+        ws, "--linear-probe-train", str(ws / "zs")), "go together"),
+    # --- embed, classify, tag
+    Case("embed", "images and --texts at once", lambda ws: ["embed", "--pretrained", str(ws / "tiny.pt"),
+                                                            str(ws / "img.png"), "--texts", str(ws / "notes.txt"),
+                                                            "--out", str(ws / "e")], "either image files"),
+    Case("embed", "a missing image", lambda ws: ["embed", "--pretrained", str(ws / "tiny.pt"), str(ws / "none.png"),
+                                                 "--out", str(ws / "e")], "image not found"),
+    Case("embed", "a text file named .jpg", lambda ws: ["embed", "--pretrained", str(ws / "tiny.pt"),
+                                                        str(ws / "text.jpg"), "--out", str(ws / "e")],
+         "cannot read image"),
+    Case("embed", "--texts file that is not UTF-8", lambda ws: ["embed", "--pretrained", str(ws / "tiny.pt"),
+                                                                "--texts", str(ws / "texts_bad_utf8.txt"),
+                                                                "--out", str(ws / "e")], "is not UTF-8 text"),
+    Case("embed", "--out into a read-only place", lambda ws: ["embed", "--pretrained", str(ws / "tiny.pt"),
+                                                              str(ws / "img.png"), "--out", "/proc/superclip/e"],
+         "--out: cannot create"),
+    Case("classify", "one label", lambda ws: ["classify", "--pretrained", str(ws / "tiny.pt"), str(ws / "img.png"),
+                                              "--labels", "a dog"], "at least two"),
+    Case("classify", "--template without {c}", lambda ws: ["classify", "--pretrained", str(ws / "tiny.pt"),
+                                                           str(ws / "img.png"), "--labels", "a dog,a cat",
+                                                           "--template", "a photo"], "has no {c}"),
+    Case("classify", "--template with another field", lambda ws: [
+        "classify", "--pretrained", str(ws / "tiny.pt"), str(ws / "img.png"), "--labels", "a dog,a cat",
+        "--template", "a {x} photo of {c}"], "only {c} may stand in braces"),
+    Case("classify", "a label given twice", lambda ws: ["classify", "--pretrained", str(ws / "tiny.pt"),
+                                                        str(ws / "img.png"), "--labels", "a dog,a cat,a dog"],
+         "names a label twice"),
+    Case("tag", "--top-k 0", lambda ws: ["tag", "--pretrained", str(ws / "tiny.pt"), str(ws / "img.png"),
+                                         "--top-k", "0"], "must be >= 1"),
+    Case("tag", "a decompression bomb", lambda ws: ["tag", "--pretrained", str(ws / "tiny.pt"), _bomb(ws)],
+         "DecompressionBombError"),
+    Case("tag", "no model and no checkpoint", lambda ws: ["tag", str(ws / "img.png")], "name a model"),
+    # --- export, flops
+    Case("export", "onto an existing file", lambda ws: ["export", str(ws / "tiny.pt"), str(ws / "notes.txt")],
+         "exists and is not a folder"),
+    Case("export", "into a read-only place", lambda ws: ["export", str(ws / "tiny.pt"), "/proc/superclip-export"],
+         "cannot write to"),
+    Case("export", "weights without a config and no --model", lambda ws: ["export", str(ws / "no_config.pt"),
+                                                                          str(ws / "out")], "carries no model config"),
+    Case("export", "--model that does not fit the weights", lambda ws: [
+        "export", str(ws / "tiny.pt"), str(ws / "out2"), "--model", str(ws / "other.json")],
+        "does not fit the model config"),
+    Case("flops", "unknown model", lambda ws: ["flops", "ViT-Q-99"], "unknown model"),
+]
+
+
+def _bomb(ws: Path) -> str:
+    path = ws / "bomb.png"
+    path.write_bytes(bomb_png())
+    return str(path)
+
+
+# --- samples that training skips and counts (one bad sample among good ones)
+def _csv_row(ws: Path, name: str, image: bytes, caption: bytes = b"a red square") -> bytes:
+    (ws / name).write_bytes(image)
+    return name.encode() + b"\t" + caption + b"\n"
+
+
+SAMPLE_CASES: List[SampleCase] = [
+    SampleCase("truncated PNG", "csv", lambda ws: _csv_row(ws, "trunc.png", png()[:60])),
+    SampleCase("empty image file", "csv", lambda ws: _csv_row(ws, "empty.png", b"")),
+    SampleCase("text file named .jpg", "csv", lambda ws: _csv_row(ws, "t.jpg", b"plain text")),
+    SampleCase("decompression bomb (40000 x 40000 PNG header)", "csv", lambda ws: _csv_row(ws, "bomb.png",
+                                                                                         bomb_png())),
+    SampleCase("missing image file", "csv", lambda ws: b"gone.png\ta red square\n"),
+    SampleCase("non-UTF-8 caption", "csv", lambda ws: _csv_row(ws, "ok1.png", png(), b"a caf\xe9 sign")),
+    SampleCase("empty caption", "csv", lambda ws: _csv_row(ws, "ok2.png", png(), b"   ")),
+    SampleCase("corrupt image in a shard", "shard", lambda ws: {"png": b"not an image", "txt": b"a red square"}),
+    SampleCase("shard sample without an image", "shard", lambda ws: {"txt": b"a red square"}),
+    SampleCase("JSON caption that is a list", "shard", lambda ws: {"png": png(), "json": b'{"txt": ["a", "b"]}'}),
+    SampleCase("JSON member that is not an object", "shard", lambda ws: {"png": png(), "json": b'["a red square"]'}),
+    SampleCase("non-UTF-8 caption in a shard", "shard", lambda ws: {"png": png(), "txt": b"caf\xe9"}),
+    SampleCase("truncated shard (cut inside a sample)", "shard", lambda ws: "truncate"),
+]
+
+
+def write_sample_case(ws: Path, case: SampleCase, good: int = 7) -> List[str]:
+    """A training set of ``good`` good samples and the case's bad one; returns the train flags that read it."""
+    ws.mkdir(parents=True, exist_ok=True)
+    bad = case.make(ws)
+    if case.kind == "csv":
+        rows = b"filepath\ttitle\n" + b"".join(_csv_row(ws, f"good{i}.png", png((30 * i, 90, 90)))
+                                               for i in range(good))
+        (ws / "data.tsv").write_bytes(rows[:rows.index(b"\n", rows.index(b"good3")) + 1] + bad +
+                                      rows[rows.index(b"\n", rows.index(b"good3")) + 1:])
+        return ["--train-data", str(ws / "data.tsv"), "--batch-size", "4", "--epochs", "1"]
+    path = ws / "shard-000.tar"
+    with tarfile.open(path, "w") as tar:
+        samples = [{"png": png((30 * i, 90, 90)), "txt": b"a red square"} for i in range(good)]
+        samples.insert(3, bad if isinstance(bad, dict) else samples[0])
+        for i, members in enumerate(samples):
+            for ext, data in members.items():
+                info = tarfile.TarInfo(f"k{i:04d}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    if bad == "truncate":  # cut 50 bytes into the image of the fifth sample
+        data = path.read_bytes()
+        path.write_bytes(data[: data.index(b"k0004.png") + 512 + 50])
+    return ["--train-data", str(path), "--dataset-type", "webdataset", "--train-num-samples", "32", "--batch-size",
+            "4", "--epochs", "1"]
+
+
+def main() -> None:
+    """The README table: every case with superclip's answer, measured now."""
+    import contextlib
+    import tempfile
+
+    from superclip import cli
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ws = workspace(Path(tmp) / "ws")
+        print("| command | mistake or bad input | what superclip says (exit 2, one line) |")
+        print("|---|---|---|")
+        for case in CASES:
+            err = io.StringIO()
+            with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+                try:
+                    rc = cli.main(case.argv(ws))
+                except SystemExit as e:
+                    rc = e.code
+            line = err.getvalue().strip().splitlines()[-1].replace(tmp, "…").replace("|", "\\|")
+            print(f"| {case.command} | {case.what} | `{line}` (rc {rc}) |")
+
+
+if __name__ == "__main__":
+    main()
