@@ -13,7 +13,7 @@ from .data.synthetic import COLOURS, SHAPES, ZERO_SHOT_TASKS, SyntheticCaptions,
 from .evaluate.tags import excluded_token_ids, top_tags
 from .evaluate.zero_shot import classifier_weights, zero_shot_metrics
 from .model import get_tokenizer, get_transforms
-from .train.trainer import Trainer
+from .train.trainer import Trainer, read_metrics
 
 
 @torch.no_grad()
@@ -82,9 +82,10 @@ def run_demo(out_dir: Path, steps: int = 150, batch_size: int = 64, seed: int = 
         base = dict(model=model, dataset_type="synthetic", train_num_samples=steps * batch_size,
                     batch_size=batch_size, epochs=1, lr=lr, warmup=max(1, steps // 10), seed=seed,
                     long_caption_ratio=long_caption_ratio, logs=str(out_dir), name=name.lower(),
-                    log_every_n_steps=10, progress=False)
+                    log_every_n_steps=1, progress=False, resume="latest")  # an interrupted demo continues
         trainer = Trainer(TrainConfig(**{**base, **overrides}))
-        history = trainer.fit(None if on_step is None else (lambda s, m, n=name: on_step(n, s, m)))
+        trainer.fit(None if on_step is None else (lambda s, m, n=name: on_step(n, s, m)))
+        history = [m for m in read_metrics(trainer.dir / "metrics.jsonl") if "loss" in m]  # also steps resumed
         trained[name] = (trainer, history)
     weights = next((t.criterion.token_weights() for t, _ in trained.values() if t.criterion.idf_batch_size), None)
     for name, (trainer, history) in trained.items():
