@@ -100,6 +100,13 @@ def init_from_env(device_type: str = "cpu") -> tuple:
         return 0, 1
     if not is_initialized():
         kwargs = {"device_id": torch.device(device_type, local_rank())} if device_type == "cuda" else {}
+        restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+        if restart:
+            # torchrun keeps its store across restarts: the killed attempt's addresses are still in it, and a
+            # restarted rank reading one would try a dead peer until it times out; each attempt gets its own keys
+            store, rank_, world = next(dist.rendezvous("env://"))
+            kwargs.update(store=dist.PrefixStore(f"superclip/attempt-{restart}", store), rank=rank_,
+                          world_size=world)
         dist.init_process_group(backend=backend_config(device_type), **kwargs)
     return rank(), world_size()
 
