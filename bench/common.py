@@ -1,4 +1,11 @@
-"""Pieces the train-step benchmarks share (cls_overhead.py, gpu_step.py): a random batch and one λ setting."""
+"""Pieces the benchmarks share: a random batch and one λ setting (cls_overhead.py, gpu_step.py), synthetic
+shards (resume_cost.py, data_throughput.py)."""
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
 import torch
 
 import superclip
@@ -23,3 +30,26 @@ def setting(model, weight: float, device: torch.device):
         model.head.requires_grad_(False)
     criterion = superclip.SuperCLIPLoss(vocab_size=model.vocab_size, cls_weight=weight).to(device).train()
     return model, criterion, build_optimizer(model, TrainConfig(lr=1e-5))
+
+
+def _write(args):
+    from superclip.data.synthetic import write_shards
+
+    out, start, per_shard, index = args
+    path = Path(out) / f"train-{index:06d}.tar"
+    if not path.exists():
+        tmp = Path(out) / f".part-{index}"
+        written = write_shards(str(tmp), per_shard, 64, seed=index, split="train", shard_size=per_shard)
+        os.replace(written[0], path)
+        tmp.rmdir()
+    return str(path)
+
+
+def make_shards(folder: Path, shards: int, per_shard: int) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    todo = [(str(folder), i * per_shard, per_shard, i) for i in range(shards)]
+    t0 = time.perf_counter()
+    with ProcessPoolExecutor(max_workers=os.cpu_count()) as pool:
+        list(pool.map(_write, todo))
+    print(f"shards ready in {folder} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+    return str(folder / f"train-{{000000..{shards - 1:06d}}}.tar")

@@ -148,7 +148,7 @@ def test_sigterm_saves_at_a_step_boundary_and_a_second_signal_exits_at_once(stra
     proc = _start(_args(tmp_path, "stopped", "--resume", "latest"), log)
     _wait_for(proc, lambda: _metric_steps(run)[-1] > stopped_at)  # a step trained by this process
     proc.send_signal(signal.SIGTERM)
-    _wait_for(proc, lambda: any(p.name.endswith(".tmp") for p in (run / "checkpoints").glob("*")))
+    assert _wait_for(proc, lambda: any(p.name.endswith(".tmp") for p in (run / "checkpoints").glob("*")))
     before = _snapshot(run / "checkpoints")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 128 + signal.SIGTERM

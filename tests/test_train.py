@@ -43,7 +43,7 @@ def test_resume_continues_exactly(tmp_path):
 def test_accumulation_matches_one_big_batch(tmp_path):
     trainer = Trainer(_cfg(tmp_path, batch_size=8))
     model, criterion = trainer.model, trainer.criterion
-    images, ids, _, _ = next(iter(trainer._loader()))
+    images, ids, _, _, _ = next(iter(trainer._loader()))
     state = {k: v.clone() for k, v in criterion.state_dict().items()}
     grads = []
     for accum in (1, 2):

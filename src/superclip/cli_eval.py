@@ -126,7 +126,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         with _bar(args, None, "retrieval") as bar:
             results["metrics"]["retrieval"] = retrieval_file(
                 args.encoder, preprocess, tokenizer, args.retrieval_data, args.csv_img_key, args.csv_caption_key,
-                args.retrieval_split, args.retrieval_images, args.batch_size, bar, args.csv_separator)
+                args.retrieval_split, args.retrieval_images, args.batch_size, bar, args.csv_separator,
+                args.wds_caption_key)
     if args.linear_probe_train:
         tr_paths, tr_labels, tr_classes = image_folder(args.linear_probe_train)
         te_paths, te_labels, te_classes = image_folder(args.linear_probe_test)
@@ -207,7 +208,9 @@ def add_parsers(sub) -> None:
     p.add_argument("--imagenet-val", default=None, help="ImageNet val as an ImageFolder (open_clip's class names)")
     p.add_argument("--classnames", default=None, help="file: one class name a line, in sorted folder order")
     p.add_argument("--templates", default=None, help="file: one prompt template a line, with {c}")
-    p.add_argument("--retrieval-data", default=None, help="CSV/TSV (image, caption rows) or karpathy-style JSON")
+    p.add_argument("--retrieval-data", default=None,
+                   help="CSV/TSV (image, caption rows), karpathy-style JSON, or webdataset shards (.tar, pipe:)")
+    p.add_argument("--wds-caption-key", default="txt", help="caption member of shard samples")
     p.add_argument("--retrieval-images", default=None, help="root of relative image paths in the retrieval file")
     p.add_argument("--retrieval-split", default="test", help="split of a Karpathy dataset_*.json")
     p.add_argument("--csv-img-key", default="filepath")

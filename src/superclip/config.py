@@ -33,8 +33,8 @@ class TrainConfig:
     # --- data
     train_data: Optional[str] = field(default=None, metadata={"help": "CSV/TSV file or shard pattern; "
                                                                "unset with --dataset-type synthetic"})
-    val_data: Optional[str] = field(default=None, metadata={"help": "retrieval file evaluated during training "
-                                                             "(CSV/TSV or karpathy JSON)"})
+    val_data: Optional[str] = field(default=None, metadata={"help": "retrieval data evaluated during training "
+                                                             "(CSV/TSV, karpathy JSON or shards)"})
     dataset_type: str = field(default="auto", metadata={"help": f"one of {DATASET_TYPES}"})
     train_num_samples: Optional[int] = field(default=None, metadata={"help": "samples per epoch (synthetic: "
                                                                       "dataset size)"})
@@ -42,6 +42,10 @@ class TrainConfig:
     csv_caption_key: str = field(default="title", metadata={"help": "CSV column with captions"})
     csv_separator: Optional[str] = field(default=None, metadata={"help": "CSV separator (default: a tab if the "
                                                                  "header line has one, else a comma)"})
+    dataset_resampled: bool = field(default=False, metadata={"help": "shards: draw shards with replacement "
+                                                              "(epochs of --train-num-samples), as open_clip"})
+    train_data_upsampling_factors: Optional[str] = field(default=None, metadata={
+        "help": "shards with --dataset-resampled: a weight per '::' source, e.g. 1::2 (default: by size)"})
     wds_caption_key: str = field(default="txt", metadata={"help": "webdataset caption member (or json field)"})
     long_caption_key: Optional[str] = field(default=None, metadata={"help": "second, long caption: CSV column "
                                                                      "or webdataset member / json field"})

@@ -3,6 +3,7 @@ handling, and a seeded sampler whose position is part of the checkpoint."""
 from __future__ import annotations
 
 import logging
+import math
 import random
 import zlib
 from pathlib import Path
@@ -148,7 +149,8 @@ class ImageTextDataset(Dataset):
 
 class ImageTextStream(IterableDataset):
     """A webdataset shard stream decoded and encoded for training; corrupt samples are skipped and counted
-    (the count rides on the next good sample)."""
+    (the count rides on the next good sample). Each item ends with ``(worker, position after it)`` so that the
+    trainer knows where every loader worker stands."""
 
     def __init__(self, stream, encoder: SampleEncoder, caption_key: str, long_caption_key: Optional[str]):
         self.stream, self.encoder = stream, encoder
@@ -158,7 +160,7 @@ class ImageTextStream(IterableDataset):
         from .webdataset import decode_sample
 
         skipped = 0
-        for raw in self.stream:
+        for raw, worker, position in self.stream:
             try:  # any failure of one sample is skipped and counted (it rides on the next good one)
                 image, short, long = decode_sample(raw, self.caption_key, self.long_caption_key)
                 sample_seed = zlib.crc32(raw["__key__"]) ^ (self.encoder.seed * 1_000_003 + self.stream.epoch)
@@ -170,14 +172,17 @@ class ImageTextStream(IterableDataset):
                     raise TrainingError(f"{skipped} unreadable samples in a row in the shards (the last: "
                                         f"{type(e).__name__}: {e}); is --wds-caption-key right?") from None
                 continue
-            yield (*encoded, skipped)
+            yield (*encoded, skipped, (worker, position))
             skipped = 0
 
 
-def collate(batch: List) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], int]:
-    images, ids, cls_ids, skipped = zip(*batch)
+def collate(batch: List) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor], int, Optional[tuple]]:
+    """(images, ids, class ids or None, samples skipped, (worker, position) after the batch's last sample or
+    None for map-style data)."""
+    images, ids, cls_ids, skipped = (list(x) for x in zip(*(item[:4] for item in batch)))
     cls = torch.stack(cls_ids) if cls_ids[0] is not None else None
-    return torch.stack(images), torch.stack(ids), cls, int(sum(skipped))
+    position = batch[-1][4] if len(batch[-1]) > 4 else None
+    return torch.stack(images), torch.stack(ids), cls, int(sum(skipped)), position
 
 
 class ResumableSampler(Sampler):
@@ -219,6 +224,26 @@ def dataset_kind(cfg) -> str:
     raise ConfigError(f"cannot tell the dataset type of {cfg.train_data!r}: set --dataset-type")
 
 
+def upsampling_factors(cfg, n_sources: int) -> Optional[List[float]]:
+    """``--train-data-upsampling-factors 1::2`` -> [1.0, 2.0] (open_clip's meaning: a source's shards are drawn
+    with its factor as weight; needs ``--dataset-resampled``), checked against the sources."""
+    if cfg.train_data_upsampling_factors is None:
+        return None
+    if not cfg.dataset_resampled:
+        raise ConfigError("--train-data-upsampling-factors needs --dataset-resampled (as in open_clip)")
+    try:
+        factors = [float(x) for x in str(cfg.train_data_upsampling_factors).split("::")]
+    except ValueError:
+        raise ConfigError(f"--train-data-upsampling-factors: expected numbers joined with '::', got "
+                          f"{cfg.train_data_upsampling_factors!r}") from None
+    if len(factors) != n_sources:
+        raise ConfigError(f"--train-data-upsampling-factors has {len(factors)} factors for {n_sources} --train-data "
+                          "sources (join both with '::')")
+    if any(f < 0 or not math.isfinite(f) for f in factors) or not any(factors):
+        raise ConfigError(f"--train-data-upsampling-factors must be >= 0 and not all 0, got {factors}")
+    return factors
+
+
 def build_train_dataset(cfg, transform: Callable, tokenizer: Callable, image_size: int, rank: int = 0,
                         world_size: int = 1):
     """The training data named by the config: a map-style dataset (CSV/TSV, synthetic) or a shard stream."""
@@ -226,7 +251,7 @@ def build_train_dataset(cfg, transform: Callable, tokenizer: Callable, image_siz
     policy = CaptionPolicy(cfg.contrastive_caption, cfg.class_caption, cfg.long_caption_ratio)
     encoder = SampleEncoder(transform, tokenizer, policy, seed=cfg.seed)
     if kind == "webdataset":
-        from .webdataset import ShardStream, expand_urls
+        from .webdataset import ShardStream, expand_sources
 
         if not cfg.train_data:
             raise ConfigError("--train-data is required for --dataset-type webdataset")
@@ -234,7 +259,10 @@ def build_train_dataset(cfg, transform: Callable, tokenizer: Callable, image_siz
             raise ConfigError("--train-num-samples is required for webdataset shards (samples per epoch)")
         if policy.needs_long and not cfg.long_caption_key:
             raise ConfigError("a long caption is asked for: name it with --long-caption-key (e.g. long.txt)")
-        stream = ShardStream(expand_urls(cfg.train_data), seed=cfg.seed, rank=rank, world_size=world_size)
+        sources = expand_sources(cfg.train_data)
+        weights = upsampling_factors(cfg, len(sources))
+        stream = ShardStream(sources, seed=cfg.seed, rank=rank, world_size=world_size, workers=cfg.workers,
+                             resampled=cfg.dataset_resampled, weights=weights)
         return ImageTextStream(stream, encoder, cfg.wds_caption_key, cfg.long_caption_key if policy.needs_long else None)
     if kind == "synthetic":
         from .synthetic import SyntheticCaptions

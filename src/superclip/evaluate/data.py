@@ -1,27 +1,32 @@
 """Reading evaluation data: ImageFolder trees, retrieval files (CSV/TSV or karpathy-style JSON), images."""
 from __future__ import annotations
 
+import io
 import json
+import logging
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Optional, Tuple, Union
 
 from PIL import Image
 
 from ..data.csv import clean_text, read_columns
 from ..errors import ConfigError
 
+log = logging.getLogger(__name__)
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 
 
-def load_image(path: str) -> Image.Image:
-    """An RGB image, or a one-line error naming the file."""
+def load_image(item: Union[str, bytes]) -> Image.Image:
+    """An RGB image from a path or from encoded bytes (a shard's), or a one-line error naming it."""
+    name = item if isinstance(item, str) else f"({len(item)} bytes from a shard)"
     try:
-        with Image.open(path) as im:
+        with Image.open(item if isinstance(item, str) else io.BytesIO(item)) as im:
             return im.convert("RGB")
     except FileNotFoundError:
-        raise ConfigError(f"image not found: {path}") from None
+        raise ConfigError(f"image not found: {name}") from None
     except Exception as e:  # noqa: BLE001 - PIL raises many types (DecompressionBombError is none of OSError's)
-        raise ConfigError(f"cannot read image {path}: {type(e).__name__}: {e}") from None
+        raise ConfigError(f"cannot read image {name}: {type(e).__name__}: {e}") from None
 
 
 def image_folder(root: str) -> Tuple[List[str], List[int], List[str]]:
@@ -58,16 +63,48 @@ def read_lines(path: str, what: str) -> List[str]:
     return lines
 
 
+def is_shard_pattern(path: str) -> bool:
+    return path.startswith("pipe:") or ".tar" in path
+
+
+def shard_pairs(pattern: str, caption_key: str = "txt") -> Tuple[List[bytes], List[str], List[int]]:
+    """(image bytes, captions, caption -> image index), one caption per sample, from webdataset shards; a
+    sample without a readable image or caption is left out with a warning (as training skips it)."""
+    from ..data.webdataset import IMAGE_EXTS, expand_urls, iter_tar
+
+    images: List[bytes] = []
+    captions: List[str] = []
+    for url in expand_urls(pattern):
+        for sample in iter_tar(url):
+            image = next((sample[e] for e in IMAGE_EXTS if e in sample), None)
+            try:
+                if image is None:
+                    raise ValueError("no image")
+                caption = clean_text(sample.get(caption_key, b"").decode("utf-8"))
+            except (ValueError, UnicodeDecodeError) as e:
+                log.warning("%s: sample %s left out: %s", url, sample.get("__key__", b"?").decode(errors="replace"), e)
+                continue
+            images.append(image)
+            captions.append(caption)
+    if not images:
+        raise ConfigError(f"{pattern} holds no image-caption samples (caption member {caption_key!r})")
+    return images, captions, list(range(len(images)))
+
+
 def retrieval_pairs(path: str, img_key: str = "filepath", caption_key: str = "title",
                     separator: Optional[str] = None, split: str = "test",
-                    image_root: Optional[str] = None) -> Tuple[List[str], List[str], List[int]]:
-    """(image paths, captions, caption -> image index) from a retrieval file.
+                    image_root: Optional[str] = None, wds_caption_key: str = "txt") -> Tuple[List, List[str], List[int]]:
+    """(images, captions, caption -> image index) from a retrieval file or shards.
 
-    CSV/TSV (:mod:`superclip.data.csv`, the reader training uses): one row per caption, rows may share an image. JSON: a list of ``{"image", "caption": [...]}``
-    (COCO/Flickr karpathy test files as BLIP ships them) or ``{"images": [{"filename", "filepath"?,
-    "sentences": [{"raw"}], "split"}]}`` (Karpathy's dataset_*.json; only ``split`` is used).
-    Relative image paths are taken from ``image_root``, else the file's folder.
+    CSV/TSV (:mod:`superclip.data.csv`, the reader training uses): one row per caption, rows may share an
+    image. JSON: a list of ``{"image", "caption": [...]}`` (COCO/Flickr karpathy test files as BLIP ships them)
+    or ``{"images": [{"filename", "filepath"?, "sentences": [{"raw"}], "split"}]}`` (Karpathy's
+    dataset_*.json; only ``split`` is used). Relative image paths are taken from ``image_root``, else the
+    file's folder. Webdataset shards (a ``.tar`` pattern or ``pipe:`` URLs, :func:`shard_pairs`): the images
+    are the samples' encoded bytes.
     """
+    if is_shard_pattern(path):
+        return shard_pairs(path, wds_caption_key)
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"retrieval file not found: {path}")

@@ -182,8 +182,7 @@ class CheckpointManager:
         """Restore everything from a checkpoint ``ckpt`` read from ``path``."""
         if ckpt.get("format") != "superclip" or "optimizer" not in ckpt:
             raise CheckpointError(f"{path} is not a superclip training checkpoint (use --pretrained for weights)")
-        rank_states = ckpt.get("rank_states") or [  # written before per-rank state: one process's
-            {"rng": ckpt["rng"], "raw_consumed": ckpt.get("raw_consumed", [])}]
+        rank_states = ckpt.get("rank_states") or [{"rng": ckpt["rng"]}]  # before per-rank state: one process's
         world = distributed.world_size()
         if len(rank_states) != world:
             raise CheckpointError(f"{path} was written by {len(rank_states)} processes, this run has {world}: "

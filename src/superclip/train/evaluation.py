@@ -36,7 +36,8 @@ def evaluate_in_training(model, cfg, device, zeroshot: bool, val: bool) -> Dict[
             out["imagenet-zeroshot-val-top5"] = m["acc5"]
         if val and cfg.val_data:
             m = retrieval_file(encoder, preprocess, tokenizer, cfg.val_data, cfg.csv_img_key, cfg.csv_caption_key,
-                               batch_size=cfg.batch_size, separator=cfg.csv_separator)
+                               batch_size=cfg.batch_size, separator=cfg.csv_separator,
+                               wds_caption_key=cfg.wds_caption_key)
             out.update({f"val/{k}": v for k, v in m.items() if "recall" in k})
     finally:
         model.train(was_training)

@@ -22,7 +22,8 @@ from ..checkpoint import atomic_write_text, load_into, resolve_pretrained
 from ..config import TrainConfig
 from ..data.loader import ResumableSampler, build_train_dataset, collate, seed_everything
 from ..errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
-from ..evaluate.data import image_folder
+from ..data.webdataset import expand_sources
+from ..evaluate.data import image_folder, is_shard_pattern
 from ..loss import SuperCLIPLoss
 from ..model import build_model, compile_towers, get_tokenizer, get_transforms, resolve_model_config
 from .checkpointing import CheckpointManager, rng_state, set_rng_state
@@ -244,7 +245,9 @@ class Trainer:
         self._build_data()
         if cfg.imagenet_val:  # fail now, not after hours of training
             image_folder(cfg.imagenet_val)
-        if cfg.val_data and not Path(cfg.val_data).is_file():
+        if cfg.val_data and is_shard_pattern(cfg.val_data):
+            expand_sources(cfg.val_data)  # a pattern that matches nothing is an error now
+        elif cfg.val_data and not Path(cfg.val_data).is_file():
             raise ConfigError(f"--val-data file not found: {cfg.val_data}")
 
         if self.fsdp:  # before the optimizer: sharding replaces the parameters
@@ -263,9 +266,10 @@ class Trainer:
             compile_towers(self.model)  # in place: the text length cropping stays eager, state-dict keys unchanged
 
         self.progress = Progress()
-        # shards: raw samples (good + corrupt) each of this rank's data-loader workers delivered this epoch;
+        # shards: where each of this rank's data-loader workers stands in the epoch ([round, unit, offset]);
         # DataLoader takes whole batches from its workers in turn, so batch k of the epoch came from worker k % W
-        self.raw_consumed = [0] * max(1, cfg.workers)
+        self.n_loader_workers = max(1, cfg.workers)
+        self.positions: Dict[int, List[int]] = {}
         self.evals: List[Dict[str, float]] = []
         self.dir = run_dir(cfg)
         self.checkpoints = CheckpointManager(
@@ -332,14 +336,16 @@ class Trainer:
 
     # --- per-rank state (the checkpoint manager gathers it from every rank)
     def _rank_state(self) -> Dict[str, Any]:
-        return {"rng": rng_state(self.device), "raw_consumed": list(self.raw_consumed)}
+        return {"rng": rng_state(self.device), "loader_workers": self.n_loader_workers,
+                "positions": {int(w): list(pos) for w, pos in self.positions.items()}}
 
     def _load_rank_state(self, state: Dict[str, Any]) -> None:
         set_rng_state(state["rng"], self.device)
-        if len(state.get("raw_consumed", [])) == len(self.raw_consumed):
-            self.raw_consumed = list(state["raw_consumed"])
+        if state.get("loader_workers") == self.n_loader_workers and "positions" in state:
+            self.positions = {int(w): list(pos) for w, pos in state["positions"].items()}
         elif self.streaming and self.progress.batch_in_epoch:
-            log.warning("--workers changed since the checkpoint: the shard stream restarts this epoch")
+            log.warning("--workers changed since the checkpoint (or it predates shard positions): the shard "
+                        "stream restarts this epoch")
 
     def save(self, *names: str) -> Path:
         """Checkpoint the run as ``names[0]`` (the other names link to it); every rank calls this."""
@@ -351,7 +357,7 @@ class Trainer:
     def _loader(self) -> DataLoader:
         p = self.progress
         if self.streaming:
-            self.dataset.stream.set_position(p.epoch, self.raw_consumed, p.batch_in_epoch % len(self.raw_consumed))
+            self.dataset.stream.set_position(p.epoch, self.positions, p.batch_in_epoch % self.n_loader_workers)
         else:
             self.sampler.set_position(p.epoch, p.batch_in_epoch * self.step_batch)
             self.dataset.epoch = p.epoch
@@ -365,7 +371,7 @@ class Trainer:
                           prefetch_factor=4 if self.cfg.workers else None)
 
     def _step(self, batch, stop_requested: bool) -> Dict[str, float]:
-        images, ids, cls_ids, skipped = batch
+        images, ids, cls_ids, skipped, position = batch
         images = images.to(self.device, dtype=self.param_dtype, non_blocking=True)
         ids = ids.to(self.device, non_blocking=True)
         if cls_ids is not None:
@@ -375,7 +381,9 @@ class Trainer:
                        counters={"skipped_this_step": skipped, "stop": float(stop_requested)})
         self.scheduler.step()
         p = self.progress
-        self.raw_consumed[p.batch_in_epoch % len(self.raw_consumed)] += len(ids) + skipped
+        if position is not None:
+            worker, after = position
+            self.positions[worker] = after
         p.step += 1
         p.batch_in_epoch += 1
         p.skipped_samples += int(m.pop("skipped_this_step"))
@@ -426,7 +434,7 @@ class Trainer:
                     if p.batch_in_epoch >= self.steps_per_epoch:  # epoch finished
                         p.epoch += 1
                         p.batch_in_epoch = 0
-                        self.raw_consumed = [0] * len(self.raw_consumed)
+                        self.positions = {}
                         self._maybe_evaluate(step_end=False, metrics_file=metrics_file, reporters=reporters)
                         if cfg.save_frequency and (p.epoch % cfg.save_frequency == 0 or p.epoch == cfg.epochs):
                             self.save(f"epoch_{p.epoch}.pt", "epoch_latest.pt")
