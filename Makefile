@@ -21,10 +21,12 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
-	$(BIN)/pip install --quiet pandas  # open_clip_train's CSV loader needs it
+	$(BIN)/pip install --quiet pandas webdataset  # open_clip_train's CSV loader; the baseline of data_throughput
 	$(BIN)/python bench/loss_memory.py
 	$(BIN)/python bench/cls_overhead.py
 	$(BIN)/python bench/trainer_throughput.py
+	$(BIN)/python bench/data_throughput.py
+	$(BIN)/python bench/resume_cost.py
 
 clean:
 	rm -rf $(VENV) runs
