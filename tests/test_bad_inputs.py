@@ -2,7 +2,7 @@
 import pytest
 
 from superclip import cli
-from superclip.train.trainer import read_metrics
+from superclip.train.run_folder import read_metrics
 
 from .bad_inputs import CASES, SAMPLE_CASES, workspace, write_sample_case
 
@@ -34,8 +34,9 @@ def test_there_are_at_least_40_distinct_cases():
 
 @pytest.mark.parametrize("case", SAMPLE_CASES, ids=[c.what for c in SAMPLE_CASES])
 def test_bad_sample_is_skipped_and_counted(tmp_path, case, capsys):
-    from .conftest import TINY_CFG
     import json
+
+    from .conftest import TINY_CFG
 
     (tmp_path / "tiny.json").write_text(json.dumps(TINY_CFG))
     flags = write_sample_case(tmp_path / "data", case)

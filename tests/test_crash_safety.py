@@ -10,7 +10,8 @@ import torch
 import superclip
 from superclip import cli
 from superclip.errors import CheckpointError, ConfigError, TrainingError
-from superclip.train.trainer import Trainer, read_metrics
+from superclip.train.run_folder import read_metrics
+from superclip.train.trainer import Trainer
 
 from .conftest import TINY_CFG
 from .test_train import _cfg

@@ -134,7 +134,7 @@ def test_evaluation_on_every_rank_equals_one_process(runs_with_evaluation, varia
     from superclip.evaluate.data import image_folder
     from superclip.evaluate.features import Encoder, embed_images
     from superclip.train.evaluation import evaluate_in_training
-    from superclip.train.trainer import read_metrics
+    from superclip.train.run_folder import read_metrics
 
     tmp_path = runs_with_evaluation
     run = tmp_path / "logs" / f"eval-{variant}"

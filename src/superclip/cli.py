@@ -72,7 +72,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from .config import FIELD_NAMES, load_yaml, make_config
     from .errors import TrainingInterrupted
     from .plot import plot_losses
-    from .train.trainer import Trainer, read_metrics
+    from .train.run_folder import read_metrics
+    from .train.trainer import Trainer
 
     overrides = {k: v for k, v in vars(args).items() if k in FIELD_NAMES}
     cfg = make_config(load_yaml(args.config) if args.config else {}, overrides)

@@ -13,7 +13,8 @@ from .data.synthetic import COLOURS, SHAPES, ZERO_SHOT_TASKS, SyntheticCaptions,
 from .evaluate.tags import excluded_token_ids, top_tags
 from .evaluate.zero_shot import classifier_weights, zero_shot_metrics
 from .model import get_tokenizer, get_transforms
-from .train.trainer import Trainer, read_metrics
+from .train.run_folder import read_metrics
+from .train.trainer import Trainer
 
 
 @torch.no_grad()

@@ -228,8 +228,7 @@ def full_optimizer_state_dict(model: torch.nn.Module, optimizer: torch.optim.Opt
 def load_full_state_dicts(model: torch.nn.Module, optimizer: torch.optim.Optimizer, model_sd: dict,
                           optim_sd: dict) -> None:
     """Load whole state dicts (as :func:`full_model_state_dict` wrote them) into an FSDP2 model and optimizer."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, \
-        set_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_optimizer_state_dict
 
     options = StateDictOptions(full_state_dict=True)
     set_model_state_dict(model, model_sd, options=options)

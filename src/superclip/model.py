@@ -176,6 +176,15 @@ class SuperCLIP(nn.Module):
         extra = [p for p in (self.logit_scale, self.logit_bias) if p is not None]
         return [*self.clip.text.parameters(), *extra, *projection]
 
+    def transformer_blocks(self) -> List[nn.Module]:
+        """The blocks of both towers (open_clip ``resblocks``, timm ``blocks``): FSDP2's all-gather units."""
+        units: List[nn.Module] = []
+        for tower in (self.clip.visual, self.clip.text):
+            for owner in (getattr(tower, "transformer", None), getattr(tower, "trunk", None)):
+                for name in ("resblocks", "blocks"):
+                    units.extend(getattr(owner, name, None) or [])
+        return units
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.clip.set_grad_checkpointing(enable)
 

@@ -19,6 +19,8 @@ import logging
 import os
 import random
 import shutil
+import signal
+import threading
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Protocol, Sequence, Tuple
 
@@ -239,3 +241,36 @@ def _link_atomically(src: Path, dst: Path) -> None:
     except OSError:
         shutil.copyfile(src, tmp)
     os.replace(tmp, dst)
+
+
+# --- signal-safe step boundaries
+class StopSignals:
+    """SIGINT / SIGTERM ask the run to stop at the next step boundary (``requested`` holds the signal); a second
+    one exits at once, without touching checkpoints. Installed only in the main thread."""
+
+    def __init__(self):
+        self.requested: Optional[int] = None
+        self.previous = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested is not None:
+            os._exit(128 + signum)
+        self.requested = signum
+        log.warning("%s: stopping after this step (a second signal exits at once)", signal.Signals(signum).name)
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """Data-loader workers leave SIGINT / SIGTERM to the main process, which stops at a step boundary (a worker
+    killed by them would otherwise fail the step in progress)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

@@ -6,9 +6,7 @@ import contextlib
 import json
 import logging
 import math
-import os
 import signal
-import threading
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -21,16 +19,17 @@ from .. import distributed
 from ..checkpoint import atomic_write_text, load_into, resolve_pretrained
 from ..config import TrainConfig
 from ..data.loader import ResumableSampler, build_train_dataset, collate, seed_everything
-from ..errors import CheckpointError, ConfigError, TrainingError, TrainingInterrupted
 from ..data.webdataset import expand_sources
+from ..errors import ConfigError, TrainingError, TrainingInterrupted
 from ..evaluate.data import image_folder, is_shard_pattern
 from ..loss import SuperCLIPLoss
 from ..model import build_model, compile_towers, get_tokenizer, get_transforms, resolve_model_config
-from .checkpointing import CheckpointManager, rng_state, set_rng_state
+from .checkpointing import CheckpointManager, StopSignals, ignore_stop_signals, rng_state, set_rng_state
 from .engine import train_step
 from .evaluation import evaluate_in_training
 from .optim import build_optimizer, build_scheduler
 from .report import Reporters
+from .run_folder import check_run_folder, restart_count, run_dir, settle_name, trim_metrics
 
 log = logging.getLogger(__name__)
 
@@ -40,130 +39,6 @@ def _autocast(precision: str, device: torch.device) -> Callable:
         dtype = torch.bfloat16 if precision == "amp_bf16" else torch.float16
         return lambda: torch.autocast(device.type, dtype=dtype)
     return contextlib.nullcontext
-
-
-def run_dir(cfg: TrainConfig) -> Path:
-    return Path(cfg.logs) / cfg.name
-
-
-def default_name(cfg: TrainConfig) -> str:
-    """open_clip_train's unique run name: date-time, model, learning rate, batch size, precision."""
-    model = Path(cfg.model).stem if str(cfg.model).endswith(".json") else str(cfg.model).replace("/", "-")
-    return "-".join([time.strftime("%Y_%m_%d-%H_%M_%S"), f"model_{model}", f"lr_{cfg.lr:g}",
-                     f"b_{cfg.batch_size}", f"p_{cfg.precision}"])
-
-
-def _restart_count() -> int:
-    """How many times torchrun restarted this job (``--max-restarts``); 0 outside torchrun."""
-    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
-
-
-def _settle_name(cfg: TrainConfig) -> None:
-    """Give a run without ``--name`` its unique default name, the same on every rank and, under torchrun, the
-    same after an elastic restart (remembered in ``{logs}/.run-names/{TORCHELASTIC_RUN_ID}``)."""
-    if cfg.name:
-        return
-    run_id = os.environ.get("TORCHELASTIC_RUN_ID")
-    marker = Path(cfg.logs) / ".run-names" / run_id if run_id else None
-    name = None
-    if distributed.is_main_process():
-        if marker is not None and _restart_count() > 0 and marker.is_file():
-            name = marker.read_text().strip()
-        if name is None:
-            name = base = default_name(cfg)
-            for n in range(2, 1000):  # two runs started in the same second get their own folders
-                if not (Path(cfg.logs) / name).exists():
-                    break
-                name = f"{base}-{n}"
-        if marker is not None:
-            atomic_write_text(name + "\n", marker)
-    cfg.name = distributed.broadcast_object(name)
-
-
-def _check_run_folder(cfg: TrainConfig) -> None:
-    """A run folder is never overwritten: checkpoints there and no --resume is refused; the folder must be
-    writable. Rank 0 looks, every rank raises alike."""
-    error = None
-    if distributed.is_main_process():
-        folder = run_dir(cfg)
-        if cfg.resume is None and any((folder / "checkpoints").glob("*.pt")):
-            error = (f"run folder {folder} already holds checkpoints: continue that run with --resume latest, or "
-                     "start a new one with another --name")
-        else:
-            try:
-                folder.mkdir(parents=True, exist_ok=True)
-                probe = folder / f".write-test-{os.getpid()}"
-                probe.write_bytes(b"")
-                probe.unlink()
-            except OSError as e:
-                error = f"cannot write to the run folder {folder}: {e.strerror or e} (--logs / --name)"
-    error = distributed.broadcast_object(error)
-    if error:
-        raise ConfigError(error)
-
-
-def read_metrics(path: Path) -> List[Dict[str, Any]]:
-    """The lines of a run's ``metrics.jsonl`` (training steps and evaluations), or [] without the file.
-    A line a kill cut short is left out."""
-    if not Path(path).is_file():
-        return []
-    out = []
-    for line in Path(path).read_text().splitlines():
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
-
-
-def trim_metrics(path: Path, step: int) -> None:
-    """Keep the lines of ``metrics.jsonl`` up to ``step`` (the one a run resumes from), so that each step is
-    logged once after any resume."""
-    if Path(path).is_file():
-        kept = [m for m in read_metrics(path) if m.get("step", 0) <= step]
-        atomic_write_text("".join(json.dumps(m) + "\n" for m in kept), path)
-
-
-class _StopSignals:
-    """SIGINT / SIGTERM ask the run to stop at the next step boundary (``requested`` holds the signal); a second
-    one exits at once, without touching checkpoints. Installed only in the main thread."""
-
-    def __init__(self):
-        self.requested: Optional[int] = None
-        self.previous = {}
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested is not None:
-            os._exit(128 + signum)
-        self.requested = signum
-        log.warning("%s: stopping after this step (a second signal exits at once)", signal.Signals(signum).name)
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self.previous[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for sig, handler in self.previous.items():
-            signal.signal(sig, handler)
-
-
-def _ignore_stop_signals(worker_id: int) -> None:
-    """Data-loader workers leave SIGINT / SIGTERM to the main process, which stops at a step boundary (a worker
-    killed by them would otherwise fail the step in progress)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
-def _shard_units(model) -> List[torch.nn.Module]:
-    """The transformer blocks of both towers: FSDP2's all-gather units."""
-    units: List[torch.nn.Module] = []
-    for tower in (model.visual, model.text):
-        for owner in (getattr(tower, "transformer", None), getattr(tower, "trunk", None)):
-            for name in ("resblocks", "blocks"):
-                units.extend(getattr(owner, name, None) or [])
-    return units
 
 
 def exact_gather_with_grad(cfg: TrainConfig, world_size: int) -> bool:
@@ -219,10 +94,10 @@ class Trainer:
             if cfg.batch_size < 1:
                 raise ConfigError(f"--global-batch-size {cfg.global_batch_size} is smaller than {self.world_size} "
                                   f"processes x --accum-freq {cfg.accum_freq}")
-        if _restart_count() > 0 and cfg.resume is None:  # an elastic restart continues the run it restarts
+        if restart_count() > 0 and cfg.resume is None:  # an elastic restart continues the run it restarts
             cfg.resume = "latest"
-        _settle_name(cfg)
-        _check_run_folder(cfg)
+        settle_name(cfg)
+        check_run_folder(cfg)
         gather_with_grad = exact_gather_with_grad(cfg, self.world_size)
         self.fsdp = cfg.fsdp and self.world_size > 1
         seed_everything(cfg.seed)  # the same initial weights on every rank (FSDP2 does not broadcast them)
@@ -251,7 +126,7 @@ class Trainer:
             raise ConfigError(f"--val-data file not found: {cfg.val_data}")
 
         if self.fsdp:  # before the optimizer: sharding replaces the parameters
-            distributed.fsdp_shard(self.model, _shard_units(self.model))
+            distributed.fsdp_shard(self.model, self.model.transformer_blocks())
         self.optimizer = build_optimizer(self.model, cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch * cfg.epochs)
         self.scaler = torch.amp.GradScaler() if cfg.precision == "amp" and self.device.type == "cuda" else None
@@ -366,7 +241,7 @@ class Trainer:
         return DataLoader(self.dataset, batch_size=self.step_batch, sampler=self.sampler, drop_last=True,
                           num_workers=self.cfg.workers, collate_fn=collate,
                           generator=torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + p.epoch),
-                          worker_init_fn=_ignore_stop_signals if self.cfg.workers else None,
+                          worker_init_fn=ignore_stop_signals if self.cfg.workers else None,
                           pin_memory=self.device.type == "cuda", persistent_workers=False,
                           prefetch_factor=4 if self.cfg.workers else None)
 
@@ -407,7 +282,7 @@ class Trainer:
             if distributed.is_main_process() else None
         history: List[Dict[str, float]] = []
         try:
-            with _StopSignals() as stop:
+            with StopSignals() as stop:
                 while p.step < self.total_steps and p.epoch < cfg.epochs:
                     t_last = time.perf_counter()
                     for batch in self._loader():
