@@ -88,7 +88,10 @@ def local_rank() -> int:
 
 def launched_distributed() -> bool:
     """Started by torchrun (even with one process), or with ``WORLD_SIZE`` > 1 in the environment."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1 or "TORCHELASTIC_RUN_ID" in os.environ
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world > 1 and "RANK" not in os.environ:
+        raise ConfigError(f"WORLD_SIZE is {world} but RANK is not set: launch with torchrun")
+    return world > 1 or ("TORCHELASTIC_RUN_ID" in os.environ and "RANK" in os.environ)
 
 
 def init_from_env(device_type: str = "cpu") -> tuple:

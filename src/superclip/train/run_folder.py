@@ -48,7 +48,10 @@ def settle_name(cfg: TrainConfig) -> None:
                     break
                 name = f"{base}-{n}"
         if marker is not None:
-            atomic_write_text(name + "\n", marker)
+            try:
+                atomic_write_text(name + "\n", marker)
+            except OSError:
+                pass  # an unwritable --logs is reported by check_run_folder, in one line
     cfg.name = distributed.broadcast_object(name)
 
 
