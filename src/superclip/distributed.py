@@ -86,6 +86,11 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def restart_count() -> int:
+    """How many times torchrun restarted this job (``--max-restarts``); 0 outside torchrun."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+
+
 def launched_distributed() -> bool:
     """Started by torchrun (even with one process), or with ``WORLD_SIZE`` > 1 in the environment."""
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
@@ -103,7 +108,7 @@ def init_from_env(device_type: str = "cpu") -> tuple:
         return 0, 1
     if not is_initialized():
         kwargs = {"device_id": torch.device(device_type, local_rank())} if device_type == "cuda" else {}
-        restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
+        restart = restart_count()
         if restart:
             # torchrun keeps its store across restarts: the killed attempt's addresses are still in it, and a
             # restarted rank reading one would try a dead peer until it times out; each attempt gets its own keys
@@ -126,10 +131,10 @@ def destroy() -> None:
 
 # --- collectives (no-ops without a process group; with one, they run even for a single process)
 def all_reduce_(tensor: torch.Tensor, op: str = "sum") -> torch.Tensor:
-    """In place over ranks: ``sum``, ``mean`` (SUM then divide: gloo has no AVG) or ``max``."""
+    """In place over ranks: ``sum`` or ``mean`` (SUM then divide: gloo has no AVG)."""
     if is_initialized():
         check_device(tensor)
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         if op == "mean":
             tensor.div_(world_size())
     return tensor

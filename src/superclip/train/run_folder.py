@@ -25,11 +25,6 @@ def default_name(cfg: TrainConfig) -> str:
                      f"b_{cfg.batch_size}", f"p_{cfg.precision}"])
 
 
-def restart_count() -> int:
-    """How many times torchrun restarted this job (``--max-restarts``); 0 outside torchrun."""
-    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)
-
-
 def settle_name(cfg: TrainConfig) -> None:
     """Give a run without ``--name`` its unique default name, the same on every rank and, under torchrun, the
     same after an elastic restart (remembered in ``{logs}/.run-names/{TORCHELASTIC_RUN_ID}``)."""
@@ -39,7 +34,7 @@ def settle_name(cfg: TrainConfig) -> None:
     marker = Path(cfg.logs) / ".run-names" / run_id if run_id else None
     name = None
     if distributed.is_main_process():
-        if marker is not None and restart_count() > 0 and marker.is_file():
+        if marker is not None and distributed.restart_count() > 0 and marker.is_file():
             name = marker.read_text().strip()
         if name is None:
             name = base = default_name(cfg)

@@ -29,7 +29,7 @@ from .engine import train_step
 from .evaluation import evaluate_in_training
 from .optim import build_optimizer, build_scheduler
 from .report import Reporters
-from .run_folder import check_run_folder, restart_count, run_dir, settle_name, trim_metrics
+from .run_folder import check_run_folder, run_dir, settle_name, trim_metrics
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,8 @@ class Trainer:
             if cfg.batch_size < 1:
                 raise ConfigError(f"--global-batch-size {cfg.global_batch_size} is smaller than {self.world_size} "
                                   f"processes x --accum-freq {cfg.accum_freq}")
-        if restart_count() > 0 and cfg.resume is None:  # an elastic restart continues the run it restarts
+        # an elastic restart continues the run it restarts
+        if distributed.restart_count() > 0 and cfg.resume is None:
             cfg.resume = "latest"
         settle_name(cfg)
         check_run_folder(cfg)
