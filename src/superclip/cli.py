@@ -31,13 +31,35 @@ def _cmd_flops(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .checkpoint import create_model, export_openclip
+    from .checkpoint import load_model
 
-    if Path(args.out_dir).exists() and not Path(args.out_dir).is_dir():
+    out = Path(args.out_dir)
+    if out.exists() and not out.is_dir():
         raise ConfigError(f"{args.out_dir} exists and is not a folder: name a folder to export into")
-    model = create_model(args.model, pretrained=args.checkpoint)
-    out = export_openclip(model, args.out_dir)
-    print(f"wrote open_clip folder {out}: open_clip.create_model_and_transforms('local-dir:{out}')")
+    model, stats, info = load_model(args.model, pretrained=args.checkpoint, cache_dir=args.cache_dir)
+    model.eval()
+    if args.format == "transformers":
+        from .export.to_transformers import export_transformers
+
+        export_transformers(model, out, stats)
+        how = f"transformers.CLIPModel.from_pretrained('{out}') (or CLIPVisionModel)"
+    elif args.format == "onnx":
+        from .export.to_onnx import export_onnx
+
+        export_onnx(model, out)
+        how = f"onnxruntime.InferenceSession('{out}/image_encoder.onnx') and text_encoder.onnx"
+    else:
+        from .export import export_folder, run_metrics
+
+        train = dict(info.get("train_config") or {}, steps=info.get("step"), world_size=info.get("world_size"))
+        metrics = run_metrics(info.get("path"), info.get("step")) if info.get("train_config") else None
+        export_folder(model, out, stats, train if info.get("train_config") else None, metrics)
+        how = f"open_clip.create_model_and_transforms('local-dir:{out}'); superclip --pretrained {out} (with the head)"
+    print(f"wrote {args.format} export {out}: {how}")
+    if args.push_to_hub:
+        from .hub import push_folder
+
+        print(f"pushed to hf-hub:{args.push_to_hub}: {push_folder(out, args.push_to_hub, args.private)}")
     return 0
 
 
@@ -169,10 +191,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="also print one JSON line per model")
     p.set_defaults(func=_cmd_flops)
 
-    p = sub.add_parser("export", help="write an open_clip local-dir: folder from a checkpoint")
-    p.add_argument("checkpoint", help="superclip, official SuperCLIP or open_clip checkpoint")
-    p.add_argument("out_dir", help="folder to write (open_clip_config.json + weights)")
+    p = sub.add_parser("export", help="write a model folder: open_clip / hub (safetensors + head), transformers, ONNX")
+    p.add_argument("checkpoint", help="superclip, official SuperCLIP or open_clip checkpoint, a model folder, "
+                                      "or hf-hub:ORG/REPO[/FILE]")
+    p.add_argument("out_dir", help="folder to write")
+    p.add_argument("--format", default="open_clip", choices=["open_clip", "transformers", "onnx"],
+                   help="open_clip: open_clip_config.json + open_clip_model.safetensors + superclip_head.safetensors + "
+                        "README.md (what open_clip's hf-hub: / local-dir: read); transformers: CLIPModel folder; "
+                        "onnx: image and text encoders")
     p.add_argument("--model", default=None, help="model config (needed when the checkpoint carries none)")
+    p.add_argument("--push-to-hub", default=None, metavar="ORG/REPO", help="upload the folder to this hub repository")
+    p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository private")
+    p.add_argument("--cache-dir", default=None, help="hub cache for hf-hub: sources (default: huggingface_hub's)")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("train", help="train (one CPU to torchrun multi-node)",

@@ -15,7 +15,9 @@ from .errors import ConfigError
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="model name or JSON (default: the checkpoint's own config)")
-    p.add_argument("--pretrained", default=None, help="checkpoint: superclip, official SuperCLIP or open_clip")
+    p.add_argument("--pretrained", default=None, help="checkpoint (superclip, official SuperCLIP, open_clip), a model "
+                                                      "folder (superclip export), or hf-hub:ORG/REPO[/FILE]")
+    p.add_argument("--cache-dir", default=None, help="hub cache for hf-hub: names (default: huggingface_hub's)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "amp", "amp_bf16", "bf16"])
     p.add_argument("--batch-size", type=_positive, default=64)
@@ -46,7 +48,7 @@ def _writable_output(path: Optional[str], what: str) -> None:
 
 
 def _load(args):
-    from .checkpoint import create_model
+    from .checkpoint import load_model
     from .model import get_tokenizer, get_transforms
 
     if args.model is None and args.pretrained is None:
@@ -54,7 +56,8 @@ def _load(args):
     from .evaluate.features import Encoder
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = create_model(args.model, pretrained=args.pretrained, device=device).eval()
+    model, args.stats, _ = load_model(args.model, pretrained=args.pretrained, device=device, cache_dir=args.cache_dir)
+    model.eval()
     return model, get_transforms(model)[1], get_tokenizer(model.config), Encoder(model, device, args.precision)
 
 
@@ -184,13 +187,12 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def cmd_tag(args: argparse.Namespace) -> int:
-    from .checkpoint import load_token_stats
     from .evaluate.tags import excluded_token_ids, top_tags
     from .loss import idf_weights
 
     model, preprocess, tokenizer, args.encoder = _load(args)
     weights = None
-    stats = load_token_stats(args.pretrained) if args.pretrained else None
+    stats = args.stats
     if stats and stats["num_samples"].item() > 0:
         weights = idf_weights(stats["cap_fq"], stats["num_samples"], 1 << 30)
     exclude = excluded_token_ids(tokenizer, weights)
