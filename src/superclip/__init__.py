@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CheckpointError", "ConfigError", "SuperCLIP", "SuperCLIPError", "SuperCLIPLoss", "build_model",
-    "create_model", "create_model_and_transforms", "export_folder", "export_openclip", "get_tokenizer", "get_transforms",
-    "list_models", "load_token_stats", "resolve_model_config", "save_checkpoint", "token_classification_loss",
+    "create_model", "create_model_and_transforms", "export_folder", "export_openclip", "get_tokenizer",
+    "get_transforms", "list_models", "load_token_stats", "resolve_model_config", "save_checkpoint",
+    "token_classification_loss",
 ]

@@ -74,9 +74,17 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field, open_clip_train's spelling; only flags given on the line override."""
     import dataclasses
 
-    from .config import TrainConfig
+    from .config import REFUSED, TrainConfig, refusal
 
     p.add_argument("--config", default=None, help="YAML file of training keys (open_clip_train names)")
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks for errors")
+
+    class Refuse(argparse.Action):  # an open_clip_train option we do not take: say why, on one line
+        def __call__(self, parser, namespace, values, option_string=None):
+            parser.error(refusal(self.dest))
+
+    for name in REFUSED:
+        p.add_argument("--" + name.replace("_", "-"), dest=name, nargs="*", action=Refuse, help=argparse.SUPPRESS)
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         kwargs = {"default": argparse.SUPPRESS, "help": f.metadata.get("help", ""), "dest": f.name}

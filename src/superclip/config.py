@@ -21,11 +21,50 @@ DATASET_TYPES = ("auto", "csv", "synthetic", "webdataset")
 # (fields, lowest value, how the error says it); None is allowed for the optional fields
 _BOUNDS = (
     (("accum_freq", "epochs", "log_every_n_steps", "max_nonfinite_steps", "max_steps", "train_num_samples",
-      "global_batch_size", "force_image_size"), 1, ">= 1"),
-    (("workers", "warmup", "save_frequency", "save_every_n_steps", "zeroshot_frequency", "zeroshot_steps",
+      "global_batch_size", "force_image_size", "val_num_samples", "force_context_length"), 1, ">= 1"),
+    (("workers", "warmup", "lock_image_unlocked_groups", "lock_text_unlocked_layers", "epochs_cooldown",
+      "lr_cooldown_end", "save_frequency", "save_every_n_steps", "zeroshot_frequency", "zeroshot_steps",
       "val_steps", "val_frequency", "cls_loss_weight", "wd"), 0, ">= 0"),
 )
-_OPTIONAL = ("max_steps", "train_num_samples", "global_batch_size", "force_image_size")
+_OPTIONAL = ("max_steps", "train_num_samples", "global_batch_size", "force_image_size", "val_num_samples",
+             "force_context_length", "epochs_cooldown")
+
+
+# open_clip_train options superclip does not take, each with why and what to use instead (a YAML key or flag
+# naming one is a one-line error saying so, never "unknown")
+_TORCHRUN = "superclip joins torchrun's process group (env://; gloo on CPU, nccl on GPU)"
+REFUSED: Dict[str, str] = {
+    "dist_url": f"{_TORCHRUN}: launch with torchrun --rdzv-endpoint HOST:PORT",
+    "dist_backend": f"{_TORCHRUN}; the backend follows the device",
+    "horovod": "launch with torchrun instead (DDP, or --fsdp)",
+    "no_set_device_rank": "each process uses cuda:LOCAL_RANK; for one process on another GPU pass --device cuda:N",
+    "log_local": "superclip logs from rank 0 (metrics.jsonl); per-rank output: torchrun --log-dir DIR --tee 3",
+    "copy_codebase": "install the superclip version you want in the run's environment",
+    "remote_sync": "sync the --logs folder with your own tool (checkpoints are written atomically)",
+    "remote_sync_frequency": "sync the --logs folder with your own tool",
+    "remote_sync_protocol": "sync the --logs folder with your own tool",
+    "torchscript": "use --torchcompile, or superclip export --format onnx",
+    "trace": "use --torchcompile, or superclip export --format onnx",
+    "momentum": "superclip trains with AdamW only (SGD momentum has no meaning here): use --beta1 / --beta2",
+    "coca_caption_loss_weight": "CoCa is not a SuperCLIP model: the class term's weight is --cls-loss-weight",
+    "coca_contrastive_loss_weight": "CoCa is not a SuperCLIP model: the class term's weight is --cls-loss-weight",
+    "distill_model": "superclip has no distillation",
+    "distill_pretrained": "superclip has no distillation",
+    "use_bnb_linear": "for less memory use --precision amp_bf16 or pure_bf16",
+    "loss_dist_impl": "features are gathered with their gradients (exact for N processes); no other "
+                      "implementation to choose (add --local-loss to save memory)",
+    "image_mean": "set \"preprocess_cfg\": {\"mean\": [...]} in the model JSON (--model FILE.json): it then travels "
+                  "with checkpoints and exports",
+    "image_std": "set \"preprocess_cfg\": {\"std\": [...]} in the model JSON (--model FILE.json)",
+    "image_interpolation": "set \"preprocess_cfg\": {\"interpolation\": ...} in the model JSON (--model FILE.json)",
+    "image_resize_mode": "set \"preprocess_cfg\": {\"resize_mode\": ...} in the model JSON (--model FILE.json)",
+    "aug_cfg": "superclip trains with open_clip's default augmentation (RandomResizedCrop, scale 0.9-1.0)",
+}
+
+
+def refusal(name: str) -> str:
+    """The one-line error for an open_clip_train option superclip does not take."""
+    return f"--{name.replace('_', '-')} is not supported: {REFUSED[name]}"
 
 
 @dataclass
@@ -56,9 +95,29 @@ class TrainConfig:
     long_caption_ratio: Optional[float] = field(default=None, metadata={"help": "use the long caption with this "
                                                                          "probability, for both losses"})
     workers: int = field(default=0, metadata={"help": "data loader processes per rank"})
+    val_num_samples: Optional[int] = field(default=None, metadata={"help": "evaluate retrieval on the first N "
+                                                                    "images of --val-data (default: all)"})
     # --- model and loss
     model: str = field(default="SuperCLIP-Tiny", metadata={"help": "model name or JSON path"})
-    pretrained: Optional[str] = field(default=None, metadata={"help": "checkpoint to start from"})
+    pretrained: Optional[str] = field(default=None, metadata={"help": "checkpoint to start from: a file, a model "
+                                                               "folder or hf-hub:ORG/REPO[/FILE]"})
+    cache_dir: Optional[str] = field(default=None, metadata={"help": "hub cache for --pretrained hf-hub: names"})
+    pretrained_image: bool = field(default=False, metadata={"help": "ImageNet weights for a timm image tower "
+                                                            "(timm_model_name), as open_clip"})
+    lock_image: bool = field(default=False, metadata={"help": "LiT: freeze the image tower (the head still trains)"})
+    lock_image_unlocked_groups: int = field(default=0, metadata={"help": "with --lock-image: leave the last N "
+                                                                 "layer groups trainable"})
+    lock_image_freeze_bn_stats: bool = field(default=False, metadata={"help": "with --lock-image: freeze BatchNorm "
+                                                                      "running stats (timm towers)"})
+    lock_text: bool = field(default=False, metadata={"help": "freeze the text tower"})
+    lock_text_unlocked_layers: int = field(default=0, metadata={"help": "with --lock-text: leave the last N "
+                                                                "layers trainable"})
+    lock_text_freeze_layer_norm: bool = field(default=False, metadata={"help": "with --lock-text: freeze its "
+                                                                       "LayerNorms too (default: they train)"})
+    force_quick_gelu: bool = field(default=False, metadata={"help": "QuickGELU activations (OpenAI weights)"})
+    force_context_length: Optional[int] = field(default=None, metadata={"help": "override the text context length"})
+    force_custom_text: bool = field(default=False, metadata={"help": "accepted: superclip always builds open_clip's "
+                                                             "CustomTextCLIP layout"})
     force_patch_dropout: Optional[float] = field(default=None, metadata={"help": "FLIP patch dropout rate"})
     force_image_size: Optional[int] = field(default=None, metadata={"help": "override the model's image size"})
     grad_checkpointing: bool = field(default=False, metadata={"help": "activation checkpointing"})
@@ -82,7 +141,14 @@ class TrainConfig:
     beta2: float = field(default=0.98, metadata={"help": "AdamW beta2"})
     eps: float = field(default=1e-6, metadata={"help": "AdamW eps"})
     warmup: int = field(default=0, metadata={"help": "linear warmup steps"})
-    lr_scheduler: str = field(default="cosine", metadata={"help": "cosine or const"})
+    lr_scheduler: str = field(default="cosine", metadata={"help": "cosine, const or const-cooldown"})
+    epochs_cooldown: Optional[int] = field(default=None, metadata={"help": "const-cooldown: epochs of cooldown at "
+                                                                    "the end"})
+    lr_cooldown_end: float = field(default=0.0, metadata={"help": "const-cooldown: learning rate at the end"})
+    lr_cooldown_power: float = field(default=1.0, metadata={"help": "const-cooldown: power of the decay (1: linear)"})
+    skip_scheduler: bool = field(default=False, metadata={"help": "keep --lr all run long (no warmup, no decay)"})
+    opt: str = field(default="adamw", metadata={"help": "optimizer: adamw (the CLIP recipe's, the only one)"})
+    use_bn_sync: bool = field(default=False, metadata={"help": "SyncBatchNorm across processes (BatchNorm towers)"})
     grad_clip_norm: Optional[float] = field(default=None, metadata={"help": "clip gradients to this norm"})
     precision: str = field(default="fp32", metadata={"help": f"one of {PRECISIONS}"})
     seed: int = field(default=0, metadata={"help": "random seed"})
@@ -96,8 +162,13 @@ class TrainConfig:
     save_frequency: int = field(default=1, metadata={"help": "save every N epochs (0: no epoch checkpoints)"})
     save_every_n_steps: int = field(default=0, metadata={"help": "also save every N steps (0: off)"})
     delete_prev_step_ckpt: bool = field(default=False, metadata={"help": "keep only the latest step checkpoint"})
+    delete_previous_checkpoint: bool = field(default=False, metadata={"help": "keep only the latest epoch "
+                                                                      "checkpoint"})
+    save_most_recent: bool = field(default=False, metadata={"help": "accepted: epoch_latest.pt is always written"})
     resume: Optional[str] = field(default=None, metadata={"help": "checkpoint path or 'latest'"})
     report_to: str = field(default="", metadata={"help": "comma list of tensorboard, wandb"})
+    wandb_project_name: str = field(default="superclip", metadata={"help": "wandb project"})
+    wandb_notes: str = field(default="", metadata={"help": "wandb notes"})
     log_every_n_steps: int = field(default=10, metadata={"help": "metrics line every N steps"})
     max_nonfinite_steps: int = field(default=5, metadata={"help": "stop after this many steps in a row with a "
                                                           "non-finite loss or gradient (each is skipped)"})
@@ -109,6 +180,8 @@ class TrainConfig:
     val_frequency: int = field(default=1, metadata={"help": "validation every N epochs (0: never)"})
     imagenet_val: Optional[str] = field(default=None, metadata={"help": "ImageNet val folder (any ImageFolder tree: "
                                                                   "zero-shot during training)"})
+    imagenet_v2: Optional[str] = field(default=None, metadata={"help": "ImageNetV2 folder (an ImageFolder tree): "
+                                                                 "zero-shot during training, as --imagenet-val"})
 
     def __post_init__(self):
         def check(ok, msg):
@@ -118,8 +191,12 @@ class TrainConfig:
         check(self.dataset_type in DATASET_TYPES,
               f"--dataset-type must be one of {DATASET_TYPES}, got {self.dataset_type!r}")
         check(self.precision in PRECISIONS, f"--precision must be one of {PRECISIONS}, got {self.precision!r}")
-        check(self.lr_scheduler in ("cosine", "const"),
-              f"--lr-scheduler must be cosine or const, got {self.lr_scheduler!r}")
+        check(self.lr_scheduler in ("cosine", "const", "const-cooldown"),
+              f"--lr-scheduler must be cosine, const or const-cooldown, got {self.lr_scheduler!r}")
+        check(self.lr_scheduler != "const-cooldown" or self.epochs_cooldown,
+              "--lr-scheduler const-cooldown needs --epochs-cooldown N (the epochs of cooldown at the end)")
+        check(self.opt.lower() == "adamw", f"--opt {self.opt}: superclip trains with AdamW only (the CLIP recipe's); "
+              "drop --opt")
         check(self.contrastive in ("clip", "siglip", "none"),
               f"--contrastive must be clip, siglip or none, got {self.contrastive!r}")
         check(self.idf in ("online", "off"), f"--idf must be online or off, got {self.idf!r}")
@@ -198,6 +275,8 @@ def load_yaml(path: str) -> Dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must be a mapping of keys to values")
     for key in data:
+        if key.replace("-", "_") in REFUSED:
+            raise ConfigError(f"config file {path}: {refusal(key.replace('-', '_'))}")
         if key.replace("-", "_") not in FIELD_NAMES:
             raise ConfigError(f"unknown key {key!r} in config file {path}")
     return {key.replace("-", "_"): _coerce(key.replace("-", "_"), v) for key, v in data.items()}

@@ -174,9 +174,14 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
 
 
 # --- wrapping and gradient synchronisation
-def wrap_ddp(model: torch.nn.Module, device: torch.device, static_graph: bool = False) -> torch.nn.Module:
-    """DistributedDataParallel over ``model`` (which keeps its own parameters: checkpoints read ``model``)."""
+def wrap_ddp(model: torch.nn.Module, device: torch.device, static_graph: bool = False,
+             sync_batchnorm: bool = False) -> torch.nn.Module:
+    """DistributedDataParallel over ``model`` (which keeps its own parameters: checkpoints read ``model``);
+    ``sync_batchnorm``: BatchNorm layers become SyncBatchNorm (same parameters), as open_clip's --use-bn-sync."""
     from torch.nn.parallel import DistributedDataParallel
+
+    if sync_batchnorm:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                    static_graph=static_graph)

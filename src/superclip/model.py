@@ -185,6 +185,26 @@ class SuperCLIP(nn.Module):
                     units.extend(getattr(owner, name, None) or [])
         return units
 
+    def lock_image_tower(self, unlocked_groups: int = 0, freeze_bn_stats: bool = False) -> None:
+        """LiT (open_clip's ``--lock-image``): the image tower's parameters stop training, except its last
+        ``unlocked_groups`` layer groups (open_clip's grouping); the classification head is ours and still trains."""
+        self.clip.lock_image_tower(unlocked_groups=unlocked_groups, freeze_bn_stats=freeze_bn_stats)
+
+    def lock_text_tower(self, unlocked_layers: int = 0, freeze_layer_norm: bool = False) -> None:
+        """open_clip's ``--lock-text``: the text tower stops training except its last ``unlocked_layers`` layers;
+        its LayerNorms keep training unless ``freeze_layer_norm`` (the flag's meaning in open_clip)."""
+        from open_clip.transformer import lock_text_tower
+
+        text = self.clip.text
+        if not isinstance(text, TextTransformer):  # open_clip's hub text encoder has its own lock
+            text.lock(unlocked_layers, freeze_layer_norm)
+            return
+        lock_text_tower(self.clip, unlocked_layers)
+        if not freeze_layer_norm:
+            for module in text.modules():
+                if isinstance(module, nn.LayerNorm):
+                    module.requires_grad_(True)
+
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.clip.set_grad_checkpointing(enable)
 

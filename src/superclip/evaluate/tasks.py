@@ -39,10 +39,15 @@ def zero_shot_folder(encoder: Encoder, preprocess: Callable, tokenizer: Callable
 def retrieval_file(encoder: Encoder, preprocess: Callable, tokenizer: Callable, path: str,
                    img_key: str = "filepath", caption_key: str = "title", split: str = "test",
                    image_root: Optional[str] = None, batch_size: int = 64, progress: Optional[Any] = None,
-                   separator: Optional[str] = None, wds_caption_key: str = "txt") -> Dict:
-    """Retrieval metrics on a CSV/TSV or karpathy-style JSON file (``progress`` as in :func:`zero_shot_folder`)."""
+                   separator: Optional[str] = None, wds_caption_key: str = "txt",
+                   max_images: Optional[int] = None) -> Dict:
+    """Retrieval metrics on a CSV/TSV or karpathy-style JSON file (``progress`` as in :func:`zero_shot_folder`);
+    ``max_images``: only the first N images and their captions (open_clip's ``--val-num-samples``)."""
     images, captions, owner = retrieval_pairs(path, img_key, caption_key, separator, split, image_root,
                                               wds_caption_key)
+    if max_images is not None and max_images < len(images):
+        keep = [i for i, o in enumerate(owner) if o < max_images]
+        images, captions, owner = images[:max_images], [captions[i] for i in keep], [owner[i] for i in keep]
     img = embed_images(encoder, preprocess, images, batch_size, _updater(progress, len(images)))
     txt = embed_texts(encoder, tokenizer, captions)
     return {**retrieval_metrics(img, txt, torch.tensor(owner)), "data": path, "n_images": len(images),

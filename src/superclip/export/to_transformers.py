@@ -82,7 +82,8 @@ def _vision(visual: nn.Module):
     sd = {"vision_model.embeddings.class_embedding": visual.class_embedding,
           "vision_model.embeddings.patch_embedding.weight": visual.conv1.weight,
           "vision_model.embeddings.position_embedding.weight": visual.positional_embedding,
-          "vision_model.pre_layrnorm.weight": visual.ln_pre.weight, "vision_model.pre_layrnorm.bias": visual.ln_pre.bias,
+          "vision_model.pre_layrnorm.weight": visual.ln_pre.weight,
+          "vision_model.pre_layrnorm.bias": visual.ln_pre.bias,
           "vision_model.post_layernorm.weight": visual.ln_post.weight,
           "vision_model.post_layernorm.bias": visual.ln_post.bias,
           "visual_projection.weight": visual.proj.T, **_block_weights(visual, "vision_model")}
@@ -92,7 +93,8 @@ def _vision(visual: nn.Module):
 def _text(text: nn.Module):
     if not isinstance(text, TextTransformer):
         _unsupported(f"the text tower is {type(text).__name__}")
-    if text.cls_emb is not None or text.attn_mask is None or text.use_pad_mask or text.pool_type not in ("argmax", "eos"):
+    if text.cls_emb is not None or text.attn_mask is None or text.use_pad_mask or \
+            text.pool_type not in ("argmax", "eos"):
         _unsupported(f"the text tower is not CLIP's causal one pooled at end-of-text (pool {text.pool_type!r})")
     if not isinstance(text.ln_final, nn.LayerNorm):
         _unsupported("the text tower's final norm is not a LayerNorm")
@@ -107,7 +109,8 @@ def _text(text: nn.Module):
         _unsupported("the text tower has no projection")
     # eos_token_id 2 is transformers' rule for "pool at the argmax token id", open_clip's 'argmax'
     config = {**_blocks(text, "text"), "vocab_size": text.vocab_size, "max_position_embeddings": text.context_length,
-              "eos_token_id": 2 if text.pool_type == "argmax" else text.eos_id, "bos_token_id": 49406, "pad_token_id": 0}
+              "eos_token_id": 2 if text.pool_type == "argmax" else text.eos_id, "bos_token_id": 49406,
+              "pad_token_id": 0}
     sd = {"text_model.embeddings.token_embedding.weight": text.token_embedding.weight,
           "text_model.embeddings.position_embedding.weight": text.positional_embedding,
           "text_model.final_layer_norm.weight": text.ln_final.weight,

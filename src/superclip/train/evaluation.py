@@ -27,17 +27,19 @@ def evaluate_in_training(model, cfg, device, zeroshot: bool, val: bool) -> Dict[
     encoder = Encoder(model, device, cfg.precision, split=True)
     out: Dict[str, float] = {}
     try:
-        if zeroshot and cfg.imagenet_val:
+        for key, folder in (("imagenet", cfg.imagenet_val), ("imagenetv2", cfg.imagenet_v2)):
+            if not (zeroshot and folder):
+                continue
             # ImageNet's own class names for a 1000-class tree; any other ImageFolder uses its folder names
-            names = list(IMAGENET_CLASSNAMES) if len(image_folder(cfg.imagenet_val)[2]) == 1000 else None
-            m = zero_shot_folder(encoder, preprocess, tokenizer, cfg.imagenet_val, names,
+            names = list(IMAGENET_CLASSNAMES) if len(image_folder(folder)[2]) == 1000 else None
+            m = zero_shot_folder(encoder, preprocess, tokenizer, folder, names,
                                  [t("{c}") for t in OPENAI_IMAGENET_TEMPLATES], cfg.batch_size)
-            out["imagenet-zeroshot-val-top1"] = m["acc1"]
-            out["imagenet-zeroshot-val-top5"] = m["acc5"]
+            out[f"{key}-zeroshot-val-top1"] = m["acc1"]
+            out[f"{key}-zeroshot-val-top5"] = m["acc5"]
         if val and cfg.val_data:
             m = retrieval_file(encoder, preprocess, tokenizer, cfg.val_data, cfg.csv_img_key, cfg.csv_caption_key,
                                batch_size=cfg.batch_size, separator=cfg.csv_separator,
-                               wds_caption_key=cfg.wds_caption_key)
+                               wds_caption_key=cfg.wds_caption_key, max_images=cfg.val_num_samples)
             out.update({f"val/{k}": v for k, v in m.items() if "recall" in k})
     finally:
         model.train(was_training)

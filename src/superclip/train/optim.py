@@ -27,14 +27,26 @@ def build_optimizer(model: torch.nn.Module, cfg) -> torch.optim.Optimizer:
                              fused=True)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg, total_steps: int):
-    """Linear warmup over ``cfg.warmup`` steps, then cosine to 0 at ``total_steps`` (or constant)."""
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg, total_steps: int, steps_per_epoch: int = 1):
+    """Linear warmup over ``cfg.warmup`` steps, then cosine to 0 at ``total_steps``, constant, or constant then a
+    cooldown over the last ``cfg.epochs_cooldown`` epochs to ``cfg.lr_cooldown_end`` (``(1 - t) ** power``, t
+    from 0 to 1). ``--skip-scheduler``: ``cfg.lr`` throughout."""
+    cooldown = (cfg.epochs_cooldown or 0) * steps_per_epoch
 
     def factor(step: int) -> float:
+        if cfg.skip_scheduler:
+            return 1.0
         if step < cfg.warmup:
             return (step + 1) / cfg.warmup
         if cfg.lr_scheduler == "const":
             return 1.0
+        if cfg.lr_scheduler == "const-cooldown":
+            start = total_steps - cooldown
+            if step < start:
+                return 1.0
+            t = min(1.0, (step - start) / max(1, cooldown))
+            end = cfg.lr_cooldown_end / cfg.lr
+            return end + (1 - end) * (1 - t) ** cfg.lr_cooldown_power
         progress = (step - cfg.warmup) / max(1, total_steps - cfg.warmup)
         return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 

@@ -12,7 +12,8 @@ KNOWN = ("tensorboard", "wandb")
 class Reporters:
     """Writes each metrics dict to every requested backend; ``close()`` flushes them."""
 
-    def __init__(self, report_to: str, run_dir: Path, config: Dict, name: str):
+    def __init__(self, report_to: str, run_dir: Path, config: Dict, name: str, project: str = "superclip",
+                 notes: str = ""):
         self.sinks: List = []
         for backend in [b.strip() for b in report_to.split(",") if b.strip() and b.strip() != "none"]:
             if backend not in KNOWN:
@@ -25,8 +26,8 @@ class Reporters:
                 else:
                     import wandb
 
-                    self.sinks.append(("wandb", wandb.init(project="superclip", name=name, config=config,
-                                                           dir=str(run_dir))))
+                    self.sinks.append(("wandb", wandb.init(project=project, name=name, notes=notes or None,
+                                                           config=config, dir=str(run_dir))))
             except ImportError:
                 raise ConfigError(f"--report-to {backend}: the package is not installed "
                                   f"(pip install {backend})") from None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import signal
 import time
 from dataclasses import asdict, dataclass, fields
@@ -23,13 +22,14 @@ from ..data.webdataset import expand_sources
 from ..errors import ConfigError, TrainingError, TrainingInterrupted
 from ..evaluate.data import image_folder, is_shard_pattern
 from ..loss import SuperCLIPLoss
-from ..model import build_model, compile_towers, get_tokenizer, get_transforms, resolve_model_config
+from ..model import build_model, compile_towers, get_tokenizer, get_transforms
 from .checkpointing import CheckpointManager, StopSignals, ignore_stop_signals, rng_state, set_rng_state
 from .engine import train_step
 from .evaluation import evaluate_in_training
 from .optim import build_optimizer, build_scheduler
 from .report import Reporters
 from .run_folder import check_run_folder, run_dir, settle_name, trim_metrics
+from .setup import apply_locks, model_config
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +119,9 @@ class Trainer:
             for param in self.model.contrastive_parameters():
                 param.requires_grad_(False)
         self._build_data()
-        if cfg.imagenet_val:  # fail now, not after hours of training
-            image_folder(cfg.imagenet_val)
+        for folder in (cfg.imagenet_val, cfg.imagenet_v2):  # fail now, not after hours of training
+            if folder:
+                image_folder(folder)
         if cfg.val_data and is_shard_pattern(cfg.val_data):
             expand_sources(cfg.val_data)  # a pattern that matches nothing is an error now
         elif cfg.val_data and not Path(cfg.val_data).is_file():
@@ -129,12 +130,12 @@ class Trainer:
         if self.fsdp:  # before the optimizer: sharding replaces the parameters
             distributed.fsdp_shard(self.model, self.model.transformer_blocks())
         self.optimizer = build_optimizer(self.model, cfg)
-        self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch * cfg.epochs)
+        self.scheduler = build_scheduler(self.optimizer, cfg, self.steps_per_epoch * cfg.epochs, self.steps_per_epoch)
         self.scaler = torch.amp.GradScaler() if cfg.precision == "amp" and self.device.type == "cuda" else None
         self.autocast = _autocast(cfg.precision, self.device)
         self.ddp_model = self.model
         if self.world_size > 1 and not self.fsdp:
-            self.ddp_model = distributed.wrap_ddp(self.model, self.device, cfg.ddp_static_graph)
+            self.ddp_model = distributed.wrap_ddp(self.model, self.device, cfg.ddp_static_graph, cfg.use_bn_sync)
         self.compile_seconds: Optional[float] = None  # the first step's time when torch.compile is on
         if cfg.torchcompile and self.fsdp:
             self.ddp_model = torch.compile(self.ddp_model)
@@ -164,16 +165,12 @@ class Trainer:
     # --- set-up pieces
     def _build_model(self):
         cfg = self.cfg
-        model_cfg = resolve_model_config(cfg.model)
-        if cfg.fsdp:  # fully_shard cannot shard 0-d parameters
-            model_cfg["nonscalar_logit_scale"] = True
-        if cfg.force_image_size:
-            model_cfg["vision_cfg"]["image_size"] = cfg.force_image_size
-        if cfg.contrastive == "siglip" and "init_logit_bias" not in model_cfg:  # open_clip_train's --siglip init
-            model_cfg.update(init_logit_scale=math.log(10), init_logit_bias=-10.0)
+        model_cfg = model_config(cfg)
         model = build_model(model_cfg)
         # one read of the checkpoint: weights now, its IDF statistics (if any) for the loss
-        stats = load_into(model, resolve_pretrained(cfg.model, cfg.pretrained)) if cfg.pretrained else None
+        stats = load_into(model, resolve_pretrained(cfg.model, cfg.pretrained, cfg.cache_dir)) if cfg.pretrained \
+            else None
+        apply_locks(model, cfg)
         model.to(self.device)
         # "pure" precisions train the weights themselves in half precision (open_clip's bf16 / fp16)
         self.param_dtype = {"bf16": torch.bfloat16, "pure_bf16": torch.bfloat16, "fp16": torch.float16,
@@ -279,7 +276,8 @@ class Trainer:
             trim_metrics(metrics_file, p.step)
         self.ddp_model.train()
         self.criterion.train()
-        reporters = Reporters(cfg.report_to, self.dir, cfg.to_dict(), self.dir.name) \
+        reporters = Reporters(cfg.report_to, self.dir, cfg.to_dict(), self.dir.name, cfg.wandb_project_name,
+                              cfg.wandb_notes) \
             if distributed.is_main_process() else None
         history: List[Dict[str, float]] = []
         try:
@@ -314,6 +312,8 @@ class Trainer:
                         self._maybe_evaluate(step_end=False, metrics_file=metrics_file, reporters=reporters)
                         if cfg.save_frequency and (p.epoch % cfg.save_frequency == 0 or p.epoch == cfg.epochs):
                             self.save(f"epoch_{p.epoch}.pt", "epoch_latest.pt")
+                            if cfg.delete_previous_checkpoint:
+                                self.checkpoints.delete(f"epoch_{p.epoch - cfg.save_frequency}.pt")
                 if self._saved_step != p.step:
                     self.save("epoch_latest.pt")
                 if stop.requested is not None:  # the signal came after the last step
@@ -354,7 +354,7 @@ class Trainer:
         else:
             zeroshot = bool(cfg.zeroshot_frequency) and p.epoch % cfg.zeroshot_frequency == 0
             val = not cfg.val_steps and bool(cfg.val_frequency) and p.epoch % cfg.val_frequency == 0
-        zeroshot = zeroshot and bool(cfg.imagenet_val)
+        zeroshot = zeroshot and bool(cfg.imagenet_val or cfg.imagenet_v2)
         val = val and bool(cfg.val_data)
         if not (zeroshot or val):
             return
