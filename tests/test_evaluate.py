@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pytest
 import open_clip
 import torch
 import torch.nn.functional as F
@@ -9,6 +10,7 @@ from PIL import Image
 import superclip
 from superclip import cli
 from superclip.evaluate import classification_metrics, linear_probe, retrieval_metrics
+from superclip.evaluate.features import Encoder
 from superclip.evaluate.tags import excluded_token_ids, top_tags
 
 from .conftest import TINY_CFG
@@ -188,3 +190,34 @@ def test_evaluation_during_training(tmp_path):
     assert t.evals[1]["val/image_retrieval_recall@1"] >= 0 and t.evals[1]["imagenet-zeroshot-val-top5"] is None
     lines = (tmp_path / "logs" / "run" / "metrics.jsonl").read_text().splitlines()
     assert sum("imagenet-zeroshot-val-top1" in line for line in lines) == 2
+
+
+def test_imagenet_v2_and_val_num_samples_during_training(tmp_path):
+    from superclip.evaluate.tasks import retrieval_file, zero_shot_folder
+    from superclip.model import get_tokenizer, get_transforms
+    from superclip.train.trainer import Trainer
+
+    from .test_train import _cfg
+
+    zs = _folder(tmp_path / "zs", ["red", "green"], n=2)
+    v2 = _folder(tmp_path / "v2", ["red", "green", "blue"], n=1)
+    rows = ["filepath\ttitle"] + [f"zs/{c}/{i}.png\ta {c} square number {i}" for c in ("red", "green") for i in range(2)]
+    (tmp_path / "val.tsv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "val3.tsv").write_text("\n".join(rows[:4]) + "\n")  # the first 3 images
+    t = Trainer(_cfg(tmp_path, imagenet_val=str(zs), imagenet_v2=str(v2), zeroshot_steps=2,
+                     val_data=str(tmp_path / "val.tsv"), val_steps=2, val_num_samples=3, epochs=1, max_steps=2))
+    t.fit()
+    logged = t.evals[-1]
+    model = t.model.eval()
+    encoder = Encoder(model, torch.device("cpu"), "fp32")
+    _, preprocess = get_transforms(model)
+    tokenizer = get_tokenizer(model.config)
+    from open_clip import OPENAI_IMAGENET_TEMPLATES
+
+    v2_direct = zero_shot_folder(encoder, preprocess, tokenizer, str(v2), None,
+                                 [f("{c}") for f in OPENAI_IMAGENET_TEMPLATES], 8)
+    assert logged["imagenetv2-zeroshot-val-top1"] == pytest.approx(v2_direct["acc1"])
+    val3 = retrieval_file(encoder, preprocess, tokenizer, str(tmp_path / "val3.tsv"))
+    assert val3["n_images"] == 3
+    for key in ("image_retrieval_recall@1", "text_retrieval_recall@1"):
+        assert logged[f"val/{key}"] == pytest.approx(val3[key])
