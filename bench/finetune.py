@@ -37,7 +37,7 @@ def write_csv(folder: Path, n: int, seed: int) -> Path:
         for i in range(n):
             image, caption = data[i]
             image.save(folder / f"{i:06d}.png")
-            w.writerow([str(folder / f"{i:06d}.png"), caption])
+            w.writerow([f"{i:06d}.png", caption])  # relative paths are read from the CSV's folder
     (folder / "train.csv.tmp").rename(path)
     return path
 

@@ -190,6 +190,17 @@ CASES: List[Case] = [
          "cannot write to the run folder"),
     Case("train", "--logs through a file", lambda ws: _train(ws, "--logs", str(ws / "a_file" / "logs")),
          "cannot write to the run folder"),
+    Case("train", "an open_clip_train flag superclip does not take", lambda ws: _train(ws, "--horovod"),
+         "--horovod is not supported: launch with torchrun"),
+    Case("train", "--lock-image-unlocked-groups without --lock-image",
+         lambda ws: _train(ws, "--lock-image-unlocked-groups", "1"), "only apply with --lock-image"),
+    Case("train", "--pretrained-image on open_clip's ViT tower", lambda ws: _train(ws, "--pretrained-image"),
+         "for timm image towers"),
+    Case("train", "--lr-scheduler const-cooldown without --epochs-cooldown",
+         lambda ws: _train(ws, "--lr-scheduler", "const-cooldown"), "needs --epochs-cooldown"),
+    Case("train", "--opt sgd", lambda ws: _train(ws, "--opt", "sgd"), "AdamW only"),
+    Case("train", "a malformed hf-hub: name", lambda ws: _train(ws, "--pretrained", "hf-hub:just-a-name"),
+         "is not a hub name"),
     # --- eval
     Case("eval", "nothing to evaluate", lambda ws: _eval(ws), "nothing to evaluate"),
     Case("eval", "--batch-size 0", lambda ws: _eval(ws, "--batch-size", "0", "--zeroshot-data", str(ws / "zs")),
@@ -270,6 +281,10 @@ CASES: List[Case] = [
     Case("export", "--model that does not fit the weights", lambda ws: [
         "export", str(ws / "tiny.pt"), str(ws / "out2"), "--model", str(ws / "other.json")],
         "does not fit the model config"),
+    Case("export", "an unknown --format", lambda ws: ["export", str(ws / "tiny.pt"), str(ws / "o3"), "--format",
+                                                      "tflite"], "invalid choice"),
+    Case("tag", "local-dir: of a folder that is not a model", lambda ws: [
+        "tag", "--pretrained", f"local-dir:{ws}", str(ws / "img.png")], "not a model folder"),
     Case("flops", "unknown model", lambda ws: ["flops", "ViT-Q-99"], "unknown model"),
 ]
 
