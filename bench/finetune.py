@@ -75,8 +75,8 @@ def main():
             print(name, json.dumps({k: round(100 * v, 1) for k, v in report["runs"][name].items()}), flush=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    rows = [f"| metric (test, %) | pretrained CLIP | fine-tuned λ=0 | fine-tuned λ=1 | λ=1 − λ=0 (paired) | "
-            f"seeds λ=1 ahead |", "|---|---|---|---|---|---|"]
+    rows = ["| metric (test, %) | pretrained CLIP | fine-tuned λ=0 | fine-tuned λ=1 | λ=1 − λ=0 (paired) | "
+            "seeds λ=1 ahead |", "|---|---|---|---|---|---|"]
     for key in report["pretrained"]:
         zero = [100 * report["runs"][f"ft-lambda0-seed{s}"][key] for s in a.seeds]
         one = [100 * report["runs"][f"ft-lambda1-seed{s}"][key] for s in a.seeds]

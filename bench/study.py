@@ -4,10 +4,12 @@
     python bench/study.py batch     [--seeds 0 1 2]   # batch 8 / 32 / 128 with equal samples seen (Fig. 4)
     python bench/study.py lambda    [--seeds 0 1 2]   # λ in 0, 0.5, 1, 2 and IDF off (Tables 9, 10)
     python bench/study.py captions  [--seeds 0 1 2]   # detailed captions only: CLIP vs SuperCLIP (Table 5)
+    python bench/study.py batch --batches 8 --family textures --seeds 0 1 2 3 4   # on the second family
 
 Each writes runs/study-NAME/{report.json, table.md, study.png} and prints the table: mean ± std over seeds
-of every test metric. Common options: --steps, --batch-size, --samples (samples seen per run; the batch
-study keeps it fixed), --out.
+of every test metric, then per seed: each run's fine-grained, coarse and retrieval figures, the paired gap
+against the group's first run and in how many seeds it is ahead. Common options: --family (scenes, textures),
+--batch-size, --samples (samples seen per run; the batch study keeps it fixed), --out.
 """
 import argparse
 import json
@@ -21,6 +23,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from superclip.data.families import FAMILIES  # noqa: E402
 from superclip.demo import run_demo  # noqa: E402
 
 STUDIES = {
@@ -55,9 +58,12 @@ def main():
     p.add_argument("--samples", type=int, default=9600, help="samples seen per run")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--eval-samples", type=int, default=500)
+    p.add_argument("--family", default="scenes", choices=sorted(FAMILIES))
     p.add_argument("--out", default=None)
     args = p.parse_args()
-    out = Path(args.out or f"runs/study-{args.study}")
+    family = FAMILIES[args.family]
+    suffix = "" if args.family == "scenes" else f"-{args.family}"
+    out = Path(args.out or f"runs/study-{args.study}{suffix}")
     rows = {}  # (group, run) -> metric -> [values over seeds]
     for group, batch, long_ratio, runs in STUDIES[args.study](args):
         for seed in args.seeds:
@@ -65,7 +71,8 @@ def main():
             run_dir = out / f"{group.replace(' ', '_')}-seed{seed}"
             settings = {"model": "SuperCLIP-Tiny", "steps": steps, "batch_size": batch, "seed": seed,
                         "lr": args.lr, "eval_samples": args.eval_samples,
-                        "long_caption_ratio": 0.5 if long_ratio is None else long_ratio}
+                        "long_caption_ratio": 0.5 if long_ratio is None else long_ratio,
+                        **({"family": args.family} if args.family != "scenes" else {})}
             report = finished(run_dir, settings, runs)
             if report is None:
                 report = run_demo(run_dir, runs=runs, **{k: v for k, v in settings.items() if k != "model"})
@@ -77,27 +84,38 @@ def main():
             print(f"done: {group}, seed {seed}", file=sys.stderr, flush=True)
     metrics = list(next(iter(rows.values())))
     fmt = lambda v: f"{statistics.mean(v):.1f} ± {statistics.stdev(v) if len(v) > 1 else 0:.1f}"  # noqa: E731
-    lines = [f"Study `{args.study}`: {args.samples} samples seen per run, seeds {args.seeds}; "
+    paired = (f"zeroshot_{family.coarse}_acc1", f"zeroshot_{family.fine}_acc1", "image_retrieval_recall@1",
+              "text_retrieval_recall@1")
+    lines = [f"Study `{args.study}` on the {args.family}: {args.samples} samples seen per run, seeds {args.seeds}; "
              "test split, %, mean ± std over seeds", "",
              "| setting | run | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
     for (group, name), vals in rows.items():
         lines.append(f"| {group} | {name} | " + " | ".join(fmt(vals[m]) for m in metrics) + " |")
     lines += ["", "Paired gap against the group's first run (same seed, same data), mean ± std over seeds, points:", "",
-              "| setting | run | " + " | ".join(PAIRED) + " |", "|---|---|" + "---|" * len(PAIRED)]
+              "| setting | run | " + " | ".join(paired) + " |", "|---|---|" + "---|" * len(paired)]
     for (group, name), vals in rows.items():
         base = next(v for (g, _), v in rows.items() if g == group)
         if vals is not base:
             lines.append(f"| {group} | {name} | " + " | ".join(
-                fmt([a - b for a, b in zip(vals[m], base[m])]) for m in PAIRED) + " |")
+                fmt([a - b for a, b in zip(vals[m], base[m])]) for m in paired) + " |")
+    lines += ["", "Per seed (run vs the group's first run, and the gap), points:", "",
+              "| setting | run | metric | " + " | ".join(f"seed {s}" for s in args.seeds) + " | ahead in |",
+              "|---|---|---|" + "---|" * len(args.seeds) + "---|"]
+    for (group, name), vals in rows.items():
+        base = next(v for (g, _), v in rows.items() if g == group)
+        if vals is base:
+            continue
+        for m in paired:
+            gaps = [a - b for a, b in zip(vals[m], base[m])]
+            lines.append(f"| {group} | {name} | {m} | " + " | ".join(
+                f"{a:.1f} vs {b:.1f} ({g:+.1f})" for a, b, g in zip(vals[m], base[m], gaps)) +
+                f" | {sum(g > 0 for g in gaps)} of {len(gaps)} |")
     table = "\n".join(lines)
     print(table)
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text(table + "\n")
     (out / "report.json").write_text(json.dumps({f"{g} / {n}": v for (g, n), v in rows.items()}, indent=2) + "\n")
-    plot(rows, PAIRED, out / "study.png", f"study '{args.study}': mean ± std over seeds {args.seeds} (dots: seeds)")
-
-
-PAIRED = ("zeroshot_colour+shape_acc1", "zeroshot_colour_acc1", "image_retrieval_recall@1")
+    plot(rows, paired[:3], out / "study.png", f"study '{args.study}': mean ± std over seeds {args.seeds} (dots: seeds)")
 
 
 def plot(rows: dict, metrics, path: Path, title: str) -> None:

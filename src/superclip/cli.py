@@ -158,7 +158,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     report = run_demo(out, steps=args.steps, batch_size=args.batch_size, seed=args.seed, lr=args.lr,
-                      eval_samples=args.eval_samples, on_step=on_step)
+                      eval_samples=args.eval_samples, on_step=on_step, family=args.family)
     bar.close()
     clip, sup = report["runs"]["CLIP"]["metrics"], report["runs"]["SuperCLIP"]["metrics"]
     print(f"\n{'metric (test split, %)':32s} {'CLIP':>8s} {'SuperCLIP':>10s} {'diff':>7s}")
@@ -175,7 +175,7 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
     paths = []
     for split, n in (("train", args.train_samples), ("val", args.val_samples), ("test", args.test_samples)):
         if n:
-            paths += write_shards(args.out, n, args.image_size, args.seed, split, args.shard_size)
+            paths += write_shards(args.out, n, args.image_size, args.seed, split, args.shard_size, args.family)
     print(f"wrote {len(paths)} shards to {args.out}; train on them with: superclip train --train-data "
           f"'{args.out}/train-{{000000..{max(0, -(-args.train_samples // args.shard_size) - 1):06d}}}.tar' "
           f"--train-num-samples {args.train_samples}")
@@ -224,6 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-samples", type=int, default=500, help="test images per task")
+    p.add_argument("--family", default="scenes", choices=["scenes", "textures"], help="synthetic data family")
     p.add_argument("--out", default=None, help="run folder (default runs/demo-DATE-TIME)")
     p.set_defaults(func=_cmd_demo)
 
@@ -233,8 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("data", help="data tools")
     data_sub = p.add_subparsers(dest="data_command", required=True)
-    p = data_sub.add_parser("synth", help="write the synthetic scenes as webdataset shards, to inspect or train on")
+    p = data_sub.add_parser("synth", help="write a synthetic family as webdataset shards, to inspect or train on")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--family", default="scenes", choices=["scenes", "textures"],
+                   help="scenes (shapes in colours) or textures (patterns in inks)")
     p.add_argument("--train-samples", type=int, default=10000)
     p.add_argument("--val-samples", type=int, default=0)
     p.add_argument("--test-samples", type=int, default=1000)

@@ -15,7 +15,7 @@ import yaml
 from .errors import ConfigError
 
 PRECISIONS = ("fp32", "amp", "amp_bf16", "amp_bfloat16", "bf16", "fp16", "pure_bf16", "pure_fp16")
-DATASET_TYPES = ("auto", "csv", "synthetic", "webdataset")
+DATASET_TYPES = ("auto", "csv", "synthetic", "synthetic-scenes", "synthetic-textures", "webdataset")
 
 
 # (fields, lowest value, how the error says it); None is allowed for the optional fields

@@ -9,7 +9,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import torch
 
 from .config import TrainConfig
-from .data.synthetic import COLOURS, SHAPES, ZERO_SHOT_TASKS, SyntheticCaptions, zero_shot_task
+from .data.families import get_family
 from .evaluate.tags import excluded_token_ids, top_tags
 from .evaluate.zero_shot import classifier_weights, zero_shot_metrics
 from .model import get_tokenizer, get_transforms
@@ -18,21 +18,24 @@ from .train.trainer import Trainer
 
 
 @torch.no_grad()
-def evaluate_synthetic(model, num_samples: int = 500, seed: int = 0, token_weights=None) -> Dict[str, float]:
-    """Zero-shot acc1 on every synthetic task, text->image / image->text R@1 on detailed test captions, and the
-    head's tag hit rates (``token_weights``: the run's IDF weights, to leave out words in every caption)."""
+def evaluate_synthetic(model, num_samples: int = 500, seed: int = 0, token_weights=None,
+                       family: str = "scenes") -> Dict[str, float]:
+    """Zero-shot acc1 on every task of a synthetic family, text->image / image->text R@1 on detailed test
+    captions, and the head's tag hit rates (``token_weights``: the run's IDF weights, to leave out words in every
+    caption)."""
+    fam = get_family(family)
     model.eval()
     _, preprocess = get_transforms(model)
     tokenizer = get_tokenizer(model.config)
     size = model.visual.image_size
     size = size if isinstance(size, int) else size[0]
     out = {}
-    for task in ZERO_SHOT_TASKS:
-        images, labels, classnames, templates = zero_shot_task(task, num_samples, size, seed)
+    for task in fam.tasks:
+        images, labels, classnames, templates = fam.zero_shot_task(task, num_samples, size, seed)
         feats = model.encode_image(torch.stack([preprocess(im) for im in images]), normalize=True)
         weights = classifier_weights(lambda t: model.encode_text(t), tokenizer, classnames, templates)
         out[f"zeroshot_{task}_acc1"] = zero_shot_metrics(feats, weights, torch.tensor(labels))["acc1"]
-    data = SyntheticCaptions(num_samples, image_size=size, seed=seed + 1, split="test", detailed_prob=1.0)
+    data = fam.dataset(num_samples, image_size=size, seed=seed + 1, split="test", detailed_prob=1.0)
     pairs = [data[i] for i in range(num_samples)]
     img = model.encode_image(torch.stack([preprocess(im) for im, _ in pairs]), normalize=True)
     txt = model.encode_text(tokenizer([c for _, c in pairs]), normalize=True)
@@ -41,19 +44,21 @@ def evaluate_synthetic(model, num_samples: int = 500, seed: int = 0, token_weigh
     out["image_retrieval_recall@1"] = (sim.argmax(dim=1) == target).float().mean().item()
     out["text_retrieval_recall@1"] = (sim.argmax(dim=0) == target).float().mean().item()
     out.update(tag_hit_rates(model, [im for im, _ in pairs], [c for _, c in pairs], preprocess, tokenizer,
-                             token_weights))
+                             token_weights, attributes=fam.attributes))
     model.train()
     return out
 
 
 @torch.no_grad()
-def tag_hit_rates(model, images, captions, preprocess, tokenizer, token_weights=None, k: int = 5) -> Dict[str, float]:
+def tag_hit_rates(model, images, captions, preprocess, tokenizer, token_weights=None, k: int = 5,
+                  attributes=None) -> Dict[str, float]:
     """The head as a tagger: share of images with a word of their caption among the top-k tags
-    (``tag@5_caption_word``), and with a colour or shape word of their caption (``tag@5_attribute_word``).
-    Words present in every training caption (IDF weight 0) are never tags."""
+    (``tag@5_caption_word``), and with an attribute word of their caption (``tag@5_attribute_word``; the
+    scenes' colours and shapes by default). Words present in every training caption (IDF weight 0) are never
+    tags."""
     exclude = excluded_token_ids(tokenizer, token_weights)
     logits = model.token_logits(torch.stack([preprocess(im) for im in images]))
-    attributes = set(COLOURS) | set(SHAPES)
+    attributes = set(attributes if attributes is not None else get_family("scenes").attributes)
     any_hit = attr_hit = 0
     for row, text in zip(logits, captions):
         words = set(text.replace(",", " ").split())
@@ -69,7 +74,8 @@ DEFAULT_RUNS = (("CLIP", {"cls_loss_weight": 0.0}), ("SuperCLIP", {"cls_loss_wei
 def run_demo(out_dir: Path, steps: int = 150, batch_size: int = 64, seed: int = 0, lr: float = 2e-3,
              eval_samples: int = 500, model: str = "SuperCLIP-Tiny",
              on_step: Optional[Callable[[str, int, Dict], None]] = None,
-             runs: Sequence[Tuple[str, Dict]] = DEFAULT_RUNS, long_caption_ratio: Optional[float] = 0.5) -> Dict:
+             runs: Sequence[Tuple[str, Dict]] = DEFAULT_RUNS, long_caption_ratio: Optional[float] = 0.5,
+             family: str = "scenes") -> Dict:
     """Train each run (name, TrainConfig overrides) with identical seed, data, steps and batch, evaluate all,
     write report.json and demo.png. Training captions: short or detailed, detailed with ``long_caption_ratio``.
 
@@ -77,10 +83,11 @@ def run_demo(out_dir: Path, steps: int = 150, batch_size: int = 64, seed: int = 
     """
     out_dir = Path(out_dir)
     report = {"settings": {"model": model, "steps": steps, "batch_size": batch_size, "seed": seed, "lr": lr,
-                           "eval_samples": eval_samples, "long_caption_ratio": long_caption_ratio}, "runs": {}}
+                           "eval_samples": eval_samples, "long_caption_ratio": long_caption_ratio,
+                           **({"family": family} if family != "scenes" else {})}, "runs": {}}
     trained = {}
     for name, overrides in runs:
-        base = dict(model=model, dataset_type="synthetic", train_num_samples=steps * batch_size,
+        base = dict(model=model, dataset_type=f"synthetic-{family}", train_num_samples=steps * batch_size,
                     batch_size=batch_size, epochs=1, lr=lr, warmup=max(1, steps // 10), seed=seed,
                     long_caption_ratio=long_caption_ratio, logs=str(out_dir), name=name.lower(),
                     log_every_n_steps=1, progress=False, resume="latest")  # an interrupted demo continues
@@ -91,7 +98,7 @@ def run_demo(out_dir: Path, steps: int = 150, batch_size: int = 64, seed: int = 
     weights = next((t.criterion.token_weights() for t, _ in trained.values() if t.criterion.idf_batch_size), None)
     for name, (trainer, history) in trained.items():
         report["runs"][name] = {"config": dict(runs)[name],
-                                "metrics": evaluate_synthetic(trainer.model, eval_samples, seed, weights),
+                                "metrics": evaluate_synthetic(trainer.model, eval_samples, seed, weights, family),
                                 "history": [{k: h[k] for k in ("step", "loss", "contrastive_loss", "class_loss")}
                                             for h in history]}
     out_dir.mkdir(parents=True, exist_ok=True)

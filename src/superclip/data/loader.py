@@ -62,7 +62,7 @@ class CsvCaptions(Dataset):
 
 
 class SyntheticPairs(Dataset):
-    """The synthetic scenes as (image, short caption, detailed caption)."""
+    """A synthetic family's samples as (image, short caption, detailed caption)."""
 
     has_long = True
 
@@ -264,10 +264,11 @@ def build_train_dataset(cfg, transform: Callable, tokenizer: Callable, image_siz
         stream = ShardStream(sources, seed=cfg.seed, rank=rank, world_size=world_size, workers=cfg.workers,
                              resampled=cfg.dataset_resampled, weights=weights)
         return ImageTextStream(stream, encoder, cfg.wds_caption_key, cfg.long_caption_key if policy.needs_long else None)
-    if kind == "synthetic":
-        from .synthetic import SyntheticCaptions
+    if kind.startswith("synthetic"):
+        from .families import get_family
 
-        source = SyntheticPairs(SyntheticCaptions(cfg.train_num_samples or 10_000, image_size=image_size, seed=cfg.seed))
+        family = get_family(kind)
+        source = SyntheticPairs(family.dataset(cfg.train_num_samples or 10_000, image_size=image_size, seed=cfg.seed))
     elif kind == "csv":
         if not cfg.train_data:
             raise ConfigError("--train-data is required for --dataset-type csv")

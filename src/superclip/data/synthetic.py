@@ -172,18 +172,20 @@ def zero_shot_task(task: str, num_samples: int, image_size: int = 64, seed: int 
 
 
 def write_shards(out_dir: str, num_samples: int, image_size: int = 64, seed: int = 0, split: str = "train",
-                 shard_size: int = 1000) -> list:
-    """Write the scenes as webdataset shards ``{split}-NNNNNN.tar``: KEY.png, KEY.txt (short caption),
-    KEY.long.txt (detailed caption), KEY.json (the scene drawn). Returns the shard paths."""
+                 shard_size: int = 1000, family: str = "scenes") -> list:
+    """Write a synthetic family (default: the scenes) as webdataset shards ``{split}-NNNNNN.tar``: KEY.png,
+    KEY.txt (short caption), KEY.long.txt (detailed caption), KEY.json (what is drawn). Returns the paths."""
     import io
     import json
     import tarfile
     from dataclasses import asdict
     from pathlib import Path
 
+    from .families import get_family
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    data = SyntheticCaptions(num_samples, image_size=image_size, seed=seed, split=split)
+    data = get_family(family).dataset(num_samples, image_size=image_size, seed=seed, split=split)
     paths = []
     for start in range(0, num_samples, shard_size):
         path = out / f"{split}-{start // shard_size:06d}.tar"

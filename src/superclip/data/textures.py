@@ -1,0 +1,160 @@
+"""The second synthetic family: printed textures. A tile of one pattern in one ink on paper, sometimes framed.
+
+Different objects, words and grammar from the scenes (``synthetic.py``): no shapes and no scene colours; the
+coarse attribute is the ink (6 colours: crimson, navy, olive, violet, amber, cyan), the fine-grained one the
+pattern (6: horizontal / vertical / diagonal stripes, dots, checks, rings), where three classes differ only in
+the orientation of the same stripes. The detailed caption adds the stripe weight (fine / bold), the paper
+(cream / slate) and a frame. As with the scenes, every sample is a pure function of (seed, split, index), and a
+caption names exactly what is drawn.
+"""
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import List, Tuple
+
+from PIL import Image, ImageDraw
+
+from .synthetic import SPLIT_OFFSET
+
+INKS = {"crimson": (190, 20, 60), "navy": (25, 35, 120), "olive": (115, 125, 25), "violet": (150, 85, 225),
+        "amber": (245, 175, 20), "cyan": (30, 195, 215)}
+PATTERNS = ("horizontal stripes", "vertical stripes", "diagonal stripes", "dots", "checks", "rings")
+WEIGHTS = {"fine": 0.09, "bold": 0.17}  # period of the pattern, as a share of the tile side
+PAPERS = {"cream": (238, 228, 200), "slate": (70, 80, 90)}
+
+
+@dataclass(frozen=True)
+class Texture:
+    ink: str
+    pattern: str
+    weight: str
+    paper: str
+    framed: bool
+
+
+def sample_texture(rng: random.Random) -> Texture:
+    return Texture(rng.choice(list(INKS)), rng.choice(PATTERNS), rng.choice(list(WEIGHTS)), rng.choice(list(PAPERS)),
+                   rng.random() < 0.5)
+
+
+def _band(angle: float, offset: float, width: float, size: int) -> List[Tuple[float, float]]:
+    """A long band of ``width`` pixels across the tile, at ``angle`` (radians), ``offset`` from the center."""
+    dx, dy = math.cos(angle), math.sin(angle)  # along the band
+    nx, ny = -dy, dx  # across it
+    c = size / 2
+    long = size * 1.5
+    a, b = offset - width / 2, offset + width / 2
+    return [(c + nx * a - dx * long, c + ny * a - dy * long), (c + nx * a + dx * long, c + ny * a + dy * long),
+            (c + nx * b + dx * long, c + ny * b + dy * long), (c + nx * b - dx * long, c + ny * b - dy * long)]
+
+
+def render_texture(t: Texture, size: int, rng: random.Random) -> Image.Image:
+    """Draw ``t`` at ``size`` x ``size`` (random phase, slight tilt and ink shade from rng)."""
+    img = Image.new("RGB", (size, size), PAPERS[t.paper])
+    draw = ImageDraw.Draw(img)
+    shade = rng.randint(-15, 15)
+    ink = tuple(max(0, min(255, c + shade)) for c in INKS[t.ink])
+    period = WEIGHTS[t.weight] * size
+    phase = rng.random() * period
+    tilt = math.radians(rng.uniform(-6, 6))
+    if t.pattern.endswith("stripes"):
+        angle = {"horizontal stripes": 0.0, "vertical stripes": math.pi / 2,
+                 "diagonal stripes": rng.choice((math.pi / 4, 3 * math.pi / 4))}[t.pattern] + tilt
+        k = -size
+        while k * period < size:
+            draw.polygon(_band(angle, k * period + phase, period / 2, size), fill=ink)
+            k += 1
+    elif t.pattern == "dots":
+        r = period * 0.3
+        y = phase - period
+        while y < size + period:
+            x = phase - period
+            while x < size + period:
+                draw.ellipse([x - r, y - r, x + r, y + r], fill=ink)
+                x += period
+            y += period
+    elif t.pattern == "checks":
+        ox, oy = phase - period, rng.random() * period - period
+        for i in range(int(size / period) + 3):
+            for j in range(int(size / period) + 3):
+                if (i + j) % 2 == 0:
+                    x, y = ox + i * period, oy + j * period
+                    draw.rectangle([x, y, x + period, y + period], fill=ink)
+    else:  # rings around a point inside the tile
+        cx, cy = rng.uniform(0.3, 0.7) * size, rng.uniform(0.3, 0.7) * size
+        r = size * 1.1
+        while r > period / 4:
+            draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=ink, width=max(1, round(period / 2)))
+            r -= period
+    if t.framed:
+        w = max(2, size // 16)
+        draw.rectangle([0, 0, size - 1, size - 1], outline=(15, 15, 15), width=w)
+    return img
+
+
+def texture_caption(t: Texture, rng: random.Random, detailed: bool) -> str:
+    """Short: ink + pattern; detailed: also weight, paper and frame. Exactly what is drawn, varied phrasing."""
+    thing = f"{t.ink} {t.pattern}"
+    if not detailed:
+        return rng.choice(("a tile of {}", "{} on a tile", "fabric printed with {}", "a texture of {}")).format(thing)
+    parts = [f"{t.weight} {thing}", rng.choice((f"on {t.paper} paper", f"printed on {t.paper}"))]
+    if t.framed:
+        parts.append(rng.choice(("inside a dark frame", "with a frame around it")))
+    first = parts[:2] if rng.random() < 0.5 else parts[1::-1]
+    return " ".join(first + parts[2:])
+
+
+class SyntheticTextures:
+    """Map-style dataset of (PIL image, caption), the textures' counterpart of ``SyntheticCaptions``."""
+
+    def __init__(self, num_samples: int, image_size: int = 64, seed: int = 0, split: str = "train",
+                 detailed_prob: float = 0.5):
+        self.num_samples = num_samples
+        self.image_size = image_size
+        self.seed = seed
+        self.offset = SPLIT_OFFSET[split]
+        self.detailed_prob = detailed_prob
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def scene(self, index: int) -> Texture:
+        return sample_texture(random.Random(f"textures-{self.seed}-{self.offset + index}-scene"))
+
+    def sample(self, index: int) -> Tuple[Image.Image, str, str]:
+        t = self.scene(index)
+        rng = random.Random(f"textures-{self.seed}-{self.offset + index}-draw")
+        image = render_texture(t, self.image_size, rng)
+        return image, texture_caption(t, rng, detailed=False), texture_caption(t, rng, detailed=True)
+
+    def __getitem__(self, index: int) -> Tuple[Image.Image, str]:
+        t = self.scene(index)
+        rng = random.Random(f"textures-{self.seed}-{self.offset + index}-draw")
+        image = render_texture(t, self.image_size, rng)
+        return image, texture_caption(t, rng, detailed=rng.random() < self.detailed_prob)
+
+
+TEXTURE_TASKS = ("pattern", "ink", "ink+pattern")
+_TEMPLATES = ["a tile of {c}", "{c} on a tile", "a texture of {c}"]
+
+
+def texture_task(task: str, num_samples: int, image_size: int = 64, seed: int = 0):
+    """(images, labels, classnames, templates) for one zero-shot task on test textures. ``ink`` prompts average
+    over every pattern, since captions never name an ink alone."""
+    if task not in TEXTURE_TASKS:
+        raise ValueError(f"unknown task {task!r}; known: {TEXTURE_TASKS}")
+    data = SyntheticTextures(num_samples, image_size=image_size, seed=seed, split="test")
+    if task == "pattern":
+        classnames, templates = list(PATTERNS), _TEMPLATES
+    elif task == "ink":
+        classnames, templates = list(INKS), ["a tile of {c} " + p for p in PATTERNS]
+    else:
+        classnames, templates = [f"{i} {p}" for i in INKS for p in PATTERNS], _TEMPLATES
+    images, labels = [], []
+    for i in range(num_samples):
+        t = data.scene(i)
+        images.append(data[i][0])
+        labels.append(classnames.index({"pattern": t.pattern, "ink": t.ink}.get(task, f"{t.ink} {t.pattern}")))
+    return images, labels, classnames, templates
