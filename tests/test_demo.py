@@ -38,16 +38,27 @@ def test_zero_shot_metrics_definitions():
 
 
 def test_demo_end_to_end_in_seconds(tmp_path, capsys):
-    assert cli.main(["demo", "--steps", "3", "--batch-size", "8", "--eval-samples", "12", "--out", str(tmp_path)]) == 0
+    assert cli.main(["demo", "--samples", "24", "--batches", "8", "4", "--eval-samples", "12", "--out",
+                     str(tmp_path)]) == 0
     report = json.loads((tmp_path / "report.json").read_text())
-    assert set(report["runs"]) == {"CLIP", "SuperCLIP"}
-    for run in report["runs"].values():
-        assert len(run["history"]) == 3
-        assert set(run["metrics"]) >= {"zeroshot_shape_acc1", "zeroshot_colour+shape_acc1", "image_retrieval_recall@1"}
-    assert report["runs"]["CLIP"]["history"][0]["class_loss"] == 0.0
-    assert report["runs"]["SuperCLIP"]["history"][0]["class_loss"] > 1.0
-    assert (tmp_path / "demo.png").stat().st_size > 10_000
-    assert "zeroshot_colour+shape_acc1" in capsys.readouterr().out
+    assert list(report["regimes"]) == ["batch 8", "batch 4"]
+    for label, steps in (("batch 8", 3), ("batch 4", 6)):
+        runs = report["regimes"][label]["runs"]
+        assert set(runs) == {"CLIP", "SuperCLIP"}
+        for run in runs.values():
+            assert len(run["history"]) == steps
+            assert set(run["metrics"]) >= {"zeroshot_shape_acc1", "zeroshot_colour+shape_acc1",
+                                           "image_retrieval_recall@1", "tag@5_attribute_word"}
+            assert len(run["examples"]) == 6 and run["examples"][0]["truth"].count(" ") == 1
+        assert runs["CLIP"]["history"][0]["class_loss"] == 0.0
+        assert runs["SuperCLIP"]["history"][0]["class_loss"] > 1.0
+    # what each model loses going to the small batch, per metric
+    for name in ("CLIP", "SuperCLIP"):
+        big, small = (report["regimes"][b]["runs"][name]["metrics"] for b in ("batch 8", "batch 4"))
+        assert report["lost"]["batch 4"][name] == {k: big[k] - small[k] for k in big}
+    assert (tmp_path / "demo.png").stat().st_size > 30_000
+    out = capsys.readouterr().out
+    assert "zero-shot colour+shape" in out and "lost at b4: CLIP" in out
 
 
 def test_data_synth_writes_shards_that_train(tmp_path, capsys):

@@ -85,14 +85,17 @@ def test_zero_shot_tasks_and_family_registry():
 
 
 def test_demo_on_textures_end_to_end_in_seconds(tmp_path, capsys):
-    assert cli.main(["demo", "--family", "textures", "--steps", "3", "--batch-size", "8", "--eval-samples", "12",
+    assert cli.main(["demo", "--family", "textures", "--samples", "24", "--batches", "8", "4", "--eval-samples", "12",
                      "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["settings"]["family"] == "textures"
-    for run in report["runs"].values():
-        assert set(run["metrics"]) >= {"zeroshot_pattern_acc1", "zeroshot_ink_acc1", "zeroshot_ink+pattern_acc1",
-                                       "image_retrieval_recall@1", "tag@5_attribute_word"}
-    assert "zeroshot_ink+pattern_acc1" in capsys.readouterr().out
+    for regime in report["regimes"].values():
+        assert regime["settings"]["family"] == "textures"
+        for run in regime["runs"].values():
+            assert set(run["metrics"]) >= {"zeroshot_pattern_acc1", "zeroshot_ink_acc1", "zeroshot_ink+pattern_acc1",
+                                           "image_retrieval_recall@1", "tag@5_attribute_word"}
+            assert run["examples"][0]["truth"].split()[0] in INKS
+    assert "zero-shot ink+pattern" in capsys.readouterr().out
 
 
 def test_textures_as_shards_and_as_a_dataset_type(tmp_path, capsys):

@@ -146,10 +146,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from .demo import run_demo
+    from .demo import run_regimes
 
     out = Path(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
-    bar = tqdm(total=2 * args.steps, unit="step", dynamic_ncols=True)
+    total = sum(2 * max(1, args.samples // b) for b in args.batches)
+    bar = tqdm(total=total, unit="step", dynamic_ncols=True)
 
     def on_step(name, step, m):
         bar.set_description(name)
@@ -157,15 +158,28 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         bar.set_postfix(loss=f"{m['loss']:.3f}")
 
     t0 = time.perf_counter()
-    report = run_demo(out, steps=args.steps, batch_size=args.batch_size, seed=args.seed, lr=args.lr,
-                      eval_samples=args.eval_samples, on_step=on_step, family=args.family)
+    report = run_regimes(out, samples=args.samples, batches=args.batches, seed=args.seed, lr=args.lr,
+                         eval_samples=args.eval_samples, family=args.family, on_step=on_step)
     bar.close()
-    clip, sup = report["runs"]["CLIP"]["metrics"], report["runs"]["SuperCLIP"]["metrics"]
-    print(f"\n{'metric (test split, %)':32s} {'CLIP':>8s} {'SuperCLIP':>10s} {'diff':>7s}")
-    for key in clip:
-        print(f"{key:32s} {100 * clip[key]:8.1f} {100 * sup[key]:10.1f} {100 * (sup[key] - clip[key]):+7.1f}")
-    print(f"\n{args.steps} steps x batch {args.batch_size} each, seed {args.seed}, {time.perf_counter() - t0:.0f} s; "
-          f"report {out / 'report.json'}, plot {out / 'demo.png'}")
+    regimes = report["regimes"]
+    first = next(iter(regimes.values()))["runs"]
+    keys = list(first["CLIP"]["metrics"])
+    head = f"{'test split, %':28s}" + "".join(f" {label + ': CLIP':>15s} {'SuperCLIP':>9s} {'diff':>6s}"
+                                              for label in regimes)
+    for other in report["lost"]:
+        head += f"  {'lost ' + other.replace('batch ', 'at b') + ': CLIP':>18s} {'SuperCLIP':>9s}"
+    print("\n" + head)
+    for key in keys:
+        row = f"{key.replace('zeroshot_', 'zero-shot ').replace('_acc1', ''):28s}"
+        for rep in regimes.values():
+            c, s = rep["runs"]["CLIP"]["metrics"][key], rep["runs"]["SuperCLIP"]["metrics"][key]
+            row += f" {100 * c:15.1f} {100 * s:9.1f} {100 * (s - c):+6.1f}"
+        for lost in report["lost"].values():
+            row += f"  {100 * lost['CLIP'][key]:18.1f} {100 * lost['SuperCLIP'][key]:9.1f}"
+        print(row)
+    print(f"\n{args.samples} samples seen per run at batch {' and '.join(map(str, args.batches))}, "
+          f"{args.family}, seed {args.seed}, {time.perf_counter() - t0:.0f} s; report {out / 'report.json'}, "
+          f"picture {out / 'demo.png'}")
     return 0
 
 
@@ -218,14 +232,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train_flags(p)
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("demo", help="CLIP vs SuperCLIP on the embedded synthetic scenes, side by side")
-    p.add_argument("--steps", type=int, default=150, help="optimizer steps per model")
-    p.add_argument("--batch-size", type=int, default=64)
+    p = sub.add_parser("demo", help="CLIP vs SuperCLIP on synthetic data, at a larger and a small batch")
+    p.add_argument("--samples", type=int, default=9600, help="samples seen by every run")
+    p.add_argument("--batches", type=int, nargs="+", default=[64, 8], help="batch sizes (the first is the "
+                                                                            "reference of 'lost')")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-samples", type=int, default=500, help="test images per task")
-    p.add_argument("--family", default="scenes", choices=["scenes", "textures"], help="synthetic data family")
     p.add_argument("--out", default=None, help="run folder (default runs/demo-DATE-TIME)")
+    p.add_argument("--family", default="scenes", choices=["scenes", "textures"], help="synthetic data family")
     p.set_defaults(func=_cmd_demo)
 
     from .cli_eval import add_parsers

@@ -1,5 +1,6 @@
-"""``superclip demo``: CLIP (λ = 0) and SuperCLIP (λ = 1) trained side by side on the synthetic scenes, then
-evaluated on every zero-shot task and on caption retrieval. Returns a report; the CLI prints it."""
+"""``superclip demo``: CLIP (λ = 0) and SuperCLIP (λ = 1) trained side by side on a synthetic family, at a
+larger and a small batch with the same samples seen (the paper's Fig. 4 setting), then evaluated on every
+zero-shot task, caption retrieval and the head as a tagger. Returns a report; the CLI prints it."""
 from __future__ import annotations
 
 import json
@@ -17,12 +18,16 @@ from .train.run_folder import read_metrics
 from .train.trainer import Trainer
 
 
+N_EXAMPLES = 6
+
+
 @torch.no_grad()
 def evaluate_synthetic(model, num_samples: int = 500, seed: int = 0, token_weights=None,
-                       family: str = "scenes") -> Dict[str, float]:
+                       family: str = "scenes", with_examples: bool = False) -> Dict[str, float]:
     """Zero-shot acc1 on every task of a synthetic family, text->image / image->text R@1 on detailed test
     captions, and the head's tag hit rates (``token_weights``: the run's IDF weights, to leave out words in every
-    caption)."""
+    caption). ``with_examples``: also return, for the first test images of the combined task, the model's
+    answer and the head's top 3 tags (the demo's picture)."""
     fam = get_family(family)
     model.eval()
     _, preprocess = get_transforms(model)
@@ -35,6 +40,13 @@ def evaluate_synthetic(model, num_samples: int = 500, seed: int = 0, token_weigh
         feats = model.encode_image(torch.stack([preprocess(im) for im in images]), normalize=True)
         weights = classifier_weights(lambda t: model.encode_text(t), tokenizer, classnames, templates)
         out[f"zeroshot_{task}_acc1"] = zero_shot_metrics(feats, weights, torch.tensor(labels))["acc1"]
+        if task == fam.tasks[2]:  # the picture's examples: the first test images, answer and top tags
+            answers = (feats[:N_EXAMPLES] @ weights.T).argmax(dim=-1).tolist()
+            exclude = excluded_token_ids(tokenizer, token_weights)
+            logits = model.token_logits(torch.stack([preprocess(im) for im in images[:N_EXAMPLES]]))
+            examples = [{"truth": classnames[labels[i]], "answer": classnames[a],
+                         "tags": [w for w, _ in top_tags(logits[i], tokenizer, 3, exclude)]}
+                        for i, a in enumerate(answers)]
     data = fam.dataset(num_samples, image_size=size, seed=seed + 1, split="test", detailed_prob=1.0)
     pairs = [data[i] for i in range(num_samples)]
     img = model.encode_image(torch.stack([preprocess(im) for im, _ in pairs]), normalize=True)
@@ -46,6 +58,8 @@ def evaluate_synthetic(model, num_samples: int = 500, seed: int = 0, token_weigh
     out.update(tag_hit_rates(model, [im for im, _ in pairs], [c for _, c in pairs], preprocess, tokenizer,
                              token_weights, attributes=fam.attributes))
     model.train()
+    if with_examples:
+        return out, examples
     return out
 
 
@@ -97,14 +111,97 @@ def run_demo(out_dir: Path, steps: int = 150, batch_size: int = 64, seed: int = 
         trained[name] = (trainer, history)
     weights = next((t.criterion.token_weights() for t, _ in trained.values() if t.criterion.idf_batch_size), None)
     for name, (trainer, history) in trained.items():
-        report["runs"][name] = {"config": dict(runs)[name],
-                                "metrics": evaluate_synthetic(trainer.model, eval_samples, seed, weights, family),
+        metrics, examples = evaluate_synthetic(trainer.model, eval_samples, seed, weights, family, with_examples=True)
+        report["runs"][name] = {"config": dict(runs)[name], "metrics": metrics, "examples": examples,
                                 "history": [{k: h[k] for k in ("step", "loss", "contrastive_loss", "class_loss")}
                                             for h in history]}
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     plot_demo(report, out_dir / "demo.png")
     return report
+
+
+def run_regimes(out_dir: Path, samples: int = 9600, batches: Sequence[int] = (64, 8), seed: int = 0,
+                lr: float = 2e-3, eval_samples: int = 500, family: str = "scenes",
+                on_step: Optional[Callable[[str, int, Dict], None]] = None) -> Dict:
+    """:func:`run_demo` at each batch size with the same ``samples`` seen (``out_dir/batch_B``); the combined
+    report has every regime and, per model, what each metric loses from the first batch size to each other one
+    (the quantity of the paper's Fig. 4). Writes ``out_dir/report.json`` and ``out_dir/demo.png``."""
+    out_dir = Path(out_dir)
+    report = {"settings": {"samples": samples, "batches": list(batches), "seed": seed, "lr": lr,
+                           "eval_samples": eval_samples, "family": family}, "regimes": {}, "lost": {}}
+    for batch in batches:
+        steps = max(1, samples // batch)
+        report["regimes"][f"batch {batch}"] = run_demo(
+            out_dir / f"batch_{batch}", steps=steps, batch_size=batch, seed=seed, lr=lr, eval_samples=eval_samples,
+            family=family, on_step=None if on_step is None else (lambda n, s, m, b=batch: on_step(f"{n} b{b}", s, m)))
+    first, *others = report["regimes"]
+    for other in others:
+        for name, run in report["regimes"][other]["runs"].items():
+            base = report["regimes"][first]["runs"][name]["metrics"]
+            report["lost"].setdefault(other, {})[name] = {k: base[k] - v for k, v in run["metrics"].items()}
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot_regimes(report, out_dir / "demo.png")
+    return report
+
+
+def plot_regimes(report: Dict, path: Path) -> Path:
+    """Top: each regime's training losses and test metrics; bottom: test images of the combined zero-shot task
+    with each model's answer at every batch size and SuperCLIP's top tags (from its small-batch run)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings, regimes = report["settings"], report["regimes"]
+    fam = get_family(settings["family"])
+    images = fam.zero_shot_task(fam.tasks[2], N_EXAMPLES, 64, settings["seed"])[0]
+    n = len(regimes)
+    fig = plt.figure(figsize=(4.2 * (n + 1), 8.5), dpi=110)
+    grid = fig.add_gridspec(2, max(n + 1, N_EXAMPLES), height_ratios=[1.1, 1])
+    span = max(n + 1, N_EXAMPLES) // (n + 1)
+    for j, (label, rep) in enumerate(regimes.items()):
+        ax = fig.add_subplot(grid[0, j * span:(j + 1) * span])
+        for name, run in rep["runs"].items():
+            steps = [h["step"] for h in run["history"]]
+            ax.plot(steps, [h["contrastive_loss"] for h in run["history"]], label=f"{name} contrastive")
+            if any(h["class_loss"] for h in run["history"]):
+                ax.plot(steps, [h["class_loss"] for h in run["history"]], ":", label=f"{name} class")
+        ax.set_title(f"{label}: training losses", fontsize=9), ax.set_xlabel("step"), ax.grid(alpha=.3)
+        ax.legend(fontsize=7)
+    ax = fig.add_subplot(grid[0, n * span:])
+    keys = [f"zeroshot_{t}_acc1" for t in fam.tasks] + ["image_retrieval_recall@1"]
+    bars = [(f"{name} {label.replace('batch ', 'b')}", run["metrics"]) for label, rep in regimes.items()
+            for name, run in rep["runs"].items()]
+    width = 0.8 / len(bars)
+    for j, (label, metrics) in enumerate(bars):
+        ax.bar([i + (j - (len(bars) - 1) / 2) * width for i in range(len(keys))],
+               [100 * (metrics[k] or 0) for k in keys], width, label=label)
+    ax.set_xticks(range(len(keys)))
+    ax.set_xticklabels([k.replace("zeroshot_", "").replace("_acc1", "").replace("image_retrieval_recall@1",
+                                                                                "t→i R@1") for k in keys], fontsize=8)
+    ax.set_title("test split, %", fontsize=9), ax.legend(fontsize=7), ax.grid(axis="y", alpha=.3)
+    small = list(regimes)[-1]
+    for i, image in enumerate(images):
+        ax = fig.add_subplot(grid[1, i])
+        ax.imshow(image), ax.set_xticks([]), ax.set_yticks([])
+        runs = {f"{name} {label.replace('batch ', 'b')}": run for label, rep in regimes.items()
+                for name, run in rep["runs"].items()}
+        truth = next(iter(runs.values()))["examples"][i]["truth"]
+        lines = [f"truth: {truth}"]
+        for label, run in runs.items():
+            answer = run["examples"][i]["answer"]
+            lines.append(f"{label}: {answer} {'✓' if answer == truth else '✗'}")
+        tags = regimes[small]["runs"].get("SuperCLIP", {}).get("examples", [{}] * N_EXAMPLES)[i].get("tags")
+        if tags:
+            lines.append("tags: " + ", ".join(tags))
+        ax.set_xlabel("\n".join(lines), fontsize=6.5, loc="left")
+    fig.suptitle(f"CLIP vs SuperCLIP on the {settings['family']}, {settings['samples']} samples seen per run",
+                 fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
 
 
 def plot_demo(report: Dict, path: Path) -> Path:
