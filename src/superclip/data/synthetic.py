@@ -101,8 +101,9 @@ def caption(scene: Scene, rng: random.Random, detailed: bool) -> str:
     return f"{bg}, {body}" if rng.random() < 0.5 else f"{body} {bg}"
 
 
-class SyntheticCaptions:
-    """Map-style dataset of (PIL image, caption); deterministic in (seed, split, index).
+class SeededCaptions:
+    """Map-style dataset of (PIL image, caption), deterministic in (seed, split, index): a family supplies
+    ``draw_scene(rng)``, ``render(scene, size, rng)`` and ``describe(scene, rng, detailed)``.
 
     Args:
         num_samples: length of the split.
@@ -111,6 +112,8 @@ class SyntheticCaptions:
         split: train, val or test.
         detailed_prob: probability of the detailed caption style (else short).
     """
+
+    prefix = ""  # keeps families' random streams apart
 
     def __init__(self, num_samples: int, image_size: int = 64, seed: int = 0, split: str = "train",
                  detailed_prob: float = 0.5):
@@ -123,21 +126,30 @@ class SyntheticCaptions:
     def __len__(self) -> int:
         return self.num_samples
 
-    def scene(self, index: int) -> Scene:
-        return sample_scene(random.Random(f"{self.seed}-{self.offset + index}-scene"))
+    def _rng(self, index: int, what: str) -> random.Random:
+        return random.Random(f"{self.prefix}{self.seed}-{self.offset + index}-{what}")
+
+    def scene(self, index: int):
+        return self.draw_scene(self._rng(index, "scene"))
 
     def sample(self, index: int) -> Tuple[Image.Image, str, str]:
-        """(image, short caption, detailed caption) of one scene."""
-        scene = self.scene(index)
-        rng = random.Random(f"{self.seed}-{self.offset + index}-draw")
-        image = render(scene, self.image_size, rng)
-        return image, caption(scene, rng, detailed=False), caption(scene, rng, detailed=True)
+        """(image, short caption, detailed caption) of one sample."""
+        scene, rng = self.scene(index), self._rng(index, "draw")
+        image = self.render(scene, self.image_size, rng)
+        return image, self.describe(scene, rng, detailed=False), self.describe(scene, rng, detailed=True)
 
     def __getitem__(self, index: int) -> Tuple[Image.Image, str]:
-        scene = self.scene(index)
-        rng = random.Random(f"{self.seed}-{self.offset + index}-draw")
-        image = render(scene, self.image_size, rng)
-        return image, caption(scene, rng, detailed=rng.random() < self.detailed_prob)
+        scene, rng = self.scene(index), self._rng(index, "draw")
+        image = self.render(scene, self.image_size, rng)
+        return image, self.describe(scene, rng, detailed=rng.random() < self.detailed_prob)
+
+
+class SyntheticCaptions(SeededCaptions):
+    """The scenes: one to three shapes with colour, size and position on a background."""
+
+    draw_scene = staticmethod(sample_scene)
+    render = staticmethod(render)
+    describe = staticmethod(caption)
 
 
 ZERO_SHOT_TASKS = ("shape", "colour", "colour+shape")

@@ -16,7 +16,7 @@ from typing import List, Tuple
 
 from PIL import Image, ImageDraw
 
-from .synthetic import SPLIT_OFFSET
+from .synthetic import SeededCaptions
 
 INKS = {"crimson": (190, 20, 60), "navy": (25, 35, 120), "olive": (115, 125, 25), "violet": (150, 85, 225),
         "amber": (245, 175, 20), "cyan": (30, 195, 215)}
@@ -106,34 +106,13 @@ def texture_caption(t: Texture, rng: random.Random, detailed: bool) -> str:
     return " ".join(first + parts[2:])
 
 
-class SyntheticTextures:
-    """Map-style dataset of (PIL image, caption), the textures' counterpart of ``SyntheticCaptions``."""
+class SyntheticTextures(SeededCaptions):
+    """The textures as (PIL image, caption), the counterpart of the scenes' ``SyntheticCaptions``."""
 
-    def __init__(self, num_samples: int, image_size: int = 64, seed: int = 0, split: str = "train",
-                 detailed_prob: float = 0.5):
-        self.num_samples = num_samples
-        self.image_size = image_size
-        self.seed = seed
-        self.offset = SPLIT_OFFSET[split]
-        self.detailed_prob = detailed_prob
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def scene(self, index: int) -> Texture:
-        return sample_texture(random.Random(f"textures-{self.seed}-{self.offset + index}-scene"))
-
-    def sample(self, index: int) -> Tuple[Image.Image, str, str]:
-        t = self.scene(index)
-        rng = random.Random(f"textures-{self.seed}-{self.offset + index}-draw")
-        image = render_texture(t, self.image_size, rng)
-        return image, texture_caption(t, rng, detailed=False), texture_caption(t, rng, detailed=True)
-
-    def __getitem__(self, index: int) -> Tuple[Image.Image, str]:
-        t = self.scene(index)
-        rng = random.Random(f"textures-{self.seed}-{self.offset + index}-draw")
-        image = render_texture(t, self.image_size, rng)
-        return image, texture_caption(t, rng, detailed=rng.random() < self.detailed_prob)
+    prefix = "textures-"
+    draw_scene = staticmethod(sample_texture)
+    render = staticmethod(render_texture)
+    describe = staticmethod(texture_caption)
 
 
 TEXTURE_TASKS = ("pattern", "ink", "ink+pattern")
