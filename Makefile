@@ -1,26 +1,32 @@
-# The README's commands. `make setup` builds .venv/ at the repository root (editable install + test extras).
+# The README's commands. `make setup` builds .venv/ at the repository root (editable install; `make test` adds the
+# test extras: pytest, tensorboard and the transformers / ONNX exporters).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 
 .PHONY: setup demo test bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e .
 	touch $(STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(TEST_STAMP)
 
 setup: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/superclip demo
 
-test: $(STAMP)
+test: $(TEST_STAMP)
 	$(BIN)/python -m pytest
 
-bench: $(STAMP)
+bench: $(TEST_STAMP)
 	$(BIN)/pip install --quiet pandas webdataset  # open_clip_train's CSV loader; the baseline of data_throughput
 	$(BIN)/python bench/loss_memory.py
 	$(BIN)/python bench/cls_overhead.py

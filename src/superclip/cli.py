@@ -233,8 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("demo", help="CLIP vs SuperCLIP on synthetic data, at a larger and a small batch")
-    p.add_argument("--samples", type=int, default=9600, help="samples seen by every run")
-    p.add_argument("--batches", type=int, nargs="+", default=[64, 8], help="batch sizes (the first is the "
+    p.add_argument("--samples", type=int, default=4800, help="samples seen by every run")
+    p.add_argument("--batches", type=int, nargs="+", default=[32, 8], help="batch sizes (the first is the "
                                                                             "reference of 'lost')")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)

@@ -121,7 +121,7 @@ def run_demo(out_dir: Path, steps: int = 150, batch_size: int = 64, seed: int = 
     return report
 
 
-def run_regimes(out_dir: Path, samples: int = 9600, batches: Sequence[int] = (64, 8), seed: int = 0,
+def run_regimes(out_dir: Path, samples: int = 4800, batches: Sequence[int] = (32, 8), seed: int = 0,
                 lr: float = 2e-3, eval_samples: int = 500, family: str = "scenes",
                 on_step: Optional[Callable[[str, int, Dict], None]] = None) -> Dict:
     """:func:`run_demo` at each batch size with the same ``samples`` seen (``out_dir/batch_B``); the combined
