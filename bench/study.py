@@ -110,6 +110,20 @@ def main():
             lines.append(f"| {group} | {name} | {m} | " + " | ".join(
                 f"{a:.1f} vs {b:.1f} ({g:+.1f})" for a, b, g in zip(vals[m], base[m], gaps)) +
                 f" | {sum(g > 0 for g in gaps)} of {len(gaps)} |")
+    groups = list(dict.fromkeys(g for g, _ in rows))
+    if args.study == "batch" and len(groups) > 1:  # the paper's Fig. 4 quantity
+        names = [n for g, n in rows if g == groups[0]]
+        lines += ["", f"Lost going from {groups[0]} to each smaller batch (same samples seen), points, mean ± std over "
+                  "seeds (per seed in brackets):", "",
+                  "| to | run | " + " | ".join(paired) + " |", "|---|---|" + "---|" * len(paired)]
+        for group in groups[1:]:
+            for name in names:
+                big, small = rows[(groups[0], name)], rows[(group, name)]
+                cells = []
+                for m in paired:
+                    lost = [a - b for a, b in zip(big[m], small[m])]
+                    cells.append(fmt(lost) + " (" + " / ".join(f"{x:.1f}" for x in lost) + ")")
+                lines.append(f"| {group} | {name} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     print(table)
     out.mkdir(parents=True, exist_ok=True)
