@@ -21,6 +21,8 @@ VARIANTS = {
     "local-loss": dict(batch_size=8, local_loss=True),
     "class-only": dict(batch_size=8, contrastive="none"),
     "clip-lambda0": dict(batch_size=8, cls_loss_weight=0.0),
+    "lit-image": dict(batch_size=8, lock_image=True, lock_image_unlocked_groups=1),
+    "lock-text": dict(batch_size=8, lock_text=True),
 }
 
 
