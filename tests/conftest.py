@@ -1,4 +1,5 @@
 import copy
+import shutil
 
 import pytest
 import torch
@@ -17,6 +18,22 @@ TINY_CFG = {
 @pytest.fixture
 def tiny_cfg():
     return copy.deepcopy(TINY_CFG)
+
+
+@pytest.fixture(scope="module")
+def module_tmp(request, tmp_path_factory):
+    """``module_tmp(name)``: a folder for runs a module's tests share, removed once the module is done unless one of
+    its tests failed (a Tiny checkpoint is 79 MB; kept until the session ends, these filled CI's disk)."""
+    made, failed = [], request.session.testsfailed
+
+    def mk(name):
+        made.append(tmp_path_factory.mktemp(name))
+        return made[-1]
+
+    yield mk
+    if request.session.testsfailed == failed:
+        for path in made:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

@@ -8,8 +8,8 @@ from .bad_inputs import CASES, SAMPLE_CASES, workspace, write_sample_case
 
 
 @pytest.fixture(scope="module")
-def ws(tmp_path_factory):
-    return workspace(tmp_path_factory.mktemp("bad_inputs"))
+def ws(module_tmp):
+    return workspace(module_tmp("bad_inputs"))
 
 
 def _run(argv, capsys):

@@ -78,9 +78,9 @@ def _assert_same_final_state(a, b):
 
 
 @pytest.fixture(scope="module")
-def straight(tmp_path_factory):
+def straight(module_tmp):
     """The uninterrupted run, and the folder the interrupted ones share with it."""
-    tmp_path = tmp_path_factory.mktemp("faults")
+    tmp_path = module_tmp("faults")
     with open(tmp_path / "straight.log", "w") as log:
         assert _start(_args(tmp_path, "straight"), log).wait(timeout=300) == 0
     return tmp_path, _final_state(tmp_path / "logs" / "straight")

@@ -50,8 +50,8 @@ def _weights(tmp_path, name):
 
 
 @pytest.fixture(scope="module")
-def two_process_runs(tmp_path_factory):
-    tmp_path = tmp_path_factory.mktemp("exact")
+def two_process_runs(module_tmp):
+    tmp_path = module_tmp("exact")
     run_ranks(_train_variants, tmp_path, timeout=600)
     return tmp_path
 
@@ -122,8 +122,8 @@ def _train_with_evaluation(rank, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def runs_with_evaluation(tmp_path_factory):
-    tmp_path = tmp_path_factory.mktemp("evaluation")
+def runs_with_evaluation(module_tmp):
+    tmp_path = module_tmp("evaluation")
     _write_eval_data(tmp_path)
     run_ranks(_train_with_evaluation, tmp_path, timeout=600)
     return tmp_path

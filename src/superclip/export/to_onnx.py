@@ -56,12 +56,12 @@ def export_onnx(model: SuperCLIP, out_dir, opset: int = 18) -> Path:
     try:
         out.mkdir(parents=True, exist_ok=True)
         with torch.no_grad():
-            torch.onnx.export(_ImageEncoder(model), (torch.randn(2, 3, *size),), str(out / "image_encoder.onnx"),
+            torch.onnx.export(_ImageEncoder(model).eval(), (torch.randn(2, 3, *size),), str(out / "image_encoder.onnx"),
                               input_names=["pixel_values"], output_names=["image_embeds", "token_logits"],
                               dynamic_shapes={"pixel_values": {0: batch}}, dynamo=True, opset_version=opset,
                               verbose=False)
             ids = torch.zeros(2, model.context_length, dtype=torch.long)
-            torch.onnx.export(_TextEncoder(model), (ids,), str(out / "text_encoder.onnx"), input_names=["input_ids"],
+            torch.onnx.export(_TextEncoder(model).eval(), (ids,), str(out / "text_encoder.onnx"), input_names=["input_ids"],
                               output_names=["text_embeds"], dynamic_shapes={"input_ids": {0: batch}}, dynamo=True,
                               opset_version=opset, verbose=False)
         meta = {"image_size": list(size), "context_length": model.context_length, "vocab_size": model.vocab_size,
