@@ -61,9 +61,9 @@ def export_onnx(model: SuperCLIP, out_dir, opset: int = 18) -> Path:
                               dynamic_shapes={"pixel_values": {0: batch}}, dynamo=True, opset_version=opset,
                               verbose=False)
             ids = torch.zeros(2, model.context_length, dtype=torch.long)
-            torch.onnx.export(_TextEncoder(model).eval(), (ids,), str(out / "text_encoder.onnx"), input_names=["input_ids"],
-                              output_names=["text_embeds"], dynamic_shapes={"input_ids": {0: batch}}, dynamo=True,
-                              opset_version=opset, verbose=False)
+            torch.onnx.export(_TextEncoder(model).eval(), (ids,), str(out / "text_encoder.onnx"),
+                              input_names=["input_ids"], output_names=["text_embeds"],
+                              dynamic_shapes={"input_ids": {0: batch}}, dynamo=True, opset_version=opset, verbose=False)
         meta = {"image_size": list(size), "context_length": model.context_length, "vocab_size": model.vocab_size,
                 "logit_scale": float(model.logit_scale.detach().exp().reshape(())),
                 "logit_bias": None if model.logit_bias is None else float(model.logit_bias.detach().reshape(())),
