@@ -5,11 +5,14 @@
     python bench/study.py lambda    [--seeds 0 1 2]   # λ in 0, 0.5, 1, 2 and IDF off (Tables 9, 10)
     python bench/study.py captions  [--seeds 0 1 2]   # detailed captions only: CLIP vs SuperCLIP (Table 5)
     python bench/study.py batch --batches 8 --family textures --seeds 0 1 2 3 4   # on the second family
+    python bench/study.py batch --batches 8 --vary init   # the seeds vary the initial weights only (data: seed 0)
+    python bench/study.py batch --batches 8 --vary data   # ... the data only (samples, order, captions, test set)
 
 Each writes runs/study-NAME/{report.json, table.md, study.png} and prints the table: mean ± std over seeds
 of every test metric, then per seed: each run's fine-grained, coarse and retrieval figures, the paired gap
 against the group's first run and in how many seeds it is ahead. Common options: --family (scenes, textures),
---batch-size, --samples (samples seen per run; the batch study keeps it fixed), --out.
+--batch-size, --samples (samples seen per run; the batch study keeps it fixed), --lr, --warmup-share (of the
+steps, default 0.1), --vary (what a seed changes: both, init, data), --out.
 """
 import argparse
 import json
@@ -59,6 +62,10 @@ def main():
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--eval-samples", type=int, default=500)
     p.add_argument("--family", default="scenes", choices=sorted(FAMILIES))
+    p.add_argument("--warmup-share", type=float, default=0.1, help="warm-up steps as a share of the run's steps")
+    p.add_argument("--vary", default="both", choices=("both", "init", "data"),
+                   help="what a seed changes: initial weights and data (both), the initial weights only (data seed "
+                        "0), the data only (weights seed 0)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     family = FAMILIES[args.family]
@@ -69,10 +76,12 @@ def main():
         for seed in args.seeds:
             steps = args.samples // batch
             run_dir = out / f"{group.replace(' ', '_')}-seed{seed}"
-            settings = {"model": "SuperCLIP-Tiny", "steps": steps, "batch_size": batch, "seed": seed,
-                        "lr": args.lr, "eval_samples": args.eval_samples,
+            settings = {"model": "SuperCLIP-Tiny", "steps": steps, "batch_size": batch,
+                        "seed": 0 if args.vary == "data" else seed, "lr": args.lr, "eval_samples": args.eval_samples,
                         "long_caption_ratio": 0.5 if long_ratio is None else long_ratio,
-                        **({"family": args.family} if args.family != "scenes" else {})}
+                        **({"family": args.family} if args.family != "scenes" else {}),
+                        **({"data_seed": {"init": 0, "data": seed}[args.vary]} if args.vary != "both" else {}),
+                        **({"warmup": max(1, round(args.warmup_share * steps))} if args.warmup_share != 0.1 else {})}
             report = finished(run_dir, settings, runs)
             if report is None:
                 report = run_demo(run_dir, runs=runs, **{k: v for k, v in settings.items() if k != "model"})
@@ -85,8 +94,10 @@ def main():
     metrics = list(next(iter(rows.values())))
     fmt = lambda v: f"{statistics.mean(v):.1f} ± {statistics.stdev(v) if len(v) > 1 else 0:.1f}"  # noqa: E731
     paired = (f"zeroshot_{family.coarse}_acc1", f"zeroshot_{family.fine}_acc1", "image_retrieval_recall@1",
-              "text_retrieval_recall@1")
-    lines = [f"Study `{args.study}` on the {args.family}: {args.samples} samples seen per run, seeds {args.seeds}; "
+              "text_retrieval_recall@1", f"zeroshot_{family.tasks[2]}_acc1")
+    varied = {"both": "", "init": " (initial weights only; data seed 0)", "data": " (data only; weights seed 0)"}
+    lines = [f"Study `{args.study}` on the {args.family}: {args.samples} samples seen per run, lr {args.lr:g}, "
+             f"warm-up {args.warmup_share:.0%} of the steps, seeds {args.seeds}{varied[args.vary]}; "
              "test split, %, mean ± std over seeds", "",
              "| setting | run | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
     for (group, name), vals in rows.items():

@@ -241,3 +241,20 @@ def test_torchcompile_trains_like_eager_and_reports_compile_time(tmp_path):
     assert trainer.compile_seconds is not None and "compile_seconds" in compiled[0]
     state = torch.load(tmp_path / "logs" / "compiled" / "checkpoints" / "epoch_latest.pt", weights_only=True)
     assert set(state["model"]) == set(Trainer(_cfg(tmp_path, name="keys")).model.state_dict())
+
+
+def test_data_seed_varies_the_data_alone(tmp_path):
+    """--data-seed: the data (synthetic samples, order, caption choice) follows it, the initial weights --seed."""
+    def first_batch_and_weights(**kw):
+        trainer = Trainer(_cfg(tmp_path, name="-".join(f"{k}{v}" for k, v in kw.items()), **kw))
+        images, texts = next(iter(trainer._loader()))[:2]
+        return images, texts, {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+    split = first_batch_and_weights(seed=0, data_seed=1)
+    data_of_1 = first_batch_and_weights(seed=1)
+    weights_of_0 = first_batch_and_weights(seed=0)
+    assert torch.equal(split[0], data_of_1[0]) and torch.equal(split[1], data_of_1[1])
+    assert not torch.equal(split[0], weights_of_0[0])
+    assert all(torch.equal(split[2][k], weights_of_0[2][k]) for k in split[2])
+    assert not torch.equal(split[2]["clip.visual.conv1.weight"], data_of_1[2]["clip.visual.conv1.weight"])
+    assert TrainConfig(data_seed=None, seed=3).seed_of_data == 3

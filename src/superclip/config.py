@@ -151,7 +151,11 @@ class TrainConfig:
     use_bn_sync: bool = field(default=False, metadata={"help": "SyncBatchNorm across processes (BatchNorm towers)"})
     grad_clip_norm: Optional[float] = field(default=None, metadata={"help": "clip gradients to this norm"})
     precision: str = field(default="fp32", metadata={"help": f"one of {PRECISIONS}"})
-    seed: int = field(default=0, metadata={"help": "random seed"})
+    seed: int = field(default=0, metadata={"help": "random seed (initial weights, dropout; also the data unless "
+                                                       "--data-seed is given)"})
+    data_seed: Optional[int] = field(default=None, metadata={
+        "help": "seed of the data alone: synthetic samples, shuffle order, caption choice, shard order (default: "
+                "--seed), to vary the initial weights and the data independently"})
     device: Optional[str] = field(default=None, metadata={"help": "cpu, cuda, cuda:N (default: cuda if any)"})
     torchcompile: bool = field(default=False, metadata={"help": "torch.compile the model (first step slower)"})
     fsdp: bool = field(default=False, metadata={"help": "shard the model with FSDP2 (fully_shard) instead of DDP"})
@@ -229,6 +233,10 @@ class TrainConfig:
             self.contrastive = "siglip"
         if self.precision == "amp_bfloat16":  # the released YAML's spelling
             self.precision = "amp_bf16"
+
+    @property
+    def seed_of_data(self) -> int:
+        return self.seed if self.data_seed is None else self.data_seed
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)

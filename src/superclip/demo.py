@@ -89,20 +89,25 @@ def run_demo(out_dir: Path, steps: int = 150, batch_size: int = 64, seed: int = 
              eval_samples: int = 500, model: str = "SuperCLIP-Tiny",
              on_step: Optional[Callable[[str, int, Dict], None]] = None,
              runs: Sequence[Tuple[str, Dict]] = DEFAULT_RUNS, long_caption_ratio: Optional[float] = 0.5,
-             family: str = "scenes") -> Dict:
+             family: str = "scenes", data_seed: Optional[int] = None, warmup: Optional[int] = None) -> Dict:
     """Train each run (name, TrainConfig overrides) with identical seed, data, steps and batch, evaluate all,
     write report.json and demo.png. Training captions: short or detailed, detailed with ``long_caption_ratio``.
+    ``data_seed``: seeds the training and test data apart from the initial weights (``seed``); ``warmup``: steps
+    (default a tenth of them).
 
     The tagger's excluded words come from the first run that kept IDF statistics, the same for every run.
     """
     out_dir = Path(out_dir)
     report = {"settings": {"model": model, "steps": steps, "batch_size": batch_size, "seed": seed, "lr": lr,
                            "eval_samples": eval_samples, "long_caption_ratio": long_caption_ratio,
-                           **({"family": family} if family != "scenes" else {})}, "runs": {}}
+                           **({"family": family} if family != "scenes" else {}),
+                           **({"data_seed": data_seed} if data_seed is not None else {}),
+                           **({"warmup": warmup} if warmup is not None else {})}, "runs": {}}
     trained = {}
     for name, overrides in runs:
         base = dict(model=model, dataset_type=f"synthetic-{family}", train_num_samples=steps * batch_size,
-                    batch_size=batch_size, epochs=1, lr=lr, warmup=max(1, steps // 10), seed=seed,
+                    batch_size=batch_size, epochs=1, lr=lr, warmup=max(1, steps // 10) if warmup is None else warmup,
+                    seed=seed, data_seed=data_seed,
                     long_caption_ratio=long_caption_ratio, logs=str(out_dir), name=name.lower(),
                     log_every_n_steps=1, progress=False, resume="latest")  # an interrupted demo continues
         trainer = Trainer(TrainConfig(**{**base, **overrides}))
@@ -111,7 +116,8 @@ def run_demo(out_dir: Path, steps: int = 150, batch_size: int = 64, seed: int = 
         trained[name] = (trainer, history)
     weights = next((t.criterion.token_weights() for t, _ in trained.values() if t.criterion.idf_batch_size), None)
     for name, (trainer, history) in trained.items():
-        metrics, examples = evaluate_synthetic(trainer.model, eval_samples, seed, weights, family, with_examples=True)
+        metrics, examples = evaluate_synthetic(trainer.model, eval_samples, seed if data_seed is None else data_seed,
+                                               weights, family, with_examples=True)
         report["runs"][name] = {"config": dict(runs)[name], "metrics": metrics, "examples": examples,
                                 "history": [{k: h[k] for k in ("step", "loss", "contrastive_loss", "class_loss")}
                                             for h in history]}

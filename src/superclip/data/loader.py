@@ -249,7 +249,7 @@ def build_train_dataset(cfg, transform: Callable, tokenizer: Callable, image_siz
     """The training data named by the config: a map-style dataset (CSV/TSV, synthetic) or a shard stream."""
     kind = dataset_kind(cfg)
     policy = CaptionPolicy(cfg.contrastive_caption, cfg.class_caption, cfg.long_caption_ratio)
-    encoder = SampleEncoder(transform, tokenizer, policy, seed=cfg.seed)
+    encoder = SampleEncoder(transform, tokenizer, policy, seed=cfg.seed_of_data)
     if kind == "webdataset":
         from .webdataset import ShardStream, expand_sources
 
@@ -261,14 +261,14 @@ def build_train_dataset(cfg, transform: Callable, tokenizer: Callable, image_siz
             raise ConfigError("a long caption is asked for: name it with --long-caption-key (e.g. long.txt)")
         sources = expand_sources(cfg.train_data)
         weights = upsampling_factors(cfg, len(sources))
-        stream = ShardStream(sources, seed=cfg.seed, rank=rank, world_size=world_size, workers=cfg.workers,
+        stream = ShardStream(sources, seed=cfg.seed_of_data, rank=rank, world_size=world_size, workers=cfg.workers,
                              resampled=cfg.dataset_resampled, weights=weights)
         return ImageTextStream(stream, encoder, cfg.wds_caption_key, cfg.long_caption_key if policy.needs_long else None)
     if kind.startswith("synthetic"):
         from .families import get_family
 
         family = get_family(kind)
-        source = SyntheticPairs(family.dataset(cfg.train_num_samples or 10_000, image_size=image_size, seed=cfg.seed))
+        source = SyntheticPairs(family.dataset(cfg.train_num_samples or 10_000, image_size=image_size, seed=cfg.seed_of_data))
     elif kind == "csv":
         if not cfg.train_data:
             raise ConfigError("--train-data is required for --dataset-type csv")

@@ -198,7 +198,7 @@ class Trainer:
             self.sampler = None
             self.steps_per_epoch = cfg.train_num_samples // (self.step_batch * self.world_size)
         else:
-            self.sampler = ResumableSampler(len(self.dataset), cfg.seed, self.rank, self.world_size)
+            self.sampler = ResumableSampler(len(self.dataset), cfg.seed_of_data, self.rank, self.world_size)
             self.steps_per_epoch = self.sampler.per_rank() // self.step_batch
         if self.steps_per_epoch == 0:
             raise ConfigError(f"an epoch of {cfg.train_num_samples or len(self.dataset)} samples is shorter than one "
@@ -238,7 +238,7 @@ class Trainer:
         # would otherwise be the global one that dropout draws from (a resumed run would draw one more time)
         return DataLoader(self.dataset, batch_size=self.step_batch, sampler=self.sampler, drop_last=True,
                           num_workers=self.cfg.workers, collate_fn=collate,
-                          generator=torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + p.epoch),
+                          generator=torch.Generator().manual_seed(self.cfg.seed_of_data * 1_000_003 + p.epoch),
                           worker_init_fn=ignore_stop_signals if self.cfg.workers else None,
                           pin_memory=self.device.type == "cuda", persistent_workers=False,
                           prefetch_factor=4 if self.cfg.workers else None)
