@@ -261,9 +261,10 @@ def folder_weights(folder: Path) -> Path:
     raise CheckpointError(f"model folder {folder} has no weights ({' or '.join(hub.FOLDER_WEIGHTS)})")
 
 
-def read_head_file(folder: Path) -> tuple[dict[str, Any] | None, dict[str, torch.Tensor] | None,
-                                          dict[str, torch.Tensor] | None]:
-    """(our model config, head state dict, loss statistics) from a folder's head file; Nones without one."""
+def read_head_file(folder: Path, tensors: bool = True) -> tuple[dict[str, Any] | None, dict[str, torch.Tensor] | None,
+                                                               dict[str, torch.Tensor] | None]:
+    """(our model config, head state dict, loss statistics) from a folder's head file; Nones without one.
+    ``tensors=False``: the config alone (the file's metadata; no tensor is read)."""
     from safetensors import safe_open
 
     path = folder / hub.HEAD_FILE
@@ -272,7 +273,7 @@ def read_head_file(folder: Path) -> tuple[dict[str, Any] | None, dict[str, torch
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
+            tensors = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}
         config = json.loads(meta["superclip_config"]) if "superclip_config" in meta else None
     except Exception as e:  # a truncated or foreign file
         raise CheckpointError(f"cannot read {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") \
@@ -285,7 +286,7 @@ def read_head_file(folder: Path) -> tuple[dict[str, Any] | None, dict[str, torch
 def folder_config(folder: Path) -> dict[str, Any]:
     """The model config of a model folder: ours from the head file, else open_clip's ``model_cfg`` (+ its
     preprocessing) as a SuperCLIP config with the CLIP vocabulary."""
-    config = read_head_file(folder)[0]
+    config = read_head_file(folder, tensors=False)[0]
     if config is not None:
         return config
     try:
