@@ -1,6 +1,7 @@
 import json
 import os
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 from PIL import Image
@@ -24,13 +25,17 @@ def _cfg(tmp_path, **kw):
     return TrainConfig(**base)
 
 
-def test_resume_continues_exactly(tmp_path):
-    straight = Trainer(_cfg(tmp_path, name="straight")).fit()
-    first = Trainer(_cfg(tmp_path, name="resumed", max_steps=5)).fit()
+@pytest.mark.parametrize("schedule", [{}, {"lr_scheduler": "const-cooldown", "epochs_cooldown": 1,
+                                           "lr_cooldown_end": 1e-4, "lr_cooldown_power": 2.0}],
+                         ids=["cosine", "const-cooldown"])
+def test_resume_continues_exactly(tmp_path, schedule):
+    straight = Trainer(_cfg(tmp_path, name="straight", **schedule)).fit()
+    first = Trainer(_cfg(tmp_path, name="resumed", max_steps=5, **schedule)).fit()
     assert len(first) == 5
-    second = Trainer(_cfg(tmp_path, name="resumed", resume="latest")).fit()
+    second = Trainer(_cfg(tmp_path, name="resumed", resume="latest", **schedule)).fit()
     resumed = first + second
     assert [h["step"] for h in resumed] == [h["step"] for h in straight] == list(range(1, 17))
+    assert straight[-1]["lr"] < straight[7]["lr"] / 2  # the schedule decays in the second epoch
     for a, b in zip(straight, resumed):
         for key in ("loss", "contrastive_loss", "class_loss", "lr"):
             assert abs(a[key] - b[key]) <= 1e-6, (a["step"], key, a[key], b[key])
