@@ -58,7 +58,7 @@ def test_demo_end_to_end_in_seconds(tmp_path, capsys):
         assert report["lost"]["batch 4"][name] == {k: big[k] - small[k] for k in big}
     assert (tmp_path / "demo.png").stat().st_size > 30_000
     out = capsys.readouterr().out
-    assert "zero-shot colour+shape" in out and "lost at b4: CLIP" in out
+    assert "zero-shot colour+shape" in out and "lost at b4: CLIP" in out and "One seed, one draw" in out
 
 
 def test_data_synth_writes_shards_that_train(tmp_path, capsys):
