@@ -268,7 +268,8 @@ def build_train_dataset(cfg, transform: Callable, tokenizer: Callable, image_siz
         from .families import get_family
 
         family = get_family(kind)
-        source = SyntheticPairs(family.dataset(cfg.train_num_samples or 10_000, image_size=image_size, seed=cfg.seed_of_data))
+        source = SyntheticPairs(family.dataset(cfg.train_num_samples or 10_000, image_size=image_size,
+                                               seed=cfg.seed_of_data))
     elif kind == "csv":
         if not cfg.train_data:
             raise ConfigError("--train-data is required for --dataset-type csv")
