@@ -23,6 +23,7 @@ VARIANTS = {
     "clip-lambda0": dict(batch_size=8, cls_loss_weight=0.0),
     "lit-image": dict(batch_size=8, lock_image=True, lock_image_unlocked_groups=1),
     "lock-text": dict(batch_size=8, lock_text=True),
+    "data-seed": dict(batch_size=8, data_seed=7),
 }
 
 

@@ -26,8 +26,8 @@ def _cfg(tmp_path, **kw):
 
 
 @pytest.mark.parametrize("schedule", [{}, {"lr_scheduler": "const-cooldown", "epochs_cooldown": 1,
-                                           "lr_cooldown_end": 1e-4, "lr_cooldown_power": 2.0}],
-                         ids=["cosine", "const-cooldown"])
+                                           "lr_cooldown_end": 1e-4, "lr_cooldown_power": 2.0}, {"data_seed": 5}],
+                         ids=["cosine", "const-cooldown", "data-seed"])
 def test_resume_continues_exactly(tmp_path, schedule):
     straight = Trainer(_cfg(tmp_path, name="straight", **schedule)).fit()
     first = Trainer(_cfg(tmp_path, name="resumed", max_steps=5, **schedule)).fit()
