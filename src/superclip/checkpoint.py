@@ -273,13 +273,13 @@ def read_head_file(folder: Path, tensors: bool = True) -> tuple[dict[str, Any] |
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}
+            read = {k: f.get_tensor(k) for k in f.keys()} if tensors else {}
         config = json.loads(meta["superclip_config"]) if "superclip_config" in meta else None
     except Exception as e:  # a truncated or foreign file
         raise CheckpointError(f"cannot read {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") \
             from None
-    head = {k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")}
-    stats = {k[len("loss."):]: v for k, v in tensors.items() if k.startswith("loss.")}
+    head = {k[len("head."):]: v for k, v in read.items() if k.startswith("head.")}
+    stats = {k[len("loss."):]: v for k, v in read.items() if k.startswith("loss.")}
     return config, head, stats or None
 
 

@@ -116,8 +116,8 @@ def run_demo(out_dir: Path, steps: int = 150, batch_size: int = 64, seed: int = 
         trained[name] = (trainer, history)
     weights = next((t.criterion.token_weights() for t, _ in trained.values() if t.criterion.idf_batch_size), None)
     for name, (trainer, history) in trained.items():
-        metrics, examples = evaluate_synthetic(trainer.model, eval_samples, seed if data_seed is None else data_seed,
-                                               weights, family, with_examples=True)
+        metrics, examples = evaluate_synthetic(trainer.model, eval_samples, trainer.cfg.seed_of_data, weights, family,
+                                               with_examples=True)
         report["runs"][name] = {"config": dict(runs)[name], "metrics": metrics, "examples": examples,
                                 "history": [{k: h[k] for k in ("step", "loss", "contrastive_loss", "class_loss")}
                                             for h in history]}
