@@ -38,8 +38,8 @@ def test_zero_shot_metrics_definitions():
 
 
 def test_demo_end_to_end_in_seconds(tmp_path, capsys):
-    assert cli.main(["demo", "--samples", "24", "--batches", "8", "4", "--eval-samples", "12", "--out",
-                     str(tmp_path)]) == 0
+    assert cli.main(["demo", "--family", "scenes", "--samples", "24", "--batches", "8", "4", "--eval-samples", "12",
+                     "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "report.json").read_text())
     assert list(report["regimes"]) == ["batch 8", "batch 4"]
     for label, steps in (("batch 8", 3), ("batch 4", 6)):

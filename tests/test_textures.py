@@ -85,12 +85,13 @@ def test_zero_shot_tasks_and_family_registry():
 
 
 def test_demo_on_textures_end_to_end_in_seconds(tmp_path, capsys):
-    assert cli.main(["demo", "--family", "textures", "--samples", "24", "--batches", "8", "4", "--eval-samples", "12",
+    # no --family, no --lr: the demo's defaults are the textures at lr 5e-4 (the README's 5-seed tables)
+    assert cli.main(["demo", "--samples", "24", "--batches", "8", "4", "--eval-samples", "12",
                      "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "report.json").read_text())
-    assert report["settings"]["family"] == "textures"
+    assert report["settings"]["family"] == "textures" and report["settings"]["lr"] == 5e-4
     for regime in report["regimes"].values():
-        assert regime["settings"]["family"] == "textures"
+        assert regime["settings"]["family"] == "textures" and regime["settings"]["lr"] == 5e-4
         for run in regime["runs"].values():
             assert set(run["metrics"]) >= {"zeroshot_pattern_acc1", "zeroshot_ink_acc1", "zeroshot_ink+pattern_acc1",
                                            "image_retrieval_recall@1", "tag@5_attribute_word"}

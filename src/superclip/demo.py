@@ -19,6 +19,13 @@ from .train.trainer import Trainer
 
 
 N_EXAMPLES = 6
+# The demo's learning rate: at 2e-3 batch-8 training on these toy families is chaotic (one seed's CLIP-SuperCLIP
+# colour gap ranged -34 to +55 points over 13 runs); at 5e-4 every seed lands within a few points of the others
+# (README, "Demo": the 5-seed tables and the lr sweep behind this choice).
+DEMO_LR = 5e-4
+# The demo's family: at DEMO_LR SuperCLIP is ahead on the textures' fine-grained ink+pattern task in every one of 5
+# seeds at batch 8, while on the scenes the two models are level (README, "Demo").
+DEMO_FAMILY = "textures"
 
 
 @torch.no_grad()
@@ -85,7 +92,7 @@ def tag_hit_rates(model, images, captions, preprocess, tokenizer, token_weights=
 DEFAULT_RUNS = (("CLIP", {"cls_loss_weight": 0.0}), ("SuperCLIP", {"cls_loss_weight": 1.0}))
 
 
-def run_demo(out_dir: Path, steps: int = 150, batch_size: int = 64, seed: int = 0, lr: float = 2e-3,
+def run_demo(out_dir: Path, steps: int = 150, batch_size: int = 64, seed: int = 0, lr: float = DEMO_LR,
              eval_samples: int = 500, model: str = "SuperCLIP-Tiny",
              on_step: Optional[Callable[[str, int, Dict], None]] = None,
              runs: Sequence[Tuple[str, Dict]] = DEFAULT_RUNS, long_caption_ratio: Optional[float] = 0.5,
@@ -128,7 +135,7 @@ def run_demo(out_dir: Path, steps: int = 150, batch_size: int = 64, seed: int = 
 
 
 def run_regimes(out_dir: Path, samples: int = 4800, batches: Sequence[int] = (32, 8), seed: int = 0,
-                lr: float = 2e-3, eval_samples: int = 500, family: str = "scenes",
+                lr: float = DEMO_LR, eval_samples: int = 500, family: str = DEMO_FAMILY,
                 on_step: Optional[Callable[[str, int, Dict], None]] = None) -> Dict:
     """:func:`run_demo` at each batch size with the same ``samples`` seen (``out_dir/batch_B``); the combined
     report has every regime and, per model, what each metric loses from the first batch size to each other one
@@ -163,7 +170,7 @@ def plot_regimes(report: Dict, path: Path) -> Path:
     fam = get_family(settings["family"])
     images = fam.zero_shot_task(fam.tasks[2], N_EXAMPLES, 64, settings["seed"])[0]
     n = len(regimes)
-    fig = plt.figure(figsize=(4.2 * (n + 1), 8.5), dpi=110)
+    fig = plt.figure(figsize=(max(4.2 * (n + 1), 2.5 * N_EXAMPLES), 8.5), dpi=110)  # room for the answers
     grid = fig.add_gridspec(2, max(n + 1, N_EXAMPLES), height_ratios=[1.1, 1])
     span = max(n + 1, N_EXAMPLES) // (n + 1)
     for j, (label, rep) in enumerate(regimes.items()):
@@ -202,8 +209,8 @@ def plot_regimes(report: Dict, path: Path) -> Path:
         if tags:
             lines.append("tags: " + ", ".join(tags))
         ax.set_xlabel("\n".join(lines), fontsize=6.5, loc="left")
-    fig.suptitle(f"CLIP vs SuperCLIP on the {settings['family']}, {settings['samples']} samples seen per run",
-                 fontsize=11)
+    fig.suptitle(f"CLIP vs SuperCLIP on the {settings['family']}, {settings['samples']} samples seen per run, "
+                 f"lr {settings['lr']:g}, seed {settings['seed']}", fontsize=11)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
