@@ -12,7 +12,8 @@ Each writes runs/study-NAME/{report.json, table.md, study.png} and prints the ta
 of every test metric, then per seed: each run's fine-grained, coarse and retrieval figures, the paired gap
 against the group's first run and in how many seeds it is ahead. Common options: --family (scenes, textures),
 --batch-size, --samples (samples seen per run; the batch study keeps it fixed), --lr, --warmup-share (of the
-steps, default 0.1), --vary (what a seed changes: both, init, data), --out.
+steps, default 0.1), --vary (what a seed changes: both, init, data), --model (a config name or JSON path:
+the tower size), --out.
 """
 import argparse
 import json
@@ -66,6 +67,7 @@ def main():
     p.add_argument("--vary", default="both", choices=("both", "init", "data"),
                    help="what a seed changes: initial weights and data (both), the initial weights only (data seed "
                         "0), the data only (weights seed 0)")
+    p.add_argument("--model", default="SuperCLIP-Tiny", help="model config name or JSON path (the tower size)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     family = FAMILIES[args.family]
@@ -76,7 +78,7 @@ def main():
         for seed in args.seeds:
             steps = args.samples // batch
             run_dir = out / f"{group.replace(' ', '_')}-seed{seed}"
-            settings = {"model": "SuperCLIP-Tiny", "steps": steps, "batch_size": batch,
+            settings = {"model": args.model, "steps": steps, "batch_size": batch,
                         "seed": 0 if args.vary == "data" else seed, "lr": args.lr, "eval_samples": args.eval_samples,
                         "long_caption_ratio": 0.5 if long_ratio is None else long_ratio,
                         **({"family": args.family} if args.family != "scenes" else {}),
@@ -84,7 +86,7 @@ def main():
                         **({"warmup": max(1, round(args.warmup_share * steps))} if args.warmup_share != 0.1 else {})}
             report = finished(run_dir, settings, runs)
             if report is None:
-                report = run_demo(run_dir, runs=runs, **{k: v for k, v in settings.items() if k != "model"})
+                report = run_demo(run_dir, runs=runs, **settings)
             else:
                 print(f"reusing {run_dir / 'report.json'} (same settings)", file=sys.stderr, flush=True)
             for name, run in report["runs"].items():
@@ -96,7 +98,8 @@ def main():
     paired = (f"zeroshot_{family.coarse}_acc1", f"zeroshot_{family.fine}_acc1", "image_retrieval_recall@1",
               "text_retrieval_recall@1", f"zeroshot_{family.tasks[2]}_acc1")
     varied = {"both": "", "init": " (initial weights only; data seed 0)", "data": " (data only; weights seed 0)"}
-    lines = [f"Study `{args.study}` on the {args.family}: {args.samples} samples seen per run, lr {args.lr:g}, "
+    model = "" if args.model == "SuperCLIP-Tiny" else f", model {args.model}"
+    lines = [f"Study `{args.study}` on the {args.family}{model}: {args.samples} samples seen per run, lr {args.lr:g}, "
              f"warm-up {args.warmup_share:.0%} of the steps, seeds {args.seeds}{varied[args.vary]}; "
              "test split, %, mean ± std over seeds", "",
              "| setting | run | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]
