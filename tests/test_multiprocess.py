@@ -280,3 +280,39 @@ def test_device_flag_resolves_to_this_process_gpu(monkeypatch):
         distributed.resolve_device("cuda:5", 0)
     with pytest.raises(ConfigError, match="unknown device"):
         distributed.resolve_device("gpu0", 0)
+
+
+# --- leaving the process group
+def _threads() -> list:
+    return sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task"))
+
+
+def _train_fsdp_then_destroy(rank, tmp_path, how):
+    from superclip import cli, distributed
+
+    if how == "library":
+        Trainer(_cfg(tmp_path, name="destroy", batch_size=4, train_num_samples=16, epochs=1, max_steps=2,
+                     fsdp=True)).fit()
+        during = _threads()
+        distributed.destroy()
+    else:  # `superclip train --fsdp`, which leaves the group itself
+        model = _cfg(tmp_path).model
+        during = None
+        assert cli.main(["train", "--model", model, "--dataset-type", "synthetic", "--train-num-samples", "16",
+                         "--batch-size", "4", "--epochs", "1", "--logs", str(tmp_path / "logs"), "--name", "cli",
+                         "--no-progress", "--fsdp"]) == 0
+    torch.save({"during": during, "after": _threads()}, tmp_path / f"threads{rank}.pt")
+
+
+@pytest.mark.parametrize("how", ["library", "cli"])
+def test_destroy_stops_the_groups_threads_after_fsdp(tmp_path, how):
+    """After FSDP2 training, DTensor's caches held the device mesh and its gloo groups: their threads ran on after
+    ``destroy_process_group`` into interpreter teardown. ``distributed.destroy`` (and ``superclip train``, which
+    calls it once its trainer is gone) ends them."""
+    run_ranks(_train_fsdp_then_destroy, tmp_path, how, timeout=300)
+    for rank in range(2):
+        threads = torch.load(tmp_path / f"threads{rank}.pt")
+        if threads["during"] is not None:
+            assert "pt_gloo_runloop" in threads["during"], threads  # the measurement sees gloo's threads
+        assert "pt_autograd_0" in threads["after"], threads  # FSDP2's backward ran (it starts these on CPU)
+        assert not [t for t in threads["after"] if "gloo" in t or "tcpstore" in t], threads

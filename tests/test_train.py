@@ -3,7 +3,6 @@ import os
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 from PIL import Image
 
 from superclip import cli
@@ -12,6 +11,7 @@ from superclip.train.engine import compute_gradients
 from superclip.train.trainer import Trainer
 
 from .conftest import TINY_CFG
+from .multiproc import run_ranks
 
 
 def _cfg(tmp_path, **kw):
@@ -63,20 +63,17 @@ def test_accumulation_matches_one_big_batch(tmp_path):
         torch.testing.assert_close(g2[name], g1[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-def _fsdp_worker(rank, tmp_path, init_file):
-    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1")
-    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+def _fsdp_worker(rank, tmp_path):
     straight = Trainer(_cfg(tmp_path, batch_size=4, max_steps=3, name="fsdp", fsdp=True)).fit()
     first = Trainer(_cfg(tmp_path, batch_size=4, max_steps=2, name="fsdp-resumed", fsdp=True)).fit()
     resumed = Trainer(_cfg(tmp_path, batch_size=4, max_steps=3, name="fsdp-resumed", fsdp=True,
                            resume="latest")).fit()
     if rank == 0:
         torch.save({"straight": straight, "resumed": first + resumed}, os.path.join(tmp_path, "fsdp.pt"))
-    torch.distributed.destroy_process_group()
 
 
 def test_two_process_fsdp2_matches_single_process_and_resumes(tmp_path):
-    mp.spawn(_fsdp_worker, args=(tmp_path, str(tmp_path / "init")), nprocs=2, join=True)
+    run_ranks(_fsdp_worker, tmp_path)
     runs = torch.load(tmp_path / "fsdp.pt")
     single = Trainer(_cfg(tmp_path, batch_size=8, max_steps=1, name="single")).fit()
     for key in ("loss", "contrastive_loss", "class_loss"):

@@ -107,6 +107,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     overrides = {k: v for k, v in vars(args).items() if k in FIELD_NAMES}
     cfg = make_config(load_yaml(args.config) if args.config else {}, overrides)
+    trainer = None
     try:
         trainer = Trainer(cfg)
         main_process = distributed.is_main_process()
@@ -124,20 +125,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
             history, interrupted = [], e
         finally:
             bar.close()
+        run_dir, steps = trainer.dir, trainer.progress.step
     finally:
+        del trainer  # its model (under FSDP2, DTensors on the groups' device mesh) goes before the groups do
         distributed.destroy()
     if main_process:
-        logged = [m for m in read_metrics(trainer.dir / "metrics.jsonl") if "loss" in m]  # the whole run's steps
+        logged = [m for m in read_metrics(run_dir / "metrics.jsonl") if "loss" in m]  # the whole run's steps
         if logged:
-            plot_losses(logged, trainer.dir / "loss.png", title=trainer.dir.name)
+            plot_losses(logged, run_dir / "loss.png", title=run_dir.name)
     if interrupted is not None:
         if main_process:
             print(f"superclip train: stopped by {interrupted}", file=sys.stderr)
         return 128 + interrupted.signum
     if main_process:
         last = history[-1] if history else {}
-        print(f"trained {trainer.progress.step} steps; final loss {last.get('loss', float('nan')):.4f}; "
-              f"run folder {trainer.dir} (checkpoints/, metrics.jsonl, loss.png)")
+        print(f"trained {steps} steps; final loss {last.get('loss', float('nan')):.4f}; "
+              f"run folder {run_dir} (checkpoints/, metrics.jsonl, loss.png)")
     return 0
 
 

@@ -9,7 +9,9 @@ that its tensor's device has one (:func:`check_device`), so a mistake is one cle
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
+import sys
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -125,8 +127,35 @@ def barrier() -> None:
 
 
 def destroy() -> None:
+    """Leave the process group and let its backends stop now, while the interpreter is whole.
+
+    ``destroy_process_group`` only empties torch's registry of groups; a group is shut down (gloo joins its
+    worker and socket threads) when the last reference to it goes. After FSDP2, DTensor's sharding and
+    redistribution caches hold its device mesh, and through the mesh the groups, for the life of the process:
+    measured here, a rank's ``pt_gloo_runloop`` / ``gloo_tcp_loop`` threads were still running after
+    ``destroy_process_group``, into interpreter teardown. Those caches are emptied here (what the run still
+    references, e.g. a live FSDP model, keeps its groups until it goes)."""
     if is_initialized():
         dist.destroy_process_group()
+    _clear_dtensor_caches()
+    gc.collect()
+
+
+def _clear_dtensor_caches() -> None:
+    """Empty DTensor's process-wide caches, whose keys hold device meshes (torch-internal; each one only if this
+    torch has it)."""
+    if "torch.distributed.tensor" not in sys.modules:  # no DTensor was ever made: nothing cached
+        return
+    from torch.distributed.tensor import _collective_utils, _redistribute, debug
+
+    clears = [getattr(debug, "_clear_sharding_prop_cache", None),
+              getattr(_redistribute, "clear_redistribute_planner_cache", None),
+              getattr(getattr(_redistribute, "_gen_transform_infos", None), "cache_clear", None),
+              getattr(getattr(getattr(_collective_utils, "MeshTopoInfo", None), "build_from_mesh", None),
+                      "cache_clear", None)]
+    for clear in clears:
+        if clear is not None:
+            clear()
 
 
 # --- collectives (no-ops without a process group; with one, they run even for a single process)
