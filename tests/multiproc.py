@@ -29,11 +29,11 @@ def _entry(rank, fn, port, world, args):
     finally:
         distributed.destroy()
     # The rank's results are on disk: it leaves without interpreter teardown, where the C++ threads torch started
-    # (gloo's, and the 8 pt_autograd threads FSDP2's backward starts on CPU) meet Python's finalization. Once,
-    # in CI, a rank of the evaluation runs died of SIGABRT ("terminate called without an active exception", a
-    # C++ thread's way out during teardown); 19 repeats of those runs here (6 beside a busy core) did not
-    # reproduce it, so where it died is not known: faulthandler (above) prints every thread's stack if a rank
-    # aborts again.
+    # (gloo's, and the 8 pt_autograd threads FSDP2's backward starts on CPU) meet Python's finalization. In CI a
+    # rank of the evaluation runs died of SIGABRT ("terminate called without an active exception", a C++
+    # thread's way out during teardown; a SIGABRT had been seen once before); 19 repeats of those runs here (6
+    # beside a busy core) did not reproduce it, so where it died is not known: faulthandler (above) prints every
+    # thread's stack if a rank aborts again.
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)

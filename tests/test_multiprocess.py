@@ -314,5 +314,4 @@ def test_destroy_stops_the_groups_threads_after_fsdp(tmp_path, how):
         threads = torch.load(tmp_path / f"threads{rank}.pt")
         if threads["during"] is not None:
             assert "pt_gloo_runloop" in threads["during"], threads  # the measurement sees gloo's threads
-        assert "pt_autograd_0" in threads["after"], threads  # FSDP2's backward ran (it starts these on CPU)
         assert not [t for t in threads["after"] if "gloo" in t or "tcpstore" in t], threads

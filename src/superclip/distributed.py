@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import importlib
 import os
 import sys
 from typing import Any, Dict, List, Optional
@@ -142,18 +143,24 @@ def destroy() -> None:
 
 
 def _clear_dtensor_caches() -> None:
-    """Empty DTensor's process-wide caches, whose keys hold device meshes (torch-internal; each one only if this
-    torch has it)."""
+    """Empty DTensor's process-wide caches, whose keys hold device meshes (torch-internal: each one only where
+    this torch has it)."""
     if "torch.distributed.tensor" not in sys.modules:  # no DTensor was ever made: nothing cached
         return
-    from torch.distributed.tensor import _collective_utils, _redistribute, debug
 
-    clears = [getattr(debug, "_clear_sharding_prop_cache", None),
-              getattr(_redistribute, "clear_redistribute_planner_cache", None),
-              getattr(getattr(_redistribute, "_gen_transform_infos", None), "cache_clear", None),
-              getattr(getattr(getattr(_collective_utils, "MeshTopoInfo", None), "build_from_mesh", None),
-                      "cache_clear", None)]
-    for clear in clears:
+    def find(module: str, *names: str):
+        try:
+            obj = importlib.import_module(f"torch.distributed.tensor.{module}")
+        except ImportError:
+            return None
+        for name in names:
+            obj = getattr(obj, name, None)
+        return obj
+
+    for clear in (find("debug", "_clear_sharding_prop_cache"),
+                  find("_redistribute", "clear_redistribute_planner_cache"),
+                  find("_redistribute", "_gen_transform_infos", "cache_clear"),
+                  find("_collective_utils", "MeshTopoInfo", "build_from_mesh", "cache_clear")):
         if clear is not None:
             clear()
 
