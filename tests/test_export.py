@@ -233,6 +233,19 @@ def test_transformers_clip_gives_our_embeddings(cfg, tmp_path):
             assert (model.head(tokens) - model.token_logits(images)).abs().max() <= 1e-4
         assert (tmp_path / "hf" / "superclip_head.safetensors").is_file()
         assert (tmp_path / "hf" / "preprocessor_config.json").is_file()
+        # the tokenizer travels too: CLIPProcessor's ids are open_clip's up to end-of-text, and give our features
+        from transformers import CLIPProcessor
+
+        captions = ["a red circle and a blue square on grey", "Diagonal stripes, printed in GREEN ink!", "x",
+                    "two  yellow triangles; a photo of it's 3 corners."]
+        tokenizer = CLIPProcessor.from_pretrained(tmp_path / "hf").tokenizer
+        theirs = tokenizer(captions, padding="max_length", max_length=77, return_tensors="pt")["input_ids"]
+        ours = superclip.get_tokenizer(model.config)(captions)
+        for a, b in zip(ours, theirs):
+            end = int((a == 49407).nonzero()[0]) + 1
+            assert a[:end].tolist() == b[:end].tolist() and end > 2
+        with torch.no_grad():
+            assert (_features(loaded.get_text_features(input_ids=theirs)) - model.encode_text(ours)).abs().max() <= 1e-4
 
 
 def _save(model, tmp_path):
@@ -254,6 +267,14 @@ def test_transformers_refuses_what_it_cannot_express(change, why, tmp_path, caps
     assert cli.main(["export", str(path), str(tmp_path / "hf"), "--format", "transformers"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and why in err and "cannot express" in err
+
+
+def test_transformers_tokenizer_only_for_open_clips_bpe():
+    from superclip.export.to_transformers import clip_tokenizer
+
+    assert len(clip_tokenizer(superclip.build_model(TINY_CFG))) == V
+    other = {**TINY_CFG, "text_cfg": {**TINY_CFG["text_cfg"], "vocab_size": 1000}}  # not that vocabulary
+    assert clip_tokenizer(superclip.build_model(other)) is None
 
 
 def test_onnx_runs_in_onnxruntime_with_our_embeddings(tmp_path):

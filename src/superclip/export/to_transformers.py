@@ -4,12 +4,13 @@ towers transformers can express: a ``VisionTransformer`` pooled at its class tok
 GELU or QuickGELU. ``CLIPModel.from_pretrained(OUT)`` and ``CLIPVisionModel.from_pretrained(OUT)`` (e.g. as a
 LLaVA vision tower) then give our embeddings. Anything else is refused with the reason.
 
-The head (``superclip_head.safetensors``) and CLIPImageProcessor settings (``preprocessor_config.json``) are
-written beside them; the tokenizer is open_clip's CLIP BPE, the same vocabulary as the ``openai/clip-vit-*``
-tokenizers.
+The head (``superclip_head.safetensors``), CLIPImageProcessor settings (``preprocessor_config.json``) and, for
+a model on open_clip's CLIP BPE, that tokenizer as transformers' ``CLIPTokenizer`` (the vocabulary of the
+``openai/clip-vit-*`` tokenizers) are written beside them, so ``CLIPProcessor.from_pretrained(OUT)`` works.
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import open_clip
@@ -18,7 +19,9 @@ from open_clip.transformer import QuickGELU, ResidualAttentionBlock, TextTransfo
 from torch import nn
 
 from ..errors import ConfigError
-from ..model import SuperCLIP
+from ..model import SuperCLIP, get_tokenizer
+
+log = logging.getLogger(__name__)
 
 
 def _unsupported(why: str):
@@ -143,8 +146,24 @@ def to_transformers(model: SuperCLIP):
     return hf
 
 
+def clip_tokenizer(model: SuperCLIP):
+    """open_clip's CLIP BPE as a transformers ``CLIPTokenizer`` (same ids up to end-of-text; pads with
+    end-of-text, as the openai tokenizers on the Hub do), or None where the model has another tokenizer."""
+    from transformers import CLIPTokenizer
+
+    bpe = get_tokenizer(model.config)
+    if not isinstance(bpe, open_clip.SimpleTokenizer) or len(bpe.encoder) != model.clip.text.vocab_size:
+        return None
+    # open_clip names the two special tokens <start_of_text> / <end_of_text>, transformers <|startoftext|> / ...
+    names = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
+    vocab = {names.get(token, token): i for token, i in bpe.encoder.items()}
+    merges = sorted(bpe.bpe_ranks, key=bpe.bpe_ranks.get)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model.clip.text.context_length)
+
+
 def export_transformers(model: SuperCLIP, out_dir, stats=None) -> Path:
-    """``OUT/config.json`` + ``model.safetensors`` (CLIPModel), ``preprocessor_config.json`` and the head file."""
+    """``OUT/config.json`` + ``model.safetensors`` (CLIPModel), ``preprocessor_config.json``, the tokenizer's
+    files and the head file."""
     from transformers import CLIPImageProcessor
 
     from .folder import write_head
@@ -159,6 +178,12 @@ def export_transformers(model: SuperCLIP, out_dir, stats=None) -> Path:
         CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
                            image_mean=list(pp["mean"]), image_std=list(pp["std"]), resample=resample,
                            do_center_crop=pp.get("resize_mode", "shortest") == "shortest").save_pretrained(out)
+        tokenizer = clip_tokenizer(model)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(out)
+        else:
+            log.warning("the model's tokenizer is not open_clip's CLIP BPE: no tokenizer files written; save the "
+                        "transformers tokenizer it names into %s to use CLIPProcessor", out)
         write_head(model, out, stats)
     except OSError as e:
         raise ConfigError(f"cannot write to {out}: {e.strerror or e}") from None
