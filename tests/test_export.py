@@ -269,12 +269,16 @@ def test_transformers_refuses_what_it_cannot_express(change, why, tmp_path, caps
     assert len(err.splitlines()) == 1 and why in err and "cannot express" in err
 
 
-def test_transformers_tokenizer_only_for_open_clips_bpe():
-    from superclip.export.to_transformers import clip_tokenizer
+def test_transformers_tokenizer_only_for_open_clips_bpe(tmp_path):
+    from transformers import CLIPTokenizer
 
-    assert len(clip_tokenizer(superclip.build_model(TINY_CFG))) == V
+    from superclip.export.to_transformers import write_clip_tokenizer
+
+    assert write_clip_tokenizer(superclip.build_model(TINY_CFG), tmp_path)
+    assert len(CLIPTokenizer.from_pretrained(tmp_path)) == V
     other = {**TINY_CFG, "text_cfg": {**TINY_CFG["text_cfg"], "vocab_size": 1000}}  # not that vocabulary
-    assert clip_tokenizer(superclip.build_model(other)) is None
+    assert not write_clip_tokenizer(superclip.build_model(other), tmp_path / "other")
+    assert not (tmp_path / "other").exists()
 
 
 def test_onnx_runs_in_onnxruntime_with_our_embeddings(tmp_path):

@@ -10,6 +10,7 @@ a model on open_clip's CLIP BPE, that tokenizer as transformers' ``CLIPTokenizer
 """
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -146,19 +147,23 @@ def to_transformers(model: SuperCLIP):
     return hf
 
 
-def clip_tokenizer(model: SuperCLIP):
-    """open_clip's CLIP BPE as a transformers ``CLIPTokenizer`` (same ids up to end-of-text; pads with
-    end-of-text, as the openai tokenizers on the Hub do), or None where the model has another tokenizer."""
+def write_clip_tokenizer(model: SuperCLIP, out: Path) -> bool:
+    """open_clip's CLIP BPE into ``out`` as transformers' ``CLIPTokenizer`` files (``vocab.json``, ``merges.txt``
+    and what ``save_pretrained`` adds): the same ids up to end-of-text; it pads with end-of-text, as the openai
+    tokenizers on the Hub do. False (nothing written) where the model has another tokenizer."""
     from transformers import CLIPTokenizer
 
     bpe = get_tokenizer(model.config)
     if not isinstance(bpe, open_clip.SimpleTokenizer) or len(bpe.encoder) != model.clip.text.vocab_size:
-        return None
+        return False
     # open_clip names the two special tokens <start_of_text> / <end_of_text>, transformers <|startoftext|> / ...
     names = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
-    vocab = {names.get(token, token): i for token, i in bpe.encoder.items()}
+    (out / "vocab.json").write_text(json.dumps({names.get(t, t): i for t, i in bpe.encoder.items()}))
     merges = sorted(bpe.bpe_ranks, key=bpe.bpe_ranks.get)
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model.clip.text.context_length)
+    (out / "merges.txt").write_text("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+    CLIPTokenizer(str(out / "vocab.json"), str(out / "merges.txt"),
+                  model_max_length=model.clip.text.context_length).save_pretrained(out)
+    return True
 
 
 def export_transformers(model: SuperCLIP, out_dir, stats=None) -> Path:
@@ -178,10 +183,7 @@ def export_transformers(model: SuperCLIP, out_dir, stats=None) -> Path:
         CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size},
                            image_mean=list(pp["mean"]), image_std=list(pp["std"]), resample=resample,
                            do_center_crop=pp.get("resize_mode", "shortest") == "shortest").save_pretrained(out)
-        tokenizer = clip_tokenizer(model)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(out)
-        else:
+        if not write_clip_tokenizer(model, out):
             log.warning("the model's tokenizer is not open_clip's CLIP BPE: no tokenizer files written; save the "
                         "transformers tokenizer it names into %s to use CLIPProcessor", out)
         write_head(model, out, stats)
