@@ -279,6 +279,9 @@ def test_transformers_tokenizer_only_for_open_clips_bpe(tmp_path):
     other = {**TINY_CFG, "text_cfg": {**TINY_CFG["text_cfg"], "vocab_size": 1000}}  # not that vocabulary
     assert not write_clip_tokenizer(superclip.build_model(other), tmp_path / "other")
     assert not (tmp_path / "other").exists()
+    # a model that names a transformers tokenizer gets none written, and the export does not fetch that one
+    named = {**TINY_CFG, "text_cfg": {**TINY_CFG["text_cfg"], "hf_tokenizer_name": "nobody/no-such-tokenizer"}}
+    assert not write_clip_tokenizer(superclip.build_model(named), tmp_path / "named")
 
 
 def test_onnx_runs_in_onnxruntime_with_our_embeddings(tmp_path):

@@ -20,7 +20,7 @@ from open_clip.transformer import QuickGELU, ResidualAttentionBlock, TextTransfo
 from torch import nn
 
 from ..errors import ConfigError
-from ..model import SuperCLIP, get_tokenizer
+from ..model import SuperCLIP, resolve_model_config
 
 log = logging.getLogger(__name__)
 
@@ -153,8 +153,10 @@ def write_clip_tokenizer(model: SuperCLIP, out: Path) -> bool:
     tokenizers on the Hub do. False (nothing written) where the model has another tokenizer."""
     from transformers import CLIPTokenizer
 
-    bpe = get_tokenizer(model.config)
-    if not isinstance(bpe, open_clip.SimpleTokenizer) or len(bpe.encoder) != model.clip.text.vocab_size:
+    if "hf_tokenizer_name" in resolve_model_config(model.config)["text_cfg"]:  # not ours to build (or fetch)
+        return False
+    bpe = open_clip.SimpleTokenizer()
+    if len(bpe.encoder) != model.clip.text.vocab_size:
         return False
     # open_clip names the two special tokens <start_of_text> / <end_of_text>, transformers <|startoftext|> / ...
     names = {"<start_of_text>": "<|startoftext|>", "<end_of_text>": "<|endoftext|>"}
