@@ -16,6 +16,7 @@ from torch.utils.data import Dataset, IterableDataset, Sampler
 
 from ..errors import ConfigError, TrainingError
 from .csv import clean_text, read_columns
+from .images import decode_image
 
 log = logging.getLogger(__name__)
 
@@ -57,8 +58,7 @@ class CsvCaptions(Dataset):
         img_path, text, long_text = self.rows[index]
         text = clean_text(text)
         long_text = clean_text(long_text, "long caption") if self.has_long else None
-        with Image.open(self._full(img_path)) as im:
-            return im.convert("RGB"), text, long_text
+        return decode_image(self._full(img_path)), text, long_text
 
 
 class SyntheticPairs(Dataset):

@@ -39,7 +39,6 @@ position is (draw, offset), as exact and as cheap to resume.
 from __future__ import annotations
 
 import glob
-import io
 import json
 import logging
 import math
@@ -51,11 +50,11 @@ from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from braceexpand import braceexpand
-from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
 
 from ..errors import ConfigError
 from .csv import clean_text
+from .images import decode_image
 
 log = logging.getLogger(__name__)
 
@@ -233,9 +232,7 @@ def decode_sample(sample: Dict[str, bytes], caption_key: str, long_caption_key: 
                 raise ValueError(f"sample {name}: json field {key!r} is a {type(value).__name__}, not a caption")
         raise ValueError(f"sample {name} has no caption {key!r}")
 
-    with Image.open(io.BytesIO(img_bytes)) as im:
-        image = im.convert("RGB")
-    return image, text(caption_key), text(long_caption_key)
+    return decode_image(img_bytes), text(caption_key), text(long_caption_key)
 
 
 # --- the stream

@@ -1,7 +1,6 @@
 """Reading evaluation data: ImageFolder trees, retrieval files (CSV/TSV or karpathy-style JSON), images."""
 from __future__ import annotations
 
-import io
 import json
 import logging
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import List, Optional, Tuple, Union
 from PIL import Image
 
 from ..data.csv import clean_text, read_columns
+from ..data.images import decode_image
 from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -21,8 +21,7 @@ def load_image(item: Union[str, bytes]) -> Image.Image:
     """An RGB image from a path or from encoded bytes (a shard's), or a one-line error naming it."""
     name = item if isinstance(item, str) else f"({len(item)} bytes from a shard)"
     try:
-        with Image.open(item if isinstance(item, str) else io.BytesIO(item)) as im:
-            return im.convert("RGB")
+        return decode_image(item)
     except FileNotFoundError:
         raise ConfigError(f"image not found: {name}") from None
     except Exception as e:  # noqa: BLE001 - PIL raises many types (DecompressionBombError is none of OSError's)
