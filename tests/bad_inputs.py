@@ -1,6 +1,6 @@
 """User mistakes and corrupt inputs, across the commands: each must end in one line on stderr with exit code 2, or
 be a sample that training skips and counts. ``tests/test_bad_inputs.py`` runs them; ``python -m tests.bad_inputs``
-prints the README's table (each case with what superclip answered)."""
+prints the table of docs/faults.md (each case with what superclip answered; --write docs/faults.md puts it there)."""
 from __future__ import annotations
 
 import io
@@ -345,17 +345,19 @@ def write_sample_case(ws: Path, case: SampleCase, good: int = 7) -> List[str]:
             "4", "--epochs", "1"]
 
 
-def main() -> None:
-    """The README table: every case with superclip's answer, measured now."""
+BEGIN, END = "<!-- bad-inputs table: python -m tests.bad_inputs --write docs/faults.md -->", "<!-- end of table -->"
+
+
+def table() -> List[str]:
+    """Every case with superclip's answer, measured now, as markdown table lines."""
     import contextlib
     import tempfile
 
     from superclip import cli
 
+    lines = ["| command | mistake or bad input | what superclip says (exit 2, one line) |", "|---|---|---|"]
     with tempfile.TemporaryDirectory() as tmp:
         ws = workspace(Path(tmp) / "ws")
-        print("| command | mistake or bad input | what superclip says (exit 2, one line) |")
-        print("|---|---|---|")
         for case in CASES:
             err = io.StringIO()
             with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
@@ -364,7 +366,29 @@ def main() -> None:
                 except SystemExit as e:
                     rc = e.code
             line = err.getvalue().strip().splitlines()[-1].replace(tmp, "…").replace("|", "\\|")
-            print(f"| {case.command} | {case.what} | `{line}` (rc {rc}) |")
+            lines.append(f"| {case.command} | {case.what} | `{line}` (rc {rc}) |")
+    return lines
+
+
+def main() -> None:
+    """Prints the table; ``--write FILE`` puts it between FILE's markers instead (docs/faults.md)."""
+    import argparse
+    import re
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("--write", default=None, metavar="FILE")
+    args = p.parse_args()
+    lines = table()
+    if not args.write:
+        print("\n".join(lines))
+        return
+    path = Path(args.write)
+    text = path.read_text()
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"{path} has no {BEGIN!r} ... {END!r} markers")
+    block = BEGIN + "\n\n" + "\n".join(lines) + "\n\n" + END
+    path.write_text(re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S))
+    print(f"{path}: {len(CASES)} cases")
 
 
 if __name__ == "__main__":

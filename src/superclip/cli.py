@@ -183,7 +183,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"\n{args.samples} samples seen per run at batch {' and '.join(map(str, args.batches))}, "
           f"{args.family}, seed {args.seed}, lr {args.lr:g}, {time.perf_counter() - t0:.0f} s; "
           f"report {out / 'report.json'}, picture {out / 'demo.png'}")
-    print("One seed, one draw: the README's 5-seed tables (section 'Demo') give every figure's spread over seeds "
+    print("One seed, one draw: docs/demo.md's 5-seed tables give every figure's spread over seeds "
           "(at the default lr a few points; at lr 2e-3 a single run's CLIP-SuperCLIP gap changed sign from seed to "
           "seed).")
     return 0
@@ -245,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batches", type=int, nargs="+", default=[32, 8], help="batch sizes (the first is the "
                                                                             "reference of 'lost')")
     p.add_argument("--lr", type=float, default=DEMO_LR, help="peak learning rate (default %(default)g: where the "
-                                                             "outcome does not hinge on the seed; see the README)")
+                                                             "outcome does not hinge on the seed; see docs/demo.md)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--eval-samples", type=int, default=500, help="test images per task")
     p.add_argument("--out", default=None, help="run folder (default runs/demo-DATE-TIME)")

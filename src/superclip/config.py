@@ -177,7 +177,7 @@ class TrainConfig:
     max_nonfinite_steps: int = field(default=5, metadata={"help": "stop after this many steps in a row with a "
                                                           "non-finite loss or gradient (each is skipped)"})
     progress: bool = field(default=True, metadata={"help": "progress bar on rank 0"})
-    # --- evaluation during training (accepted for the released YAML; see the README for what runs)
+    # --- evaluation during training (accepted for the released YAML; see docs/training.md for what runs)
     zeroshot_frequency: int = field(default=0, metadata={"help": "zero-shot eval every N epochs"})
     zeroshot_steps: int = field(default=0, metadata={"help": "zero-shot eval every N steps"})
     val_steps: int = field(default=0, metadata={"help": "validation every N steps"})
