@@ -125,8 +125,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
             history, interrupted = [], e
         finally:
             bar.close()
-        run_dir, steps = trainer.dir, trainer.progress.step
+        run_dir, steps, total = trainer.dir, trainer.progress.step, trainer.total_steps
     finally:
+        if trainer is not None:
+            trainer.close()
         del trainer  # its model (under FSDP2, DTensors on the groups' device mesh) goes before the groups do
         distributed.destroy()
     if main_process:
@@ -137,9 +139,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if main_process:
             print(f"superclip train: stopped by {interrupted}", file=sys.stderr)
         return 128 + interrupted.signum
-    if main_process:
-        last = history[-1] if history else {}
-        print(f"trained {steps} steps; final loss {last.get('loss', float('nan')):.4f}; "
+    if main_process and not history:  # a resume of a run that had already reached its end
+        print(f"nothing to train: run folder {run_dir} is at step {steps}, its end is step {total} (--epochs "
+              f"{cfg.epochs}{f', --max-steps {cfg.max_steps}' if cfg.max_steps else ''}); raise --epochs or "
+              "--max-steps to train on")
+    elif main_process:
+        print(f"trained {steps} steps; final loss {history[-1]['loss']:.4f}; "
               f"run folder {run_dir} (checkpoints/, metrics.jsonl, loss.png)")
     return 0
 
