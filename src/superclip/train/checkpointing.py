@@ -174,6 +174,9 @@ class CheckpointManager:
                 ckpt = read_checkpoint(path)
         else:
             path = Path(resume)
+            if path.is_dir():
+                raise CheckpointError(f"--resume {path} is a folder: name a checkpoint file (such as "
+                                      f"{path}/checkpoints/epoch_latest.pt), or --resume latest with this run's --name")
             if not path.is_file():
                 raise CheckpointError(f"--resume checkpoint not found: {path}")
             ckpt = read_checkpoint(path)

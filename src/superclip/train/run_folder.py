@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional
 from .. import distributed
 from ..checkpoint import atomic_write_text
 from ..config import TrainConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainingError
 
 log = logging.getLogger(__name__)
 LOCK_FILE = ".lock"
@@ -169,3 +169,25 @@ def trim_metrics(path: Path, step: int) -> None:
     if Path(path).is_file():
         kept = [m for m in read_metrics(path) if m.get("step", 0) <= step]
         atomic_write_text("".join(json.dumps(m) + "\n" for m in kept), path)
+
+
+def folder_id(folder: Path) -> Optional[tuple]:
+    """(device, inode) of ``folder``, or None when it is gone: tells a deleted or replaced run folder."""
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def append_metrics(folder: Path, expected_id: Optional[tuple], record: Dict[str, Any], step: int) -> None:
+    """Append one line to ``folder/metrics.jsonl``; a run folder deleted or replaced during the run (which a
+    checkpoint write would otherwise silently recreate, half empty) stops the run in one line."""
+    if folder_id(folder) != expected_id:
+        raise TrainingError(f"the run folder {folder} was deleted or replaced during training (noticed at step "
+                            f"{step}): stopping; its checkpoints are gone with it (or are in the folder now there)")
+    try:
+        with (Path(folder) / "metrics.jsonl").open("a") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as e:
+        raise TrainingError(f"cannot append to {Path(folder) / 'metrics.jsonl'}: {e.strerror or e}") from None

@@ -22,14 +22,14 @@ from ..data.webdataset import expand_sources
 from ..errors import ConfigError, TrainingError, TrainingInterrupted
 from ..evaluate.data import image_folder, is_shard_pattern
 from ..loss import SuperCLIPLoss
-from ..model import build_model, compile_towers, get_tokenizer, get_transforms
+from ..model import build_model, compile_towers, get_tokenizer, get_transforms, split_model_config
 from .checkpointing import (CheckpointManager, StopSignals, describe_changes, ignore_stop_signals, rng_state,
                             set_rng_state)
 from .engine import train_step
 from .evaluation import evaluate_in_training
 from .optim import build_optimizer, build_scheduler
 from .report import Reporters
-from .run_folder import check_run_folder, run_dir, settle_name, trim_metrics
+from .run_folder import append_metrics, check_run_folder, folder_id, run_dir, settle_name, trim_metrics
 from .setup import apply_locks, model_config
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
+        split_model_config(model_config(cfg))  # a bad model config is one line before anything is made
         self.device = distributed.resolve_device(cfg.device, distributed.local_rank())
         self.rank, self.world_size = distributed.init_from_env(self.device.type)
         if self.device.type == "cuda":
@@ -95,6 +96,11 @@ class Trainer:
             if cfg.batch_size < 1:
                 raise ConfigError(f"--global-batch-size {cfg.global_batch_size} is smaller than {self.world_size} "
                                   f"processes x --accum-freq {cfg.accum_freq}")
+        if cfg.contrastive == "clip" and cfg.batch_size * cfg.accum_freq * self.world_size == 1:
+            # softmax over one pair: the contrastive loss and its gradient are identically 0
+            raise ConfigError("--batch-size 1 with the contrastive loss (--contrastive clip) trains nothing: its loss "
+                              "over one image-text pair is always 0; use a batch of 2 or more (or --accum-freq, "
+                              "more processes), or --contrastive none / siglip")
         # an elastic restart continues the run it restarts
         if distributed.restart_count() > 0 and cfg.resume is None:
             cfg.resume = "latest"
@@ -306,6 +312,7 @@ class Trainer:
         if distributed.is_main_process():
             atomic_write_text(json.dumps(cfg.to_dict(), indent=2) + "\n", self.dir / "config.json")
             trim_metrics(metrics_file, p.step)
+        self._dir_id = folder_id(self.dir)
         self.ddp_model.train()
         self.criterion.train()
         reporters = Reporters(cfg.report_to, self.dir, cfg.to_dict(), self.dir.name, cfg.wandb_project_name,
@@ -367,8 +374,7 @@ class Trainer:
         history.append(m)
         if distributed.is_main_process():
             if p.step % self.cfg.log_every_n_steps == 0 or p.step == self.total_steps or m["nonfinite"]:
-                with metrics_file.open("a") as f:
-                    f.write(json.dumps(m) + "\n")
+                append_metrics(self.dir, self._dir_id, m, p.step)
                 reporters.log(m, p.step)
             if on_step:
                 on_step(p.step, m)
@@ -400,8 +406,7 @@ class Trainer:
         m.update(step=p.step, epoch=p.epoch)
         self.evals.append(m)
         if distributed.is_main_process():
-            with metrics_file.open("a") as f:
-                f.write(json.dumps(m) + "\n")
+            append_metrics(self.dir, self._dir_id, m, p.step)
             reporters.log(m, p.step)
             log.info("evaluation at step %d: %s", p.step, m)
 
