@@ -58,6 +58,9 @@ def _load(args):
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, args.stats, _ = load_model(args.model, pretrained=args.pretrained, device=device, cache_dir=args.cache_dir)
+    from .model_check import check_tokenizer_fits
+
+    check_tokenizer_fits(model.config)
     model.eval()
     return model, get_transforms(model)[1], get_tokenizer(model.config), Encoder(model, device, args.precision)
 

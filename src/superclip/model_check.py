@@ -59,7 +59,17 @@ def check_model_config(cfg: Dict[str, Any]) -> None:
         if width % heads:
             raise ConfigError(f"model config: text_cfg.heads {heads} does not divide text_cfg.width {width}")
     cls_cfg = cfg.get("clstext_cfg") or {}
-    head_vocab = _int(cls_cfg, "clstext_cfg", "vocab_size", vocab, 1) if "vocab_size" in cls_cfg else vocab
+    if "vocab_size" in cls_cfg:
+        _int(cls_cfg, "clstext_cfg", "vocab_size", vocab, 1)
+
+
+def check_tokenizer_fits(cfg: Dict[str, Any]) -> None:
+    """Where a model is fed by its config's tokenizer (train, eval, embed, tag...): with open_clip's CLIP BPE,
+    every id it makes must have a row in the text embedding and an output in the head (an index error deep
+    inside torch otherwise). A model built for another tokenizer, through the API, is not refused."""
+    text, cls_cfg = cfg["text_cfg"], cfg.get("clstext_cfg") or {}
+    vocab = text.get("vocab_size", CLIP_BPE_VOCAB)
+    head_vocab = cls_cfg.get("vocab_size", vocab)
     if not text.get("hf_tokenizer_name"):  # the CLIP BPE: every id must have a row in the embedding and the head
         for where, value in (("text_cfg.vocab_size", vocab), ("clstext_cfg.vocab_size", head_vocab)):
             if value < CLIP_BPE_VOCAB:

@@ -180,12 +180,17 @@ def folder_id(folder: Path) -> Optional[tuple]:
     return st.st_dev, st.st_ino
 
 
-def append_metrics(folder: Path, expected_id: Optional[tuple], record: Dict[str, Any], step: int) -> None:
-    """Append one line to ``folder/metrics.jsonl``; a run folder deleted or replaced during the run (which a
-    checkpoint write would otherwise silently recreate, half empty) stops the run in one line."""
+def check_folder(folder: Path, expected_id: Optional[tuple], step: int) -> None:
+    """A run folder deleted or replaced since the run began stops the run (before anything recreates it)."""
     if folder_id(folder) != expected_id:
         raise TrainingError(f"the run folder {folder} was deleted or replaced during training (noticed at step "
                             f"{step}): stopping; its checkpoints are gone with it (or are in the folder now there)")
+
+
+def append_metrics(folder: Path, expected_id: Optional[tuple], record: Dict[str, Any], step: int) -> None:
+    """Append one line to ``folder/metrics.jsonl``; a run folder deleted or replaced during the run (which a
+    checkpoint write would otherwise silently recreate, half empty) stops the run in one line."""
+    check_folder(folder, expected_id, step)
     try:
         with (Path(folder) / "metrics.jsonl").open("a") as f:
             f.write(json.dumps(record) + "\n")

@@ -23,13 +23,14 @@ from ..errors import ConfigError, TrainingError, TrainingInterrupted
 from ..evaluate.data import image_folder, is_shard_pattern
 from ..loss import SuperCLIPLoss
 from ..model import build_model, compile_towers, get_tokenizer, get_transforms, split_model_config
+from ..model_check import check_tokenizer_fits
 from .checkpointing import (CheckpointManager, StopSignals, describe_changes, ignore_stop_signals, rng_state,
                             set_rng_state)
 from .engine import train_step
 from .evaluation import evaluate_in_training
 from .optim import build_optimizer, build_scheduler
 from .report import Reporters
-from .run_folder import append_metrics, check_run_folder, folder_id, run_dir, settle_name, trim_metrics
+from .run_folder import append_metrics, check_folder, check_run_folder, folder_id, run_dir, settle_name, trim_metrics
 from .setup import apply_locks, model_config
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,9 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
-        split_model_config(model_config(cfg))  # a bad model config is one line before anything is made
+        model_cfg = model_config(cfg)
+        split_model_config(model_cfg)  # a bad model config is one line before anything is made
+        check_tokenizer_fits(model_cfg)
         self.device = distributed.resolve_device(cfg.device, distributed.local_rank())
         self.rank, self.world_size = distributed.init_from_env(self.device.type)
         if self.device.type == "cuda":
@@ -260,6 +263,8 @@ class Trainer:
 
     def save(self, *names: str) -> Path:
         """Checkpoint the run as ``names[0]`` (the other names link to it); every rank calls this."""
+        if distributed.is_main_process() and getattr(self, "_dir_id", None) is not None:
+            check_folder(self.dir, self._dir_id, self.progress.step)  # a write would recreate a deleted folder
         path = self.checkpoints.save(names)
         self._saved_step = self.progress.step
         return path
