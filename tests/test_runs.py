@@ -2,6 +2,7 @@
 settings and names each change), and a resume that has nothing left to train."""
 import json
 import math
+import re
 
 import pytest
 
@@ -34,9 +35,13 @@ def test_guard_stop_at_a_too_high_lr_then_resume_as_it_says_trains_on(tmp_path, 
     Before: the checkpoint optimizer's lr 10 came back, the resumed run stopped again (exit 2)."""
     _cfg(tmp_path)  # writes tiny.json
     rc, _, err = _main(_train_argv(tmp_path, "hot", "--lr", "10", "--max-nonfinite-steps", "3"), capsys)
-    assert rc == 2 and "3 steps in a row (to step 7)" in err and "Lower --lr" in err and "--resume latest" in err
+    stopped = re.search(r"3 steps in a row \(to step (\d+)\)", err)
+    assert rc == 2 and stopped and "Lower --lr" in err and "--resume latest" in err, err
     run = tmp_path / "logs" / "hot"
-    assert sorted(p.name for p in (run / "checkpoints").glob("*.pt")) == ["epoch_latest.pt", "step_3.pt"]
+    streak = range(int(stopped.group(1)) - 2, int(stopped.group(1)) + 1)
+    saved = [json.loads(p.read_text())["step"] for p in (run / "checkpoints").glob("*.pt.json")]
+    assert saved and not set(saved) & set(streak)  # none taken during the non-finite steps
+    start = max(saved)
     rc, out, err = _main(_train_argv(tmp_path, "hot", "--lr", "1e-3", "--max-nonfinite-steps", "3",
                                      "--resume", "latest"), capsys)
     assert rc == 0, err
@@ -44,10 +49,10 @@ def test_guard_stop_at_a_too_high_lr_then_resume_as_it_says_trains_on(tmp_path, 
     assert len(notice) == 1 and notice[0].endswith("(the new ones apply): --lr 10.0 -> 0.001"), notice
     assert "trained 24 steps" in out
     logged = [m for m in read_metrics(run / "metrics.jsonl") if "loss" in m]
-    assert [m["step"] for m in logged] == list(range(1, 25))  # steps 4-7 logged once, by the resumed run
-    assert all(m["nonfinite"] == 0 for m in logged[3:])
-    cosine = [1e-3 * 0.5 * (1 + math.cos(math.pi * (s - 2) / 22)) for s in range(4, 25)]  # after step s
-    for m, lr in zip(logged[3:], cosine):
+    assert [m["step"] for m in logged] == list(range(1, 25))  # the steps after the checkpoint logged once
+    assert all(m["nonfinite"] == 0 for m in logged[start:])
+    cosine = [1e-3 * 0.5 * (1 + math.cos(math.pi * (s - 2) / 22)) for s in range(start + 1, 25)]  # after step s
+    for m, lr in zip(logged[start:], cosine, strict=True):
         assert m["lr"] == pytest.approx(lr, rel=1e-9, abs=1e-15), m["step"]
     assert json.loads((run / "config.json").read_text())["lr"] == 1e-3
 
