@@ -105,7 +105,7 @@ def _train(ws: Path, *extra: str) -> List[str]:
 
 
 def _csv_train(ws: Path, csv: str, *extra: str) -> List[str]:
-    return ["train", "--model", str(ws / "tiny.json"), "--train-data", str(ws / csv), "--batch-size", "1",
+    return ["train", "--model", str(ws / "tiny.json"), "--train-data", str(ws / csv), "--batch-size", "2",
             "--logs", str(ws / "logs"), "--no-progress", *extra]
 
 
@@ -286,7 +286,111 @@ CASES: List[Case] = [
     Case("tag", "local-dir: of a folder that is not a model", lambda ws: [
         "tag", "--pretrained", f"local-dir:{ws}", str(ws / "img.png")], "not a model folder"),
     Case("flops", "unknown model", lambda ws: ["flops", "ViT-Q-99"], "unknown model"),
+    # --- issue 21, runs and outputs: model configs, run flags, demo / data synth / export / embed outputs, hub names
+    Case("train", "model config: negative image-tower layers", lambda ws: _train_bad_model(ws, "vision_cfg", layers=-2),
+         "vision_cfg.layers must be an integer >= 1, got -2"),
+    Case("train", "model config: zero text-tower layers", lambda ws: _train_bad_model(ws, "text_cfg", layers=0),
+         "text_cfg.layers must be an integer >= 1, got 0"),
+    Case("train", "model config: context length 1", lambda ws: _train_bad_model(ws, "text_cfg", context_length=1),
+         "text_cfg.context_length must be an integer >= 3, got 1"),
+    Case("train", "model config: vocabulary 0", lambda ws: _train_bad_model(ws, "text_cfg", vocab_size=0),
+         "text_cfg.vocab_size must be an integer >= 1, got 0"),
+    Case("train", "model config: text heads that do not divide the width",
+         lambda ws: _train_bad_model(ws, "text_cfg", heads=3), "text_cfg.heads 3 does not divide text_cfg.width 64"),
+    Case("train", "model config: image head_width that does not divide the width",
+         lambda ws: _train_bad_model(ws, "vision_cfg", head_width=48), "vision_cfg.head_width 48 does not divide"),
+    Case("train", "model config: embed_dim 0", lambda ws: _train_bad_model(ws, None, embed_dim=0),
+         "model.embed_dim must be an integer >= 1, got 0"),
+    Case("train", "model config: image smaller than one patch", lambda ws: _train_bad_model(ws, "vision_cfg",
+                                                                                          image_size=4),
+         "vision_cfg.image_size must be at least patch_size 8"),
+    Case("train", "model config: width given as a string", lambda ws: _train_bad_model(ws, "text_cfg", width="64"),
+         "text_cfg.width must be an integer >= 1, got '64'"),
+    Case("train", "model config: mlp_ratio 0", lambda ws: _train_bad_model(ws, "vision_cfg", mlp_ratio=0),
+         "vision_cfg.mlp_ratio must be a number > 0"),
+    Case("train", "model config: text vocabulary smaller than the CLIP tokenizer's ids",
+         lambda ws: _train_bad_model(ws, "text_cfg", vocab_size=1000), "text_cfg.vocab_size 1000 is smaller than"),
+    Case("train", "model config: head vocabulary smaller than the tokenizer's ids",
+         lambda ws: _train_bad_model(ws, "clstext_cfg", vocab_size=10), "clstext_cfg.vocab_size 10 is smaller"),
+    Case("flops", "model config with negative layers", lambda ws: ["flops", _bad_model(ws, "vision_cfg", layers=-1)],
+         "vision_cfg.layers must be an integer >= 1"),
+    Case("train", "--force-context-length 2 (no room for a word)", lambda ws: _train(ws, "--force-context-length", "2"),
+         "text_cfg.context_length must be an integer >= 3, got 2"),
+    Case("train", "--force-image-size smaller than a patch", lambda ws: _train(ws, "--force-image-size", "4"),
+         "vision_cfg.image_size must be at least patch_size 8"),
+    Case("train", "--batch-size 1 with the contrastive loss", lambda ws: _train(ws, "--batch-size", "1"),
+         "--batch-size 1 with the contrastive loss"),
+    Case("train", "--lr inf", lambda ws: _train(ws, "--lr", "inf"), "--lr must be a finite number, got inf"),
+    Case("train", "--eps inf", lambda ws: _train(ws, "--eps", "inf"), "--eps must be a finite number"),
+    Case("train", "--wd inf", lambda ws: _train(ws, "--wd", "inf"), "--wd must be a finite number"),
+    Case("train", "--cls-loss-weight inf", lambda ws: _train(ws, "--cls-loss-weight", "inf"),
+         "--cls-loss-weight must be a finite number"),
+    Case("train", "--seed -1", lambda ws: _train(ws, "--seed", "-1"), "--seed must be in [0, 2**32), got -1"),
+    Case("train", "--seed 2**40", lambda ws: _train(ws, "--seed", str(2 ** 40)), "--seed must be in [0, 2**32)"),
+    Case("train", "--data-seed -3", lambda ws: _train(ws, "--data-seed", "-3"), "--data-seed must be in [0, 2**32)"),
+    Case("train", "--name with a path in it", lambda ws: _train(ws, "--name", "../escape"),
+         "--name must be a folder name"),
+    Case("train", "--resume a run folder", lambda ws: _train(ws, "--resume", str(ws)),
+         "is a folder: name a checkpoint"),
+    Case("demo", "--batches -4", lambda ws: ["demo", "--batches", "-4"], "--batches: must be >= 2, got -4"),
+    Case("demo", "--batches 0", lambda ws: ["demo", "--batches", "32", "0"], "--batches: must be >= 2, got 0"),
+    Case("demo", "--batches 1 (a contrastive loss of 0)", lambda ws: ["demo", "--batches", "1"], "must be >= 2"),
+    Case("demo", "--samples 1 (less than a batch)", lambda ws: ["demo", "--samples", "1", "--out", str(ws / "demo")],
+         "--samples 1 is less than one batch of 32"),
+    Case("demo", "--eval-samples 0", lambda ws: ["demo", "--eval-samples", "0"], "--eval-samples: must be >= 1"),
+    Case("data synth", "--out under a file", lambda ws: ["data", "synth", "--out", str(ws / "a_file" / "synth")],
+         "--out: cannot create folder"),
+    Case("eval", "--pretrained an ONNX export folder", lambda ws: ["eval", "--pretrained", _onnx_folder(ws),
+                                                                   "--zeroshot-data", str(ws / "zs")],
+         "is an ONNX export"),
+    Case("eval", "--pretrained a folder that is no model folder", lambda ws: ["eval", "--pretrained",
+                                                                              str(ws / "zs"), "--zeroshot-data",
+                                                                              str(ws / "zs")],
+         "is a folder without open_clip_config.json"),
+    Case("eval", "hf-hub: file path with ..", lambda ws: ["eval", "--pretrained", "hf-hub:org/repo/../../etc/passwd",
+                                                         "--zeroshot-data", str(ws / "zs")], "'..'"),
+    Case("export", "into a folder holding the user's README.md", lambda ws: ["export", str(ws / "tiny.pt"),
+                                                                            _user_folder(ws)],
+         "is not empty (README.md)"),
+    Case("embed", "--out whose files exist", lambda ws: ["embed", "--pretrained", str(ws / "tiny.pt"),
+                                                         str(ws / "img.png"), "--out", _existing_embedding(ws)],
+         "already exist"),
 ]
+
+
+# --- issue 21, runs and outputs: files the cases above make when they run
+def _bad_model(ws: Path, tower, **changes) -> str:
+    cfg = json.loads(json.dumps(TINY_CFG))
+    (cfg.setdefault(tower, {}) if tower else cfg).update(changes)
+    path = ws / f"bad_{tower}_{'_'.join(f'{k}{v}' for k, v in changes.items())}.json"
+    path.write_text(json.dumps(cfg))
+    return str(path)
+
+
+def _train_bad_model(ws: Path, tower, **changes) -> List[str]:
+    argv = _train(ws)
+    argv[argv.index("--model") + 1] = _bad_model(ws, tower, **changes)
+    return argv
+
+
+def _onnx_folder(ws: Path) -> str:
+    folder = ws / "onnx_export"
+    folder.mkdir(exist_ok=True)
+    (folder / "image_encoder.onnx").write_bytes(b"onnx")
+    (folder / "onnx.json").write_text("{}")
+    return str(folder)
+
+
+def _user_folder(ws: Path) -> str:
+    folder = ws / "my_model_folder"
+    folder.mkdir(exist_ok=True)
+    (folder / "README.md").write_text("my notes\n")
+    return str(folder)
+
+
+def _existing_embedding(ws: Path) -> str:
+    (ws / "emb_existing.npy").write_bytes(b"mine")
+    return str(ws / "emb_existing")
 
 
 def _bomb(ws: Path) -> str:

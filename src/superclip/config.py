@@ -229,6 +229,19 @@ class TrainConfig:
         for backend in filter(None, (b.strip() for b in self.report_to.split(","))):
             check(backend in ("tensorboard", "wandb", "none"),
                   f"--report-to: unknown backend {backend!r} (known: tensorboard, wandb)")
+        # --- issue 21 (runs): values that trained nonsense or failed deep inside a run
+        import math
+
+        for name in ("lr", "eps", "wd", "cls_loss_weight", "beta1", "beta2", "grad_clip_norm", "lr_cooldown_end"):
+            value = getattr(self, name)
+            check(value is None or math.isfinite(value), f"--{name.replace('_', '-')} must be a finite number, "
+                  f"got {value}")
+        for name in ("seed", "data_seed"):  # numpy's seed range: a larger or negative one failed in set-up
+            value = getattr(self, name)
+            check(value is None or 0 <= value < 2 ** 32, f"--{name.replace('_', '-')} must be in [0, 2**32), got "
+                  f"{value}")
+        check(self.name is None or (self.name not in (".", "..") and "/" not in self.name and "\\" not in self.name),
+              f"--name must be a folder name (the run folder is --logs/NAME), got {self.name!r}")
         if self.siglip:
             self.contrastive = "siglip"
         if self.precision == "amp_bfloat16":  # the released YAML's spelling

@@ -9,6 +9,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
+from .checkpoint import atomic_write_text
 from .config import TrainConfig
 from .data.families import get_family
 from .evaluate.tags import excluded_token_ids, top_tags
@@ -129,7 +130,7 @@ def run_demo(out_dir: Path, steps: int = 150, batch_size: int = 64, seed: int = 
                                 "history": [{k: h[k] for k in ("step", "loss", "contrastive_loss", "class_loss")}
                                             for h in history]}
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_text(json.dumps(report, indent=2) + "\n", out_dir / "report.json")
     plot_demo(report, out_dir / "demo.png")
     return report
 
@@ -153,7 +154,7 @@ def run_regimes(out_dir: Path, samples: int = 4800, batches: Sequence[int] = (32
         for name, run in report["regimes"][other]["runs"].items():
             base = report["regimes"][first]["runs"][name]["metrics"]
             report["lost"].setdefault(other, {})[name] = {k: base[k] - v for k, v in run["metrics"].items()}
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_text(json.dumps(report, indent=2) + "\n", out_dir / "report.json")
     plot_regimes(report, out_dir / "demo.png")
     return report
 
