@@ -182,12 +182,20 @@ def walk(f: BinaryIO, size: int) -> Index:
             if after is None:
                 ended = True
                 break
-            if (after - offset) // BLOCK >= 2 and _is_header(f, after):
-                started = False  # a second archive (cat a.tar b.tar): read on
-            else:
-                index.damage.append(Damage(offset, f"{(after - offset) // BLOCK} zero block(s) inside the archive",
-                                           after))
-            offset = after
+            zeros = (after - offset) // BLOCK
+            if _is_header(f, after):
+                if zeros >= 2:
+                    started = False  # a second archive (cat a.tar b.tar): read on
+                else:
+                    index.damage.append(Damage(offset, "a zero block where a member header belongs", after))
+                offset = after
+                continue
+            resumed = _next_header(f, after, size)
+            index.damage.append(Damage(offset, f"{zeros} zero blocks, then bytes that are not a member header (a "
+                                               "hole, or something appended to the archive)", resumed))
+            if resumed is None:
+                break
+            offset = resumed
             continue
         try:
             info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")

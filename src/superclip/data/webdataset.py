@@ -12,8 +12,8 @@ pattern (``/data/{00000..00099}.tar``), or a ``pipe:COMMAND`` URL whose command 
 shard is a one-line error naming it.
 
 **A sample** is the tar members sharing a key (the path up to the first dot of the file name): an image
-(jpg/jpeg/png/webp) and a caption (``txt``, or a field of ``json``); an optional second caption (e.g.
-``long.txt``) feeds the "dual caption" setting.
+(jpg/jpeg/png/webp, and tif/tiff/bmp/gif, which open_clip's pipeline leaves out) and a caption (``txt``, or a
+field of ``json``); an optional second caption (e.g. ``long.txt``) feeds the "dual caption" setting.
 
 **Consumers and units.** Every (rank, data-loader worker) is a consumer, C = world_size x workers. The units
 of reading are the shards, or, with fewer shards than consumers, each shard split into m = ceil(C / shards)
@@ -63,7 +63,7 @@ from .tars import DEFAULT_STALL_TIMEOUT, Member, compression, decompress, run_co
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "tif", "tiff", "bmp", "gif")  # open_clip: the first four
 PIPE = "pipe:"
 
 
@@ -362,6 +362,14 @@ class ShardStream(IterableDataset):
             with Shard(unit.url, self.stall_timeout) as shard:
                 for note in shard.notes:
                     _say_once(f"shard {unit.url}: {note}")
+                if not shard.readable:
+                    failing[unit] = (shard.errors or shard.notes)[0]
+                    if len(failing) == len(set(self.units)):  # every shard, in a row: the data is unreadable
+                        url, what = next((u.url, w) for u, w in failing.items())
+                        raise TrainingError(f"none of the {len(self.urls)} shards holds a readable sample (shard "
+                                            f"{url}: {what})")
+                else:
+                    failing.clear()
                 order = list(unit.indices(len(shard)))
                 random.Random(f"{self.seed}-{self.epoch}-{pos.round}-{pos.unit}-{unit.part}").shuffle(order)
                 offset = start.offset if first else 0
@@ -373,14 +381,6 @@ class ShardStream(IterableDataset):
                     except ShardError as e:
                         sample = {"__key__": unit.url.encode(), "__error__": str(e).encode()}
                     yield sample, wid, after
-                if shard.readable:
-                    failing.clear()
-                    continue
-                failing[unit] = (shard.errors or shard.notes)[0]
-            if len(failing) == len(set(self.units)):  # every shard it can read, in a row: the data is unreadable
-                url, what = next((u.url, w) for u, w in failing.items())
-                raise TrainingError(f"none of the {len(self.urls)} shards holds a readable sample (shard {url}: "
-                                    f"{what})")
 
 
 _said: set = set()
