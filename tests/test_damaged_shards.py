@@ -227,3 +227,44 @@ def test_stall_timeout_must_be_positive(tmp_path):
     with pytest.raises(ConfigError, match="--wds-stall-timeout must be > 0 seconds"):
         _cfg(tmp_path, wds_stall_timeout=0.0)
     assert webdataset.DEFAULT_STALL_TIMEOUT == 300.0
+
+
+@pytest.mark.parametrize("fmt", ["gnu", "posix", "ustar"])
+def test_the_index_equals_tarfiles_on_archives_gnu_tar_writes(tmp_path, fmt):
+    """An archive of folders, long names and empty files written by GNU tar: the same regular files, names,
+    sizes and bytes as tarfile lists (on an undamaged archive the two readers agree)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("tar") is None:
+        pytest.skip("no tar command")
+    src = tmp_path / "src" / ("deep-" * 12) / "x"
+    src.mkdir(parents=True)
+    for i in range(5):
+        (src / f"{'n' * (60 + i * 20)}.{i}.txt").write_bytes(bytes([i]) * (i * 300))
+    if fmt == "ustar":  # ustar holds names up to 255 bytes (prefix + name) only
+        for p in src.iterdir():
+            p.rename(src / p.name[-40:])
+    subprocess.run(["tar", f"--format={fmt}", "-cf", str(tmp_path / "a.tar"), "-C", str(tmp_path), "src"],
+                   check=True)
+    from superclip.data.tars import walk
+
+    data = (tmp_path / "a.tar").read_bytes()
+    index = walk(io.BytesIO(data), len(data))
+    with tarfile.open(tmp_path / "a.tar") as tar:
+        theirs = [(m.name, m.size, tar.extractfile(m).read()) for m in tar.getmembers() if m.isreg()]
+    assert [(m.name, m.size, data[m.offset:m.offset + m.size]) for m in index.members] == theirs
+    assert len(theirs) == 5 and index.damage == [] and index.archives == 1
+
+
+def test_tiff_bmp_and_gif_images_in_shards_are_read(tmp_path):
+    """open_clip's shard pipeline takes jpg/jpeg/png/webp only; main skipped a .tif sample as 'has no image'."""
+    from PIL import Image
+
+    from superclip.data.webdataset import decode_sample
+
+    for ext, fmt in (("tif", "TIFF"), ("bmp", "BMP"), ("gif", "GIF")):
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 8), (255, 0, 0)).save(buf, format=fmt)
+        image, caption, _ = decode_sample({"__key__": b"k", ext: buf.getvalue(), "txt": b"a red square"}, "txt", None)
+        assert image.getpixel((0, 0)) == (255, 0, 0) and caption == "a red square"
