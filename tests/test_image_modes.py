@@ -87,8 +87,8 @@ def test_transparency_is_composited_over_white():
 
 
 def test_cmyk_lab_and_other_modes():
-    """CMYK JPEG (Adobe, inverted) red is red; LAB (L 50%, a = b = 0) is mid grey (main: (0, 84, 251), a blue);
-    bilevel and greyscale are as convert gives them."""
+    """Modes convert("RGB") already gets right stay right: CMYK JPEG (Adobe, inverted) red is red, LAB (L 50%,
+    a = b = 0) is sRGB's mid grey, bilevel and greyscale as they are."""
     assert decode_image(encoded(Image.new("CMYK", (4, 4), (0, 255, 255, 0)), "JPEG")).getpixel((0, 0)) == (255, 0, 0)
     lab = decode_image(encoded(Image.new("LAB", (4, 4), (128, 128, 128)), "TIFF")).getpixel((0, 0))
     assert lab[0] == lab[1] == lab[2] and 110 <= lab[0] <= 125  # sRGB's mid-grey for L* = 50 is 119

@@ -14,9 +14,8 @@ Where it differs from open_clip (whose transforms call ``image.convert("RGB")`` 
 - **Transparency** (RGBA, LA, PA, a palette or a colour with a transparent index) is composited over white,
   as a page shows it; ``convert("RGB")`` drops alpha and shows whatever colour the transparent pixels hold
   (often black).
-- **CIELAB** (a LAB TIFF) is converted through littleCMS; ``convert("RGB")`` copies the channels as they are.
-CMYK, YCbCr, HSV, palette, bilevel and greyscale go through ``convert("RGB")`` as in open_clip; an embedded ICC
-profile is not applied (as in open_clip).
+CMYK, LAB, YCbCr, HSV, palette, bilevel and greyscale go through ``convert("RGB")`` as in open_clip; an
+embedded ICC profile is not applied (as in open_clip).
 """
 from __future__ import annotations
 
@@ -52,11 +51,6 @@ def to_rgb(im: Image.Image) -> Image.Image:
     mode = im.mode
     if mode.startswith("I;16") or mode in ("I", "F"):
         return Image.fromarray(_to_8bit(np.asarray(im), mode), "L").convert("RGB")
-    if mode == "LAB":
-        from PIL import ImageCms
-
-        lab, srgb = ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB")
-        return ImageCms.applyTransform(im, ImageCms.buildTransform(lab, srgb, "LAB", "RGB"))
     if mode in _ALPHA_MODES or (mode in ("P", "L", "RGB") and "transparency" in im.info):
         rgba = im.convert("RGBA")
         page = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
