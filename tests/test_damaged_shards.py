@@ -163,6 +163,8 @@ def test_pipe_faults_end_each_shard_with_a_counted_named_skip(tmp_path, caplog):
             good, bad = read_all(shard)
         assert (len(good), len(bad)) == (n_good, n_bad), (url, good, bad)
         assert all(e.startswith(f"shard {url}: ") for e in bad)
+    with Shard(f"pipe:cat {tmp_path / 'a.tar'} | gzip -c", stall_timeout=1.0) as shard:  # a compressed stream
+        assert read_all(shard)[0] == [f"a{i:03d}" for i in range(120)]
     with Shard("pipe:sleep 1000", stall_timeout=1.0) as shard:
         assert read_all(shard)[1] == ["shard pipe:sleep 1000: no data for 1 s after 0 bytes: the command was killed "
                                       "(--wds-stall-timeout) (skipped)"]
