@@ -355,6 +355,41 @@ CASES: List[Case] = [
     Case("embed", "--out whose files exist", lambda ws: ["embed", "--pretrained", str(ws / "tiny.pt"),
                                                          str(ws / "img.png"), "--out", _existing_embedding(ws)],
          "already exist"),
+    # --- issue 21, data half: broken streams and archives, CSV shapes, data synth (see docs/faults-data.md)
+    Case("train", "CSV whose header names the caption column twice", lambda ws: _csv_train(
+        ws, _put(ws, "dup_title.csv", b"filepath,title,title\nimg.png,a red square,DRAFT\n")),
+        "the header names column 'title' 2 times (columns 2, 3)"),
+    Case("train", "CSV row with an unquoted comma in its caption", lambda ws: _csv_train(
+        ws, _put(ws, "ragged.csv", b"filepath,title\nimg.png,a red square\nimg.png,red, square\n")),
+        "rows with more fields than the header's 2: line 3 has 3"),
+    Case("train", "CSV with a quote never closed", lambda ws: _csv_train(
+        ws, _put(ws, "open_quote.csv", b'filepath,title\nimg.png,"a red square\nimg.png,a blue one\n')),
+        "line 2: a quote opened in this row is never closed"),
+    Case("train", "--wds-stall-timeout 0", lambda ws: _train(ws, "--wds-stall-timeout", "0"),
+         "--wds-stall-timeout must be > 0 seconds"),
+    Case("train", "the only shard is empty (0 bytes)", lambda ws: _shard_train(ws, _put(ws, "empty.tar", b"")),
+         "the file is empty (0 bytes)"),
+    Case("train", "the only shard is an HTML error page saved as .tar", lambda ws: _shard_train(
+        ws, _put(ws, "page.tar", b"<html><head><title>403 Forbidden</title></head></html>\n" * 12)),
+        "offset 0: not a tar archive (it begins with b'<html><head><tit')"),
+    Case("train", "the only shard is all zeros (a preallocated download)", lambda ws: _shard_train(
+        ws, _put(ws, "zeros.tar", bytes(65536))), "it holds no samples (an empty archive)"),
+    Case("train", "the only shard holds no KEY.EXT members (a tar of folders)", lambda ws: _shard_train(
+        ws, _put(ws, "noext.tar", _tar({"images/README": b"x", "LICENSE": b"y"}))), "it holds no samples (no member"),
+    Case("train", "the only shard is zstd-compressed", lambda ws: _shard_train(
+        ws, _put(ws, "z.tar.zst", b"\x28\xb5\x2f\xfd" + bytes(600))), "zstd-compressed: decompress it first"),
+    Case("train", "a pipe: command that does not exist", lambda ws: _shard_train(ws, "pipe:no-such-tool get x.tar"),
+         "the command exited with 127"),
+    Case("train", "a pipe: command that stalls (--wds-stall-timeout 1)", lambda ws: _shard_train(
+        ws, "pipe:sleep 1000", "--wds-stall-timeout", "1"), "no data for 1 s after 0 bytes: the command was killed"),
+    Case("train", "a pipe: command that writes noise", lambda ws: _shard_train(ws, "pipe:yes noise | head -c 900000"),
+         "its output is not a tar archive (it begins with b'noise\\nnoise\\nnois')"),
+    Case("eval", "retrieval CSV with a row of more fields than the header", lambda ws: _eval(
+        ws, "--retrieval-data", _put(ws, "ragged_val.csv", b"filepath,title\nimg.png,a,b,c\n")),
+        "line 2 has 4"),
+    Case("data", "synth into a folder holding its shards", lambda ws: _synth_twice(ws), "--overwrite"),
+    Case("data", "synth --shard-size 0", lambda ws: ["data", "synth", "--out", str(ws / "syn0"), "--shard-size", "0"],
+         "--shard-size must be >= 1, got 0"),
 ]
 
 
@@ -393,6 +428,36 @@ def _existing_embedding(ws: Path) -> str:
     return str(ws / "emb_existing")
 
 
+def _put(ws: Path, name: str, data: bytes) -> str:
+    (ws / name).write_bytes(data)
+    return str(ws / name)
+
+
+def _tar(members: dict) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _shard_train(ws: Path, url: str, *extra: str) -> List[str]:
+    return ["train", "--model", str(ws / "tiny.json"), "--train-data", url, "--dataset-type", "webdataset",
+            "--train-num-samples", "8", "--batch-size", "4", "--logs", str(ws / "logs"), "--no-progress", *extra]
+
+
+def _synth_twice(ws: Path) -> List[str]:
+    argv = ["data", "synth", "--out", str(ws / "syn"), "--train-samples", "4", "--test-samples", "0",
+            "--image-size", "8"]
+    if not (ws / "syn" / "train-000000.tar").exists():
+        from superclip import cli
+
+        cli.main(argv)
+    return argv
+
+
 def _bomb(ws: Path) -> str:
     path = ws / "bomb.png"
     path.write_bytes(bomb_png())
@@ -420,7 +485,38 @@ SAMPLE_CASES: List[SampleCase] = [
     SampleCase("JSON member that is not an object", "shard", lambda ws: {"png": png(), "json": b'["a red square"]'}),
     SampleCase("non-UTF-8 caption in a shard", "shard", lambda ws: {"png": png(), "txt": b"caf\xe9"}),
     SampleCase("truncated shard (cut inside a sample)", "shard", lambda ws: "truncate"),
+    # --- issue 21, data half: damaged archives, spreadsheet rows, cut downloads (see docs/faults-data.md)
+    SampleCase("CSV row with fewer fields than the header (no caption)", "csv", lambda ws: _csv_row(
+        ws, "ok3.png", png(), b"")[:-2] + b"\n"),
+    SampleCase("truncated JPEG (a cut download)", "csv", lambda ws: _csv_row(ws, "cut.jpg", _jpeg()[:300])),
+    SampleCase("corrupt member header in a shard (bad checksum)", "shard", lambda ws: _break_header),
+    SampleCase("an HTML page appended to a shard", "shard", lambda ws: _append_page),
+    SampleCase("a zeroed stretch inside a shard (a hole in a download)", "shard", lambda ws: _zero_hole),
 ]
+
+
+def _jpeg() -> bytes:
+    buf = io.BytesIO()
+    Image.effect_noise((64, 64), 40).convert("RGB").save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def _break_header(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    at = data.index(b"k0003.txt")
+    data[at + 148:at + 156] = b"0000000\0"
+    path.write_bytes(bytes(data))
+
+
+def _append_page(path: Path) -> None:
+    path.write_bytes(path.read_bytes() + b"<html><body>502 Bad Gateway</body></html>\n" * 30)
+
+
+def _zero_hole(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    at = data.index(b"k0003.png")
+    data[at:at + 1024] = bytes(1024)
+    path.write_bytes(bytes(data))
 
 
 def write_sample_case(ws: Path, case: SampleCase, good: int = 7) -> List[str]:
@@ -436,12 +532,14 @@ def write_sample_case(ws: Path, case: SampleCase, good: int = 7) -> List[str]:
     path = ws / "shard-000.tar"
     with tarfile.open(path, "w") as tar:
         samples = [{"png": png((30 * i, 90, 90)), "txt": b"a red square"} for i in range(good)]
-        samples.insert(3, bad if isinstance(bad, dict) else samples[0])
+        samples.insert(3, bad if isinstance(bad, dict) else dict(samples[0]))
         for i, members in enumerate(samples):
             for ext, data in members.items():
                 info = tarfile.TarInfo(f"k{i:04d}.{ext}")
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
+    if callable(bad):  # damage done to the written shard
+        bad(path)
     if bad == "truncate":  # cut 50 bytes into the image of the fifth sample
         data = path.read_bytes()
         path.write_bytes(data[: data.index(b"k0004.png") + 512 + 50])

@@ -209,16 +209,27 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_synth(args: argparse.Namespace) -> int:
-    from .data.synthetic import write_shards
+    from .data.synthetic import shard_paths, write_shards
 
+    splits = (("train", args.train_samples), ("val", args.val_samples), ("test", args.test_samples))
+    for flag, value, low in (("--shard-size", args.shard_size, 1), ("--image-size", args.image_size, 1),
+                             *((f"--{split}-samples", n, 0) for split, n in splits)):
+        if value < low:
+            raise ConfigError(f"{flag} must be >= {low}, got {value}")
     try:  # before any shard is drawn: a folder that cannot be made is one line
         Path(args.out).mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"--out: cannot create folder {args.out}: {e.strerror or e}") from None
+    taken = [p for split, n in splits if n for p in shard_paths(args.out, n, split, args.shard_size)
+             if p.exists()]
+    if taken and not args.overwrite:  # before writing any split
+        more = f" (and {len(taken) - 1} more)" if len(taken) > 1 else ""
+        raise ConfigError(f"{taken[0]} exists{more}: pass --overwrite to replace it, or choose another --out")
     paths = []
-    for split, n in (("train", args.train_samples), ("val", args.val_samples), ("test", args.test_samples)):
+    for split, n in splits:
         if n:
-            paths += write_shards(args.out, n, args.image_size, args.seed, split, args.shard_size, args.family)
+            paths += write_shards(args.out, n, args.image_size, args.seed, split, args.shard_size, args.family,
+                                  overwrite=args.overwrite)
     print(f"wrote {len(paths)} shards to {args.out}; train on them with: superclip train --train-data "
           f"'{args.out}/train-{{000000..{max(0, -(-args.train_samples // args.shard_size) - 1):06d}}}.tar' "
           f"--train-num-samples {args.train_samples}")
@@ -306,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--shard-size", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace shards of the same names in --out")
     p.set_defaults(func=_cmd_data_synth)
 
     p = sub.add_parser("models", help="list the model configs shipped with superclip")

@@ -86,6 +86,9 @@ class TrainConfig:
     train_data_upsampling_factors: Optional[str] = field(default=None, metadata={
         "help": "shards with --dataset-resampled: a weight per '::' source, e.g. 1::2 (default: by size)"})
     wds_caption_key: str = field(default="txt", metadata={"help": "webdataset caption member (or json field)"})
+    wds_stall_timeout: float = field(default=300.0, metadata={"help": "seconds without a byte from a pipe: "
+                                                               "shard's command before it is killed and the shard "
+                                                               "skipped (counted, named in the log)"})
     long_caption_key: Optional[str] = field(default=None, metadata={"help": "second, long caption: CSV column "
                                                                      "or webdataset member / json field"})
     contrastive_caption: str = field(default="short", metadata={"help": "caption for the contrastive loss: "
@@ -219,6 +222,8 @@ class TrainConfig:
             check(0 <= getattr(self, name) < 1, f"--{name} must be in [0, 1), got {getattr(self, name)}")
         check(self.force_patch_dropout is None or 0 <= self.force_patch_dropout < 1,
               f"--force-patch-dropout must be in [0, 1), got {self.force_patch_dropout}")
+        check(0 < self.wds_stall_timeout < 1e6, f"--wds-stall-timeout must be > 0 seconds (and finite), got "
+              f"{self.wds_stall_timeout}")
         check(self.csv_separator is None or len(self.csv_separator) == 1,
               f"--csv-separator must be one character (e.g. ',' or a tab), got {self.csv_separator!r}")
         for name in ("contrastive_caption", "class_caption"):
