@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 
 import superclip
 from superclip import cli
-from superclip.checkpoint import superclip_to_official
+from superclip.weights import superclip_to_official
 
 from .conftest import TINY_CFG, V
 
@@ -168,7 +168,7 @@ def test_cli_hf_hub_offline_subprocess(offline_cache, tmp_path):
                            "--name", "ft", "--device", "cpu", "--no-progress"],
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    ckpt = superclip.checkpoint.read_checkpoint(tmp_path / "l" / "ft" / "checkpoints" / "epoch_latest.pt")
+    ckpt = superclip.weights.read_checkpoint(tmp_path / "l" / "ft" / "checkpoints" / "epoch_latest.pt")
     # the IDF statistics came with the head: 7 earlier steps + this one
     assert ckpt["loss"]["num_samples"].item() == criterion.num_samples.item() + 1
 

@@ -2,7 +2,7 @@
 weights equal an uninterrupted run's exactly and metrics.jsonl holds every step once.
 
 Each run is a real ``python -m superclip train`` process. ``SUPERCLIP_TEST_WRITE_DELAY`` (a test-only hook in
-``superclip.checkpoint``) holds every checkpoint write open for a moment, so that a kill can land inside one.
+``superclip.files``) holds every checkpoint write open for a moment, so that a kill can land inside one.
 """
 import json
 import os

@@ -196,7 +196,7 @@ def test_train_cli_end_to_end_writes_plot_and_metrics(tmp_path, capsys):
 
 
 def test_pretrained_official_checkpoint_continues_its_statistics(tmp_path):
-    from .test_checkpoint import _official_checkpoint
+    from .test_weights import _official_checkpoint
 
     path, cfg_path, sd, ref = _official_checkpoint(TINY_CFG, tmp_path)
     t = Trainer(_cfg(tmp_path, model=str(cfg_path), pretrained=str(path), name="ft"))

@@ -8,8 +8,8 @@ from .errors import CheckpointError, ConfigError, SuperCLIPError
 __version__ = "0.1.0"
 
 _LAZY = {
-    "create_model": "checkpoint", "create_model_and_transforms": "checkpoint", "load_token_stats": "checkpoint",
-    "save_checkpoint": "checkpoint", "export_folder": "export", "export_openclip": "export",
+    "create_model": "weights", "create_model_and_transforms": "weights", "load_token_stats": "weights",
+    "save_checkpoint": "weights", "export_folder": "export", "export_openclip": "export",
     "SuperCLIPLoss": "loss", "token_classification_loss": "loss", "SuperCLIP": "model", "build_model": "model",
     "get_tokenizer": "model", "get_transforms": "model", "list_models": "model", "resolve_model_config": "model",
 }

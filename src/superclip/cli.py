@@ -31,9 +31,8 @@ def _cmd_flops(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .checkpoint import load_model
-
     from .export.staging import existing_files, staged
+    from .weights import load_model
 
     out = Path(args.out_dir)
     if out.exists() and not out.is_dir():

@@ -49,8 +49,8 @@ def _writable_output(path: Optional[str], what: str) -> None:
 
 
 def _load(args):
-    from .checkpoint import load_model
     from .model import get_tokenizer, get_transforms
+    from .weights import load_model
 
     if args.model is None and args.pretrained is None:
         raise ConfigError("name a model (--model) and/or a checkpoint (--pretrained)")
@@ -148,7 +148,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     text = json.dumps(results, indent=2)
     print(text)
     if args.output:
-        from .checkpoint import atomic_write_text
+        from .files import atomic_write_text
 
         try:
             atomic_write_text(text + "\n", args.output)
@@ -164,7 +164,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     if bool(args.images) == bool(args.texts):
         raise ConfigError("give either image files or --texts FILE")
-    from .checkpoint import atomic_write_bytes
+    from .weights import atomic_write_bytes
 
     npy, ids_file = Path(args.out + ".npy"), Path(args.out + ".ids.jsonl")
     _writable_output(str(npy), "--out")

@@ -9,15 +9,14 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
-from .checkpoint import atomic_write_text
 from .config import TrainConfig
 from .data.families import get_family
 from .evaluate.tags import excluded_token_ids, top_tags
 from .evaluate.zero_shot import classifier_weights, zero_shot_metrics
+from .files import atomic_write_text
 from .model import get_tokenizer, get_transforms
 from .train.run_folder import read_metrics
 from .train.trainer import Trainer
-
 
 N_EXAMPLES = 6
 # The demo's learning rate: at 2e-3 (and 1e-3) batch-8 training on the scenes is chaotic (one seed's CLIP-SuperCLIP

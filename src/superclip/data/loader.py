@@ -9,7 +9,6 @@ import zlib
 from pathlib import Path
 from typing import Callable, Iterator, List, Optional, Tuple
 
-import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, IterableDataset, Sampler
@@ -285,9 +284,3 @@ def build_train_dataset(cfg, transform: Callable, tokenizer: Callable, image_siz
     else:
         raise ConfigError(f"unknown dataset type {kind!r}")
     return ImageTextDataset(source, encoder)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)

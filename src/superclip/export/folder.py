@@ -21,9 +21,10 @@ import open_clip
 import torch
 
 from .. import hub
-from ..checkpoint import _atomic_write, atomic_write_text, versions
 from ..errors import ConfigError
+from ..files import atomic_write, atomic_write_text
 from ..model import SuperCLIP, openclip_config
+from ..weights import versions
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ def write_head(model: SuperCLIP, out: Path, stats: dict[str, torch.Tensor] | Non
     head = {f"head.{k}": v for k, v in model.head.state_dict().items()}
     head.update({f"loss.{k}": v.to(torch.float64) for k, v in (stats or {}).items()})
     data = _safetensors_bytes(head, {"superclip_config": json.dumps(model.config), "format": "superclip-head"})
-    _atomic_write(out / hub.HEAD_FILE, lambda f: f.write(data))
+    atomic_write(out / hub.HEAD_FILE, lambda f: f.write(data))
     return out / hub.HEAD_FILE
 
 
@@ -106,7 +107,7 @@ def export_folder(model: SuperCLIP, out_dir, stats: dict[str, torch.Tensor] | No
     try:
         out.mkdir(parents=True, exist_ok=True)
         weights = _safetensors_bytes(model.clip.state_dict())
-        _atomic_write(out / hub.FOLDER_WEIGHTS[0], lambda f: f.write(weights))
+        atomic_write(out / hub.FOLDER_WEIGHTS[0], lambda f: f.write(weights))
         write_head(model, out, stats)
         atomic_write_text(json.dumps(config, indent=2) + "\n", out / hub.FOLDER_CONFIG)
         atomic_write_text(_card(model, name or out.resolve().name, train, metrics, bool(stats)), out / "README.md")

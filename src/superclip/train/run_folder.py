@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from .. import distributed
-from ..checkpoint import atomic_write_text
 from ..config import TrainConfig
 from ..errors import ConfigError, TrainingError
+from ..files import atomic_write_text
 
 log = logging.getLogger(__name__)
 LOCK_FILE = ".lock"

@@ -15,22 +15,23 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset
 
 from .. import distributed
-from ..checkpoint import atomic_write_text, load_into, resolve_pretrained
 from ..config import TrainConfig
-from ..data.loader import ResumableSampler, build_train_dataset, collate, seed_everything
+from ..data.loader import ResumableSampler, build_train_dataset, collate
 from ..data.webdataset import expand_sources
 from ..errors import ConfigError, TrainingError, TrainingInterrupted
 from ..evaluate.data import image_folder, is_shard_pattern
+from ..files import atomic_write_text
 from ..loss import SuperCLIPLoss
 from ..model import build_model, compile_towers, get_tokenizer, get_transforms, split_model_config
 from ..model_check import check_tokenizer_fits
-from .checkpointing import (CheckpointManager, StopSignals, describe_changes, ignore_stop_signals, rng_state,
-                            set_rng_state)
+from ..seeding import seed_everything
+from ..weights import load_into, resolve_pretrained
 from .engine import train_step
 from .evaluation import evaluate_in_training
 from .optim import build_optimizer, build_scheduler
 from .report import Reporters
 from .run_folder import append_metrics, check_folder, check_run_folder, folder_id, run_dir, settle_name, trim_metrics
+from .run_state import CheckpointManager, StopSignals, describe_changes, ignore_stop_signals, rng_state, set_rng_state
 from .setup import apply_locks, model_config
 
 log = logging.getLogger(__name__)

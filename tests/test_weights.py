@@ -8,7 +8,7 @@ import torch
 
 import superclip
 from superclip import cli
-from superclip.checkpoint import load_token_stats, superclip_to_official
+from superclip.weights import load_token_stats, superclip_to_official
 
 from .conftest import V, random_captions
 from .test_loss import NumpyReference

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from .. import distributed
-from ..checkpoint import read_checkpoint, save_checkpoint
 from ..errors import CheckpointError
+from ..weights import read_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,7 @@
-"""Checkpoints: ours (save / load, atomic), the official SuperCLIP release, open_clip weights, and model folders
-in open_clip's hub / ``local-dir:`` layout (written by :mod:`superclip.export`), local or ``hf-hub:``.
+"""Model weights in every format, and models made from them: our checkpoint files (save / read), the official
+SuperCLIP release, open_clip weights, model folders in open_clip's hub / ``local-dir:`` layout (written by
+:mod:`superclip.export`), local or ``hf-hub:``; ``create_model`` / ``load_model`` resolve a config and a
+``pretrained`` source into a model. (What a training *run* saves and resumes is :mod:`superclip.train.run_state`.)
 
 Our checkpoint file: ``{"format": "superclip", "config", "model", "loss", ...training state}``; a readable
 ``.json`` beside it holds the config, step and versions. The official layout (METHOD.md): ``{"state_dict"}``
@@ -12,8 +14,6 @@ import json
 import logging
 import os
 import platform
-import tempfile
-import time
 import zipfile
 from importlib import metadata
 from pathlib import Path
@@ -24,6 +24,7 @@ import torch
 
 from . import hub
 from .errors import CheckpointError, ConfigError
+from .files import atomic_torch_save, atomic_write_text
 from .model import ModelCfg, SuperCLIP, build_model, resolve_model_config
 
 log = logging.getLogger(__name__)
@@ -42,66 +43,6 @@ def versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             pass
     return out
-
-
-def _test_write_delay() -> None:
-    """Test-only: ``SUPERCLIP_TEST_WRITE_DELAY`` seconds of sleep before each rename, so that fault-injection
-    tests can kill a run while a checkpoint is being written. Unset in real runs."""
-    delay = os.environ.get("SUPERCLIP_TEST_WRITE_DELAY")
-    if delay:
-        time.sleep(float(delay))
-
-
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make a rename in ``folder`` durable (a no-op where directories cannot be opened, e.g. Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _atomic_write(path: os.PathLike, write) -> None:
-    """``write(file)`` into a temporary file in the same folder, fsync, then ``os.replace`` onto ``path``: a
-    reader (or a resumed run) sees the old file or the whole new one, never a half-written one, also after a
-    kill or a power cut. On any failure (a full disk) the temporary file is removed and ``path`` is untouched."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp's 0600 would make checkpoints private to their writer
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        _test_write_delay()
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def atomic_torch_save(obj: Any, path: os.PathLike) -> None:
-    """``torch.save`` through :func:`_atomic_write`."""
-    _atomic_write(path, lambda f: torch.save(obj, f))
-
-
-def atomic_write_text(text: str, path: os.PathLike) -> None:
-    _atomic_write(path, lambda f: f.write(text.encode()))
-
-
-def atomic_write_bytes(data: bytes, path: os.PathLike) -> None:
-    _atomic_write(path, lambda f: f.write(data))
 
 
 def save_checkpoint(path: os.PathLike, model: SuperCLIP, criterion: torch.nn.Module | None = None,
