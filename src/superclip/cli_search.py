@@ -25,15 +25,12 @@ def _positive(value: str) -> int:
     return n
 
 
-def _job_options(args, bar):
+def _job_options(args):
     from .search.collection import JobOptions
-
-    def on_total(total):
-        bar.reset(total=total)
 
     return JobOptions(part_size=args.part_size, top_k=args.top_k, dtype=args.dtype,
                       max_index_memory=args.max_index_memory, csv_img_key=args.csv_img_key,
-                      csv_separator=args.csv_separator, progress=bar.update, on_total=on_total)
+                      csv_separator=args.csv_separator)
 
 
 def _run_job(args, build: bool) -> int:
@@ -53,6 +50,9 @@ def _run_job(args, build: bool) -> int:
         model, pretrained, dtype, top_k = args.model, args.pretrained, args.dtype, args.top_k
         if model is None and pretrained is None:
             raise ConfigError("name a model (--model) and/or a checkpoint (--pretrained)")
+    if build and layout.root.is_dir() and not layout.manifest.exists() and any(
+            p.name != ".lock" for p in layout.root.iterdir()):  # before the lock: nothing is written into it
+        raise ConfigError(f"{layout.root} is not empty and holds no index: name a new folder")
     rank, _ = distributed.init_from_env("cuda" if args.device and args.device.startswith("cuda") else "cpu")
     lock = None
     try:
@@ -69,14 +69,14 @@ def _run_job(args, build: bool) -> int:
                             args.workers, weights)
         model_info = {"model": model, "pretrained": info.get("path"), "checkpoint_sha256": digest,
                       "dim": embedder.dim}
-        bar = tqdm(total=None, unit="img", desc="index " + ("build" if build else "add"), dynamic_ncols=True,
-                   disable=not (args.progress and rank == 0), file=sys.stderr)
         args.top_k, args.dtype = top_k, dtype
-        opts = _job_options(args, bar)
+        opts = _job_options(args)
         sources = [s if s.startswith("pipe:") else os.path.abspath(s) for s in args.sources]
         manifest = start(args.dir, sources, opts, model_info, build)
-        report = finish(layout, manifest, embedder, opts, index_all=build)
-        bar.close()
+        with tqdm(total=None, unit="img", desc="index " + ("build" if build else "add"), dynamic_ncols=True,
+                  disable=not (args.progress and rank == 0), file=sys.stderr) as bar:
+            opts.progress, opts.on_total = bar.update, lambda total: bar.reset(total=total)
+            report = finish(layout, manifest, embedder, opts, index_all=build)
     finally:
         if lock is not None:
             lock.release()
