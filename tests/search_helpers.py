@@ -91,3 +91,53 @@ def assert_same(a: Dict, b: Dict, atol: float = 1e-6) -> None:
 def build_args(ckpt: Path, out: Path, *sources, extra: Optional[list] = None) -> list:
     return ["index", "build", *sources, "--out", out, "--pretrained", ckpt, "--part-size", "6", "--batch-size", "4",
             "--workers", "0", "--no-progress", "--dtype", "float32", *(extra or [])]
+
+
+COLOURS = ("red", "blue", "green", "yellow")
+SHAPES = ("circle", "square", "triangle")
+
+
+def write_colour_scenes(folder: Path, per_colour: int = 6, size: int = 32) -> List[tuple]:
+    """One large shape at the centre on grey, ``per_colour`` images of each of COLOURS (shapes in turn);
+    returns (path, caption) pairs."""
+    import random
+
+    from superclip.data.synthetic import Scene, SceneObject, render
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for c, colour in enumerate(COLOURS):
+        for j in range(per_colour):
+            shape = SHAPES[j % len(SHAPES)]
+            scene = Scene((SceneObject(shape, colour, "large", "center"),), "grey")
+            path = folder / f"{colour}-{j}.png"
+            render(scene, size, random.Random(c * 100 + j)).save(path)
+            out.append((path, f"a {colour} {shape}"))
+    return out
+
+
+def fit_checkpoint(path: Path, pairs: List[tuple], steps: int = 60, lr: float = 2e-3) -> Path:
+    """A tiny SuperCLIP fitted on ``pairs`` (the indexed images with their captions, one full batch a step), so that
+    its text search and head tags know the scenes' colours; saved with its token statistics."""
+    import superclip
+    from superclip.checkpoint import save_checkpoint
+    from superclip.data.images import decode_image
+
+    torch.manual_seed(0)
+    model = superclip.create_model(TINY_CFG)
+    preprocess = superclip.get_transforms(model)[1]
+    tokenizer = superclip.get_tokenizer(model.config)
+    images = torch.stack([preprocess(decode_image(p)) for p, _ in pairs])
+    ids = tokenizer([c for _, c in pairs])
+    criterion = superclip.SuperCLIPLoss()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    model.train()
+    criterion.train()
+    for _ in range(steps):
+        losses = criterion(model(images, ids), ids)
+        opt.zero_grad()
+        losses["loss"].backward()
+        opt.step()
+    model.eval()
+    save_checkpoint(path, model, criterion, config=TINY_CFG)
+    return path
