@@ -88,8 +88,10 @@ def _run_job(args, build: bool) -> int:
                 else "additions searched exactly until superclip index optimize") if build else \
             f"{report.get('added', 0)} added, {manifest.get('removed_now', 0)} removed; additions are searched " \
             "exactly until superclip index optimize"
+        rate = report["embedded"] / report["embed_seconds"] if report["embedded"] else 0.0
         print(f"{args.dir}: {report['live']} items; {what}; {report['skipped']} unreadable images skipped "
-              f"(listed in {layout.skipped})")
+              f"(listed in {layout.skipped}); embedded {report['embedded']} images in {report['embed_seconds']:.1f} s "
+              f"({rate:.1f} images/s)")
     return 0
 
 

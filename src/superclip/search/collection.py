@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
@@ -71,17 +72,21 @@ def _write_plans(layout: Layout, first: int, plans: List[Dict]) -> None:
         write_json(layout.plan(first + j), plan)
 
 
-def run_parts(layout: Layout, todo: List[int], embedder, opts: JobOptions) -> None:
-    """Embed and write this rank's share of the parts in ``todo`` that are not done yet."""
+def run_parts(layout: Layout, todo: List[int], embedder, opts: JobOptions) -> int:
+    """Embed and write this rank's share of the parts in ``todo`` that are not done yet; returns the images read."""
     rank, world = distributed.rank(), distributed.world_size()
     mine = [i for i in todo if i % world == rank and not parts.is_done(layout, i)]
     plans = {i: json_plan(layout, i) for i in mine}
     if opts.on_total:
         opts.on_total(None if any("shard" in p for p in plans.values()) else sum(len(p["files"])
                                                                                  for p in plans.values()))
+    images = 0
     for i in mine:
-        parts.write_part(layout, i, embedder.run(plans[i], opts.progress))
+        result = embedder.run(plans[i], opts.progress)
+        parts.write_part(layout, i, result)
+        images += len(result.embeddings) + len(result.skipped)
         log.info("rank %d wrote part %d", rank, i)
+    return images
 
 
 def json_plan(layout: Layout, i: int) -> Dict:
@@ -274,9 +279,10 @@ def finish(layout: Layout, manifest: Dict, embedder, opts: JobOptions, index_all
     """Embed pending parts (every rank), then ingest and (``index_all``) rebuild the main index (rank 0)."""
     catalog = Catalog(layout.catalog) if distributed.rank() == 0 else None
     ingested = distributed.broadcast_object(catalog.ingested_parts() if catalog else None)
-    run_parts(layout, _pending(layout, manifest["planned"], ingested), embedder, opts)
+    t0 = time.perf_counter()
+    embedded = run_parts(layout, _pending(layout, manifest["planned"], ingested), embedder, opts)
     distributed.barrier()
-    report = {}
+    report = {"embedded": sum(distributed.all_gather_object(embedded)), "embed_seconds": time.perf_counter() - t0}
     if catalog is not None:
         try:
             report["added"] = ingest(layout, catalog, manifest)
