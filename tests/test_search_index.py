@@ -172,3 +172,20 @@ def test_optimize_killed_then_rerun(env, tmp_path, kill_at):
     assert cli("index", "optimize", out) == 0
     assert_same(before, snapshot(out))
     assert [p.name for p in (out / "index").iterdir()] == ["main-1.faiss"]
+
+
+def test_batched_tags_equal_top_tags():
+    import superclip
+    import torch
+    from superclip.evaluate.tags import top_tags
+    from superclip.search.job import Embedder
+
+    from .conftest import TINY_CFG
+
+    model = superclip.create_model(TINY_CFG).eval()
+    e = Embedder(model, superclip.get_transforms(model)[1], superclip.get_tokenizer(model.config), "cpu", top_k=5,
+                 workers=0)
+    logits = torch.randn(8, 49408, generator=torch.Generator().manual_seed(1)) * 3
+    fast, slow = e.tags(logits), [top_tags(r, e.tokenizer, 5, e.exclude) for r in logits]
+    assert [[w for w, _ in t] for t in fast] == [[w for w, _ in t] for t in slow]
+    np.testing.assert_allclose([[p for _, p in t] for t in fast], [[p for _, p in t] for t in slow], atol=1e-7)

@@ -16,10 +16,11 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-# Exact search stays below this many vectors: bench/search_index.py measured exact search of one query at one
-# thread at ~10 ms around 100k vectors of dim 512 (docs/search.md), where IVF starts to pay for its training.
-FLAT_MAX = 100_000
-RECALL_TARGET = 0.95
+# Exact search up to this many vectors: bench/search_index.py measured exact search of one query (dim 512, one
+# thread, this 2-core machine) at p50 ~2 ms over 10k, ~7 ms over 30k and ~30 ms over 100k vectors (docs/search.md);
+# IVF answers in about a millisecond from here on, and below this its training and recall loss buy little.
+FLAT_MAX = 30_000
+RECALL_TARGET = 0.97  # the build estimates recall on 1,000 queries (about ±0.005): aim above 0.95
 RECALL_QUERIES = 1000
 
 
@@ -55,19 +56,30 @@ def exact_top(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     return flat.search(queries, k)[1]
 
 
-def recall_at(index: faiss.Index, ids: np.ndarray, queries: np.ndarray, truth: np.ndarray, nprobe: int) -> float:
-    """Mean share of the exact top-k ids (``truth``: row positions) found in the index's top-k."""
-    k = truth.shape[1]
+def recall_at(index: faiss.Index, ids: np.ndarray, queries: np.ndarray, truth: np.ndarray, nprobe: int,
+              query_ids: Optional[np.ndarray] = None) -> float:
+    """Mean share of the exact top-k ids (``truth``: (q, k) row positions) found in the index's top-k.
+
+    ``query_ids``: the queries are stored vectors with these ids; each is left out of both lists (``truth`` then
+    holds k + 1 columns), so that a query finding itself does not flatter the figure."""
+    k = truth.shape[1] - (query_ids is not None)
     params = faiss.SearchParametersIVF(nprobe=nprobe) if hasattr(index, "nprobe") else None
-    found = index.search(queries, k, params=params)[1]
+    found = index.search(queries, truth.shape[1], params=params)[1]
     want = ids[truth]
-    return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(found.tolist(), want.tolist())]))
+    hits = []
+    for row, (a, b) in enumerate(zip(found.tolist(), want.tolist())):
+        if query_ids is not None:
+            a = [x for x in a if x != query_ids[row]][:k]
+            b = [x for x in b if x != query_ids[row]][:k]
+        hits.append(len(set(a) & set(b[:k])) / k)
+    return float(np.mean(hits))
 
 
 def build(vectors: np.ndarray, ids: np.ndarray, max_memory: int, seed: int = 0,
           target: float = RECALL_TARGET) -> Tuple[faiss.Index, Dict]:
     """An index over (n, D) float32 ``vectors`` with int64 ``ids``; returns it and its info (kind, sizes, nprobe,
-    recall_at_10 against exact search on up to ``RECALL_QUERIES`` of the vectors, build_seconds)."""
+    recall_at_10 against exact search with up to ``RECALL_QUERIES`` of the vectors as queries, each left out of its
+    own results; build_seconds)."""
     t0 = time.perf_counter()
     n, dim = vectors.shape
     params = choose_params(n, dim, max_memory)
@@ -80,18 +92,19 @@ def build(vectors: np.ndarray, ids: np.ndarray, max_memory: int, seed: int = 0,
     if n:
         index.add_with_ids(vectors, ids)
     info = dict(params, count=int(n), dim=int(dim))
-    k = min(10, n)
-    if k == 0:
+    k = min(10, n - 1)
+    if k <= 0:
         return index, dict(info, recall_at_10=None, nprobe=None, build_seconds=time.perf_counter() - t0)
-    queries = vectors[np.sort(rng.choice(n, size=min(n, RECALL_QUERIES), replace=False))]
-    truth = exact_top(vectors, queries, k)
+    rows = np.sort(rng.choice(n, size=min(n, RECALL_QUERIES), replace=False))
+    queries, query_ids = vectors[rows], ids[rows]
+    truth = exact_top(vectors, queries, k + 1)  # + 1: each query is a stored vector, left out of its results
     nprobe = None
     if params["kind"] == "flat":
-        recall = recall_at(index, ids, queries, truth, 1)
+        recall = recall_at(index, ids, queries, truth, 1, query_ids)
     else:
         nprobe = 1
         while True:
-            recall = recall_at(index, ids, queries, truth, nprobe)
+            recall = recall_at(index, ids, queries, truth, nprobe, query_ids)
             if recall >= target or nprobe >= params["nlist"]:
                 break
             nprobe *= 2
