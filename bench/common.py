@@ -39,7 +39,8 @@ def _write(args):
     path = Path(out) / f"train-{index:06d}.tar"
     if not path.exists():
         tmp = Path(out) / f".part-{index}"
-        written = write_shards(str(tmp), per_shard, 64, seed=index, split="train", shard_size=per_shard)
+        written = write_shards(str(tmp), per_shard, 64, seed=index, split="train", shard_size=per_shard,
+                               overwrite=True)
         os.replace(written[0], path)
         tmp.rmdir()
     return str(path)

@@ -1,5 +1,5 @@
 """Fine-tuning a CLIP checkpoint on your own captioned images with the small batch one GPU allows, with and
-without SuperCLIP's class term (README "Fine-tuning a pretrained CLIP").
+without SuperCLIP's class term (docs/training.md, "Fine-tuning a pretrained CLIP").
 
     python bench/finetune.py [--seeds 0 1 2] [--pretrain-steps 150] [--steps 300] [--batch-size 8]
 

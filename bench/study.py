@@ -12,8 +12,8 @@ Each writes runs/study-NAME/{report.json, table.md, study.png} and prints the ta
 of every test metric, then per seed: each run's fine-grained, coarse and retrieval figures, the paired gap
 against the group's first run and in how many seeds it is ahead. Common options: --family (scenes, textures),
 --batch-size, --samples (samples seen per run; the batch study keeps it fixed), --lr, --warmup-share (of the
-steps, default 0.1), --vary (what a seed changes: both, init, data), --model (a config name or JSON path:
-the tower size), --out.
+steps, default 0.1), --vary (what a seed changes: both, init, data), --model (a config name or JSON path),
+--vision-layers N (the model with its image tower N layers deep: a config derived from --model), --out.
 """
 import argparse
 import json
@@ -29,6 +29,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from superclip.data.families import FAMILIES  # noqa: E402
 from superclip.demo import run_demo  # noqa: E402
+from superclip.model import resolve_model_config  # noqa: E402
 
 STUDIES = {
     "seeds": lambda a: [("demo", a.batch_size, None, (("CLIP", {"cls_loss_weight": 0.0}),
@@ -41,6 +42,16 @@ STUDIES = {
     "captions": lambda a: [("detailed captions only", a.batch_size, 1.0, (("CLIP", {"cls_loss_weight": 0.0}),
                                                                          ("SuperCLIP", {"cls_loss_weight": 1.0})))],
 }
+
+
+def derived_model(model: str, vision_layers: int, out: Path) -> str:
+    """A JSON path of ``model``'s config with an image tower ``vision_layers`` deep, written into ``out``."""
+    cfg = resolve_model_config(model)
+    cfg["vision_cfg"]["layers"] = vision_layers
+    path = out / f"{Path(model).stem}-vision{vision_layers}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(cfg, indent=4) + "\n")
+    return str(path)
 
 
 def finished(run_dir: Path, settings: dict, runs) -> Optional[dict]:
@@ -67,12 +78,18 @@ def main():
     p.add_argument("--vary", default="both", choices=("both", "init", "data"),
                    help="what a seed changes: initial weights and data (both), the initial weights only (data seed "
                         "0), the data only (weights seed 0)")
-    p.add_argument("--model", default="SuperCLIP-Tiny", help="model config name or JSON path (the tower size)")
+    p.add_argument("--model", default="SuperCLIP-Tiny", help="model config name or JSON path")
+    p.add_argument("--vision-layers", type=int, default=None,
+                   help="image tower depth: --model's config with vision_cfg.layers set to this (the tower size)")
     p.add_argument("--out", default=None)
     args = p.parse_args()
     family = FAMILIES[args.family]
     suffix = "" if args.family == "scenes" else f"-{args.family}"
     out = Path(args.out or f"runs/study-{args.study}{suffix}")
+    label = "" if args.model == "SuperCLIP-Tiny" else f", model {args.model}"
+    if args.vision_layers is not None:
+        label += f", image tower {args.vision_layers} layers deep"
+        args.model = derived_model(args.model, args.vision_layers, out)
     rows = {}  # (group, run) -> metric -> [values over seeds]
     for group, batch, long_ratio, runs in STUDIES[args.study](args):
         for seed in args.seeds:
@@ -98,8 +115,7 @@ def main():
     paired = (f"zeroshot_{family.coarse}_acc1", f"zeroshot_{family.fine}_acc1", "image_retrieval_recall@1",
               "text_retrieval_recall@1", f"zeroshot_{family.tasks[2]}_acc1")
     varied = {"both": "", "init": " (initial weights only; data seed 0)", "data": " (data only; weights seed 0)"}
-    model = "" if args.model == "SuperCLIP-Tiny" else f", model {args.model}"
-    lines = [f"Study `{args.study}` on the {args.family}{model}: {args.samples} samples seen per run, lr {args.lr:g}, "
+    lines = [f"Study `{args.study}` on the {args.family}{label}: {args.samples} samples seen per run, lr {args.lr:g}, "
              f"warm-up {args.warmup_share:.0%} of the steps, seeds {args.seeds}{varied[args.vary]}; "
              "test split, %, mean ± std over seeds", "",
              "| setting | run | " + " | ".join(metrics) + " |", "|---|---|" + "---|" * len(metrics)]

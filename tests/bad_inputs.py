@@ -1,6 +1,6 @@
 """User mistakes and corrupt inputs, across the commands: each must end in one line on stderr with exit code 2, or
 be a sample that training skips and counts. ``tests/test_bad_inputs.py`` runs them; ``python -m tests.bad_inputs``
-prints the README's table (each case with what superclip answered)."""
+prints the table of docs/faults.md (each case with what superclip answered; --write docs/faults.md puts it there)."""
 from __future__ import annotations
 
 import io
@@ -105,7 +105,7 @@ def _train(ws: Path, *extra: str) -> List[str]:
 
 
 def _csv_train(ws: Path, csv: str, *extra: str) -> List[str]:
-    return ["train", "--model", str(ws / "tiny.json"), "--train-data", str(ws / csv), "--batch-size", "1",
+    return ["train", "--model", str(ws / "tiny.json"), "--train-data", str(ws / csv), "--batch-size", "2",
             "--logs", str(ws / "logs"), "--no-progress", *extra]
 
 
@@ -286,6 +286,110 @@ CASES: List[Case] = [
     Case("tag", "local-dir: of a folder that is not a model", lambda ws: [
         "tag", "--pretrained", f"local-dir:{ws}", str(ws / "img.png")], "not a model folder"),
     Case("flops", "unknown model", lambda ws: ["flops", "ViT-Q-99"], "unknown model"),
+    # --- issue 21, runs and outputs: model configs, run flags, demo / data synth / export / embed outputs, hub names
+    Case("train", "model config: negative image-tower layers", lambda ws: _train_bad_model(ws, "vision_cfg", layers=-2),
+         "vision_cfg.layers must be an integer >= 1, got -2"),
+    Case("train", "model config: zero text-tower layers", lambda ws: _train_bad_model(ws, "text_cfg", layers=0),
+         "text_cfg.layers must be an integer >= 1, got 0"),
+    Case("train", "model config: context length 1", lambda ws: _train_bad_model(ws, "text_cfg", context_length=1),
+         "text_cfg.context_length must be an integer >= 3, got 1"),
+    Case("train", "model config: vocabulary 0", lambda ws: _train_bad_model(ws, "text_cfg", vocab_size=0),
+         "text_cfg.vocab_size must be an integer >= 1, got 0"),
+    Case("train", "model config: text heads that do not divide the width",
+         lambda ws: _train_bad_model(ws, "text_cfg", heads=3), "text_cfg.heads 3 does not divide text_cfg.width 64"),
+    Case("train", "model config: image head_width that does not divide the width",
+         lambda ws: _train_bad_model(ws, "vision_cfg", head_width=48), "vision_cfg.head_width 48 does not divide"),
+    Case("train", "model config: embed_dim 0", lambda ws: _train_bad_model(ws, None, embed_dim=0),
+         "model.embed_dim must be an integer >= 1, got 0"),
+    Case("train", "model config: image smaller than one patch", lambda ws: _train_bad_model(ws, "vision_cfg",
+                                                                                          image_size=4),
+         "vision_cfg.image_size must be at least patch_size 8"),
+    Case("train", "model config: width given as a string", lambda ws: _train_bad_model(ws, "text_cfg", width="64"),
+         "text_cfg.width must be an integer >= 1, got '64'"),
+    Case("train", "model config: mlp_ratio 0", lambda ws: _train_bad_model(ws, "vision_cfg", mlp_ratio=0),
+         "vision_cfg.mlp_ratio must be a number > 0"),
+    Case("train", "model config: text vocabulary smaller than the CLIP tokenizer's ids",
+         lambda ws: _train_bad_model(ws, "text_cfg", vocab_size=1000), "text_cfg.vocab_size 1000 is smaller than"),
+    Case("train", "model config: head vocabulary smaller than the tokenizer's ids",
+         lambda ws: _train_bad_model(ws, "clstext_cfg", vocab_size=10), "clstext_cfg.vocab_size 10 is smaller"),
+    Case("flops", "model config with negative layers", lambda ws: ["flops", _bad_model(ws, "vision_cfg", layers=-1)],
+         "vision_cfg.layers must be an integer >= 1"),
+    Case("train", "--force-context-length 2 (no room for a word)", lambda ws: _train(ws, "--force-context-length", "2"),
+         "text_cfg.context_length must be an integer >= 3, got 2"),
+    Case("train", "--force-image-size smaller than a patch", lambda ws: _train(ws, "--force-image-size", "4"),
+         "vision_cfg.image_size must be at least patch_size 8"),
+    Case("train", "--batch-size 1 with the contrastive loss", lambda ws: _train(ws, "--batch-size", "1"),
+         "--batch-size 1 with the contrastive loss"),
+    Case("train", "--lr inf", lambda ws: _train(ws, "--lr", "inf"), "--lr must be a finite number, got inf"),
+    Case("train", "--eps inf", lambda ws: _train(ws, "--eps", "inf"), "--eps must be a finite number"),
+    Case("train", "--wd inf", lambda ws: _train(ws, "--wd", "inf"), "--wd must be a finite number"),
+    Case("train", "--cls-loss-weight inf", lambda ws: _train(ws, "--cls-loss-weight", "inf"),
+         "--cls-loss-weight must be a finite number"),
+    Case("train", "--seed -1", lambda ws: _train(ws, "--seed", "-1"), "--seed must be in [0, 2**32), got -1"),
+    Case("train", "--seed 2**40", lambda ws: _train(ws, "--seed", str(2 ** 40)), "--seed must be in [0, 2**32)"),
+    Case("train", "--data-seed -3", lambda ws: _train(ws, "--data-seed", "-3"), "--data-seed must be in [0, 2**32)"),
+    Case("train", "--name with a path in it", lambda ws: _train(ws, "--name", "../escape"),
+         "--name must be a folder name"),
+    Case("train", "--resume a run folder", lambda ws: _train(ws, "--resume", str(ws)),
+         "is a folder: name a checkpoint"),
+    Case("demo", "--batches -4", lambda ws: ["demo", "--batches", "-4"], "--batches: must be >= 2, got -4"),
+    Case("demo", "--batches 0", lambda ws: ["demo", "--batches", "32", "0"], "--batches: must be >= 2, got 0"),
+    Case("demo", "--batches 1 (a contrastive loss of 0)", lambda ws: ["demo", "--batches", "1"], "must be >= 2"),
+    Case("demo", "--samples 1 (less than a batch)", lambda ws: ["demo", "--samples", "1", "--out", str(ws / "demo")],
+         "--samples 1 is less than one batch of 32"),
+    Case("demo", "--eval-samples 0", lambda ws: ["demo", "--eval-samples", "0"], "--eval-samples: must be >= 1"),
+    Case("data synth", "--out under a file", lambda ws: ["data", "synth", "--out", str(ws / "a_file" / "synth")],
+         "--out: cannot create folder"),
+    Case("eval", "--pretrained an ONNX export folder", lambda ws: ["eval", "--pretrained", _onnx_folder(ws),
+                                                                   "--zeroshot-data", str(ws / "zs")],
+         "is an ONNX export"),
+    Case("eval", "--pretrained a folder that is no model folder", lambda ws: ["eval", "--pretrained",
+                                                                              str(ws / "zs"), "--zeroshot-data",
+                                                                              str(ws / "zs")],
+         "is a folder without open_clip_config.json"),
+    Case("eval", "hf-hub: file path with ..", lambda ws: ["eval", "--pretrained", "hf-hub:org/repo/../../etc/passwd",
+                                                         "--zeroshot-data", str(ws / "zs")], "'..'"),
+    Case("export", "into a folder holding the user's README.md", lambda ws: ["export", str(ws / "tiny.pt"),
+                                                                            _user_folder(ws)],
+         "is not empty (README.md)"),
+    Case("embed", "--out whose files exist", lambda ws: ["embed", "--pretrained", str(ws / "tiny.pt"),
+                                                         str(ws / "img.png"), "--out", _existing_embedding(ws)],
+         "already exist"),
+    # --- issue 21, data half: broken streams and archives, CSV shapes, data synth (see docs/faults-data.md)
+    Case("train", "CSV whose header names the caption column twice", lambda ws: _csv_train(
+        ws, _put(ws, "dup_title.csv", b"filepath,title,title\nimg.png,a red square,DRAFT\n")),
+        "the header names column 'title' 2 times (columns 2, 3)"),
+    Case("train", "CSV row with an unquoted comma in its caption", lambda ws: _csv_train(
+        ws, _put(ws, "ragged.csv", b"filepath,title\nimg.png,a red square\nimg.png,red, square\n")),
+        "rows with more fields than the header's 2: line 3 has 3"),
+    Case("train", "CSV with a quote never closed", lambda ws: _csv_train(
+        ws, _put(ws, "open_quote.csv", b'filepath,title\nimg.png,"a red square\nimg.png,a blue one\n')),
+        "line 2: a quote opened in this row is never closed"),
+    Case("train", "--wds-stall-timeout 0", lambda ws: _train(ws, "--wds-stall-timeout", "0"),
+         "--wds-stall-timeout must be > 0 seconds"),
+    Case("train", "the only shard is empty (0 bytes)", lambda ws: _shard_train(ws, _put(ws, "empty.tar", b"")),
+         "the file is empty (0 bytes)"),
+    Case("train", "the only shard is an HTML error page saved as .tar", lambda ws: _shard_train(
+        ws, _put(ws, "page.tar", b"<html><head><title>403 Forbidden</title></head></html>\n" * 12)),
+        "offset 0: not a tar archive (it begins with b'<html><head><tit')"),
+    Case("train", "the only shard is all zeros (a preallocated download)", lambda ws: _shard_train(
+        ws, _put(ws, "zeros.tar", bytes(65536))), "it holds no samples (an empty archive)"),
+    Case("train", "the only shard holds no KEY.EXT members (a tar of folders)", lambda ws: _shard_train(
+        ws, _put(ws, "noext.tar", _tar({"images/README": b"x", "LICENSE": b"y"}))), "it holds no samples (no member"),
+    Case("train", "the only shard is zstd-compressed", lambda ws: _shard_train(
+        ws, _put(ws, "z.tar.zst", b"\x28\xb5\x2f\xfd" + bytes(600))), "zstd-compressed: decompress it first"),
+    Case("train", "a pipe: command that does not exist", lambda ws: _shard_train(ws, "pipe:no-such-tool get x.tar"),
+         "the command exited with 127"),
+    Case("train", "a pipe: command that stalls (--wds-stall-timeout 1)", lambda ws: _shard_train(
+        ws, "pipe:sleep 1000", "--wds-stall-timeout", "1"), "no data for 1 s after 0 bytes: the command was killed"),
+    Case("train", "a pipe: command that writes noise", lambda ws: _shard_train(ws, "pipe:yes noise | head -c 900000"),
+         "its output is not a tar archive (it begins with b'noise\\nnoise\\nnois')"),
+    Case("eval", "retrieval CSV with a row of more fields than the header", lambda ws: _eval(
+        ws, "--retrieval-data", _put(ws, "ragged_val.csv", b"filepath,title\nimg.png,a,b,c\n")),
+        "line 2 has 4"),
+    Case("data", "synth into a folder holding its shards", lambda ws: _synth_twice(ws), "--overwrite"),
+    Case("data", "synth --shard-size 0", lambda ws: ["data", "synth", "--out", str(ws / "syn0"), "--shard-size", "0"],
+         "--shard-size must be >= 1, got 0"),
     # superclip index / serve (tests/test_search_*.py test the commands themselves)
     Case("index", "build from a missing folder", lambda ws: ["index", "build", str(ws / "nope"), "--out",
                                                              str(ws / "idx_a"), "--pretrained", str(ws / "tiny.pt")],
@@ -308,6 +412,71 @@ CASES: List[Case] = [
     Case("serve", "a folder without an index", lambda ws: ["serve", str(ws / "shards")],
          "holds no index (no manifest.json)"),
 ]
+
+
+# --- issue 21, runs and outputs: files the cases above make when they run
+def _bad_model(ws: Path, tower, **changes) -> str:
+    cfg = json.loads(json.dumps(TINY_CFG))
+    (cfg.setdefault(tower, {}) if tower else cfg).update(changes)
+    path = ws / f"bad_{tower}_{'_'.join(f'{k}{v}' for k, v in changes.items())}.json"
+    path.write_text(json.dumps(cfg))
+    return str(path)
+
+
+def _train_bad_model(ws: Path, tower, **changes) -> List[str]:
+    argv = _train(ws)
+    argv[argv.index("--model") + 1] = _bad_model(ws, tower, **changes)
+    return argv
+
+
+def _onnx_folder(ws: Path) -> str:
+    folder = ws / "onnx_export"
+    folder.mkdir(exist_ok=True)
+    (folder / "image_encoder.onnx").write_bytes(b"onnx")
+    (folder / "onnx.json").write_text("{}")
+    return str(folder)
+
+
+def _user_folder(ws: Path) -> str:
+    folder = ws / "my_model_folder"
+    folder.mkdir(exist_ok=True)
+    (folder / "README.md").write_text("my notes\n")
+    return str(folder)
+
+
+def _existing_embedding(ws: Path) -> str:
+    (ws / "emb_existing.npy").write_bytes(b"mine")
+    return str(ws / "emb_existing")
+
+
+def _put(ws: Path, name: str, data: bytes) -> str:
+    (ws / name).write_bytes(data)
+    return str(ws / name)
+
+
+def _tar(members: dict) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _shard_train(ws: Path, url: str, *extra: str) -> List[str]:
+    return ["train", "--model", str(ws / "tiny.json"), "--train-data", url, "--dataset-type", "webdataset",
+            "--train-num-samples", "8", "--batch-size", "4", "--logs", str(ws / "logs"), "--no-progress", *extra]
+
+
+def _synth_twice(ws: Path) -> List[str]:
+    argv = ["data", "synth", "--out", str(ws / "syn"), "--train-samples", "4", "--test-samples", "0",
+            "--image-size", "8"]
+    if not (ws / "syn" / "train-000000.tar").exists():
+        from superclip import cli
+
+        cli.main(argv)
+    return argv
 
 
 def _bomb(ws: Path) -> str:
@@ -337,7 +506,38 @@ SAMPLE_CASES: List[SampleCase] = [
     SampleCase("JSON member that is not an object", "shard", lambda ws: {"png": png(), "json": b'["a red square"]'}),
     SampleCase("non-UTF-8 caption in a shard", "shard", lambda ws: {"png": png(), "txt": b"caf\xe9"}),
     SampleCase("truncated shard (cut inside a sample)", "shard", lambda ws: "truncate"),
+    # --- issue 21, data half: damaged archives, spreadsheet rows, cut downloads (see docs/faults-data.md)
+    SampleCase("CSV row with fewer fields than the header (no caption)", "csv", lambda ws: _csv_row(
+        ws, "ok3.png", png(), b"")[:-2] + b"\n"),
+    SampleCase("truncated JPEG (a cut download)", "csv", lambda ws: _csv_row(ws, "cut.jpg", _jpeg()[:300])),
+    SampleCase("corrupt member header in a shard (bad checksum)", "shard", lambda ws: _break_header),
+    SampleCase("an HTML page appended to a shard", "shard", lambda ws: _append_page),
+    SampleCase("a zeroed stretch inside a shard (a hole in a download)", "shard", lambda ws: _zero_hole),
 ]
+
+
+def _jpeg() -> bytes:
+    buf = io.BytesIO()
+    Image.effect_noise((64, 64), 40).convert("RGB").save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def _break_header(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    at = data.index(b"k0003.txt")
+    data[at + 148:at + 156] = b"0000000\0"
+    path.write_bytes(bytes(data))
+
+
+def _append_page(path: Path) -> None:
+    path.write_bytes(path.read_bytes() + b"<html><body>502 Bad Gateway</body></html>\n" * 30)
+
+
+def _zero_hole(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    at = data.index(b"k0003.png")
+    data[at:at + 1024] = bytes(1024)
+    path.write_bytes(bytes(data))
 
 
 def write_sample_case(ws: Path, case: SampleCase, good: int = 7) -> List[str]:
@@ -353,12 +553,14 @@ def write_sample_case(ws: Path, case: SampleCase, good: int = 7) -> List[str]:
     path = ws / "shard-000.tar"
     with tarfile.open(path, "w") as tar:
         samples = [{"png": png((30 * i, 90, 90)), "txt": b"a red square"} for i in range(good)]
-        samples.insert(3, bad if isinstance(bad, dict) else samples[0])
+        samples.insert(3, bad if isinstance(bad, dict) else dict(samples[0]))
         for i, members in enumerate(samples):
             for ext, data in members.items():
                 info = tarfile.TarInfo(f"k{i:04d}.{ext}")
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
+    if callable(bad):  # damage done to the written shard
+        bad(path)
     if bad == "truncate":  # cut 50 bytes into the image of the fifth sample
         data = path.read_bytes()
         path.write_bytes(data[: data.index(b"k0004.png") + 512 + 50])
@@ -366,17 +568,19 @@ def write_sample_case(ws: Path, case: SampleCase, good: int = 7) -> List[str]:
             "4", "--epochs", "1"]
 
 
-def main() -> None:
-    """The README table: every case with superclip's answer, measured now."""
+BEGIN, END = "<!-- bad-inputs table: python -m tests.bad_inputs --write docs/faults.md -->", "<!-- end of table -->"
+
+
+def table() -> List[str]:
+    """Every case with superclip's answer, measured now, as markdown table lines."""
     import contextlib
     import tempfile
 
     from superclip import cli
 
+    lines = ["| command | mistake or bad input | what superclip says (exit 2, one line) |", "|---|---|---|"]
     with tempfile.TemporaryDirectory() as tmp:
         ws = workspace(Path(tmp) / "ws")
-        print("| command | mistake or bad input | what superclip says (exit 2, one line) |")
-        print("|---|---|---|")
         for case in CASES:
             err = io.StringIO()
             with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
@@ -385,7 +589,29 @@ def main() -> None:
                 except SystemExit as e:
                     rc = e.code
             line = err.getvalue().strip().splitlines()[-1].replace(tmp, "…").replace("|", "\\|")
-            print(f"| {case.command} | {case.what} | `{line}` (rc {rc}) |")
+            lines.append(f"| {case.command} | {case.what} | `{line}` (rc {rc}) |")
+    return lines
+
+
+def main() -> None:
+    """Prints the table; ``--write FILE`` puts it between FILE's markers instead (docs/faults.md)."""
+    import argparse
+    import re
+
+    p = argparse.ArgumentParser(description=main.__doc__)
+    p.add_argument("--write", default=None, metavar="FILE")
+    args = p.parse_args()
+    lines = table()
+    if not args.write:
+        print("\n".join(lines))
+        return
+    path = Path(args.write)
+    text = path.read_text()
+    if BEGIN not in text or END not in text:
+        raise SystemExit(f"{path} has no {BEGIN!r} ... {END!r} markers")
+    block = BEGIN + "\n\n" + "\n".join(lines) + "\n\n" + END
+    path.write_text(re.sub(re.escape(BEGIN) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S))
+    print(f"{path}: {len(CASES)} cases")
 
 
 if __name__ == "__main__":

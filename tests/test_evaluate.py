@@ -153,7 +153,7 @@ def test_embed_classify_tag(tmp_path, capsys):
     assert cli.main(["embed", "--pretrained", str(ckpt), *paths, "--out", str(tmp_path / "e")]) == 0
     emb = np.load(tmp_path / "e.npy")
     assert emb.shape == (2, 32) and abs(np.linalg.norm(emb[0]) - 1) < 1e-5
-    assert (tmp_path / "e.ids.txt").read_text().split() == paths
+    assert [json.loads(line) for line in (tmp_path / "e.ids.jsonl").read_text().splitlines()] == paths
     capsys.readouterr()
     assert cli.main(["classify", "--pretrained", str(ckpt), paths[0], "--labels", "a red square,a blue square"]) == 0
     line = capsys.readouterr().out.strip()

@@ -204,3 +204,27 @@ def test_torchrun_restart_after_a_killed_rank_continues_exactly(tmp_path):
     assert "restart" in (tmp_path / "torchrun.log").read_text().lower()
     _assert_same_final_state(_final_state(run), straight)
     assert _metric_steps(run) == list(range(1, STEPS + 1))
+
+
+def test_two_runs_started_at_once_on_one_name_one_trains_the_other_refuses(straight):
+    """Two `superclip train` on one --name at the same moment: the run lock lets one in, the other exits 2 with
+    one line; the survivor's checkpoints and metrics equal the uninterrupted run's. Before: both exited 0 into
+    one folder (metrics steps 1,1,2,2,...; one run's checkpoints replaced the other's)."""
+    tmp_path, straight_state = straight
+    procs = [subprocess.Popen([sys.executable, "-m", "superclip", *_args(tmp_path, "twins")], env=ENV, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=Path(__file__).parent.parent)
+             for _ in range(2)]
+    outputs = [p.communicate(timeout=300) for p in procs]
+    results = [(p.returncode, out, err) for p, (out, err) in zip(procs, outputs)]
+    assert sorted(rc for rc, _, _ in results) == [0, 2], results
+    _, _, err = next(r for r in results if r[0] == 2)
+    assert len(err.strip().splitlines()) == 1 and "is in use by another superclip train (pid" in err, err
+    run, reference = tmp_path / "logs" / "twins", tmp_path / "logs" / "straight"
+    _assert_same_final_state(_final_state(run), straight_state)
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == \
+        sorted(p.name for p in (reference / "checkpoints").iterdir())
+
+    def steps(folder):
+        return [{k: v for k, v in m.items() if k != "samples_per_s"}
+                for m in map(json.loads, (folder / "metrics.jsonl").read_text().splitlines())]
+    assert steps(run) == steps(reference) and len(steps(run)) == STEPS

@@ -70,7 +70,8 @@ def test_resuming_reads_only_the_unit_at_the_position(tmp_path, monkeypatch):
     straight = _keys(ShardStream(urls, seed=1), 60)
     opened, read = [], []
     real_init, real_get = webdataset.Shard.__init__, webdataset.Shard.__getitem__
-    monkeypatch.setattr(webdataset.Shard, "__init__", lambda self, url: (opened.append(url), real_init(self, url))[1])
+    monkeypatch.setattr(webdataset.Shard, "__init__",
+                        lambda self, url, *a: (opened.append(url), real_init(self, url, *a))[1])
     monkeypatch.setattr(webdataset.Shard, "__getitem__", lambda self, i: (read.append(i), real_get(self, i))[1])
     resumed = ShardStream(urls, seed=1)
     resumed.set_position(0, {0: [0, 4, 3]})  # round 0, fifth unit, 3 of its samples delivered

@@ -85,7 +85,7 @@ def test_zero_shot_tasks_and_family_registry():
 
 
 def test_demo_on_textures_end_to_end_in_seconds(tmp_path, capsys):
-    # no --family, no --lr: the demo's defaults are the textures at lr 5e-4 (the README's 5-seed tables)
+    # no --family, no --lr: the demo's defaults are the textures at lr 5e-4 (docs/demo.md's 5-seed tables)
     assert cli.main(["demo", "--samples", "24", "--batches", "8", "4", "--eval-samples", "12",
                      "--out", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "report.json").read_text())

@@ -100,6 +100,10 @@ def atomic_write_text(text: str, path: os.PathLike) -> None:
     _atomic_write(path, lambda f: f.write(text.encode()))
 
 
+def atomic_write_bytes(data: bytes, path: os.PathLike) -> None:
+    _atomic_write(path, lambda f: f.write(data))
+
+
 def save_checkpoint(path: os.PathLike, model: SuperCLIP, criterion: torch.nn.Module | None = None,
                     model_state: dict[str, torch.Tensor] | None = None, **state: Any) -> None:
     """Write ``path`` (weights, loss statistics, any extra training ``state``) and ``path.json`` (readable meta).
@@ -120,6 +124,17 @@ def save_checkpoint(path: os.PathLike, model: SuperCLIP, criterion: torch.nn.Mod
 def read_checkpoint(path: os.PathLike) -> dict[str, Any]:
     """Load a checkpoint file to CPU (``weights_only``); a clear error if missing or unreadable."""
     path = Path(path)
+    if path.is_dir():  # a folder that is not a model folder (those are read by load_model, not here)
+        if (path / "onnx.json").is_file() or (path / "image_encoder.onnx").is_file():
+            raise CheckpointError(f"{path} is an ONNX export (image_encoder.onnx, text_encoder.onnx): run it with "
+                                  "onnxruntime; superclip loads checkpoint files and open_clip model folders "
+                                  f"(superclip export --format open_clip)")
+        if (path / "config.json").is_file() and (path / hub.HEAD_FILE).is_file():
+            raise CheckpointError(f"{path} is a transformers export: load it with transformers.CLIPModel; "
+                                  "superclip loads checkpoint files and open_clip model folders "
+                                  "(superclip export --format open_clip)")
+        raise CheckpointError(f"{path} is a folder without {hub.FOLDER_CONFIG}: name a checkpoint file, or an "
+                              "open_clip model folder")
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
     try:

@@ -33,27 +33,38 @@ def _cmd_flops(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     from .checkpoint import load_model
 
+    from .export.staging import existing_files, staged
+
     out = Path(args.out_dir)
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{args.out_dir} exists and is not a folder: name a folder to export into")
+    present = existing_files(out)
+    if present and not args.overwrite:  # before any work: a user's README.md or config.json is never replaced
+        shown = ", ".join(present[:4]) + (f" and {len(present) - 4} more" if len(present) > 4 else "")
+        raise ConfigError(f"{out} is not empty ({shown}): export into a new or empty folder, or add --overwrite to "
+                          "replace the files the export writes (other files are left alone)")
     model, stats, info = load_model(args.model, pretrained=args.checkpoint, cache_dir=args.cache_dir)
     model.eval()
     if args.format == "transformers":
         from .export.to_transformers import export_transformers
 
-        export_transformers(model, out, stats)
+        with staged(out) as stage:
+            export_transformers(model, stage, stats)
         how = f"transformers.CLIPModel.from_pretrained('{out}') (or CLIPVisionModel)"
     elif args.format == "onnx":
         from .export.to_onnx import export_onnx
 
-        export_onnx(model, out)
+        with staged(out) as stage:
+            export_onnx(model, stage)
         how = f"onnxruntime.InferenceSession('{out}/image_encoder.onnx') and text_encoder.onnx"
     else:
         from .export import export_folder, run_metrics
 
         train = dict(info.get("train_config") or {}, steps=info.get("step"), world_size=info.get("world_size"))
         metrics = run_metrics(info.get("path"), info.get("step")) if info.get("train_config") else None
-        export_folder(model, out, stats, train if info.get("train_config") else None, metrics)
+        with staged(out) as stage:
+            export_folder(model, stage, stats, train if info.get("train_config") else None, metrics,
+                          name=out.resolve().name)
         how = f"open_clip.create_model_and_transforms('local-dir:{out}'); superclip --pretrained {out} (with the head)"
     print(f"wrote {args.format} export {out}: {how}")
     if args.push_to_hub:
@@ -125,8 +136,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
             history, interrupted = [], e
         finally:
             bar.close()
-        run_dir, steps = trainer.dir, trainer.progress.step
+        run_dir, steps, total = trainer.dir, trainer.progress.step, trainer.total_steps
     finally:
+        if trainer is not None:
+            trainer.close()
         del trainer  # its model (under FSDP2, DTensors on the groups' device mesh) goes before the groups do
         distributed.destroy()
     if main_process:
@@ -137,9 +150,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if main_process:
             print(f"superclip train: stopped by {interrupted}", file=sys.stderr)
         return 128 + interrupted.signum
-    if main_process:
-        last = history[-1] if history else {}
-        print(f"trained {steps} steps; final loss {last.get('loss', float('nan')):.4f}; "
+    if main_process and not history:  # a resume of a run that had already reached its end
+        print(f"nothing to train: run folder {run_dir} is at step {steps}, its end is step {total} (--epochs "
+              f"{cfg.epochs}{f', --max-steps {cfg.max_steps}' if cfg.max_steps else ''}); raise --epochs or "
+              "--max-steps to train on")
+    elif main_process:
+        print(f"trained {steps} steps; final loss {history[-1]['loss']:.4f}; "
               f"run folder {run_dir} (checkpoints/, metrics.jsonl, loss.png)")
     return 0
 
@@ -151,6 +167,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     from .demo import run_regimes
 
+    if args.samples < max(args.batches):  # every run trains at least one whole batch: it would see more
+        raise ConfigError(f"--samples {args.samples} is less than one batch of {max(args.batches)} (--batches "
+                          f"{' '.join(map(str, args.batches))}): give --samples of at least {max(args.batches)}")
     out = Path(args.out or f"runs/demo-{time.strftime('%Y%m%d-%H%M%S')}")
     total = sum(2 * max(1, args.samples // b) for b in args.batches)
     bar = tqdm(total=total, unit="step", dynamic_ncols=True)
@@ -183,23 +202,49 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     print(f"\n{args.samples} samples seen per run at batch {' and '.join(map(str, args.batches))}, "
           f"{args.family}, seed {args.seed}, lr {args.lr:g}, {time.perf_counter() - t0:.0f} s; "
           f"report {out / 'report.json'}, picture {out / 'demo.png'}")
-    print("One seed, one draw: the README's 5-seed tables (section 'Demo') give every figure's spread over seeds "
+    print("One seed, one draw: docs/demo.md's 5-seed tables give every figure's spread over seeds "
           "(at the default lr a few points; at lr 2e-3 a single run's CLIP-SuperCLIP gap changed sign from seed to "
           "seed).")
     return 0
 
 
 def _cmd_data_synth(args: argparse.Namespace) -> int:
-    from .data.synthetic import write_shards
+    from .data.synthetic import shard_paths, write_shards
 
+    splits = (("train", args.train_samples), ("val", args.val_samples), ("test", args.test_samples))
+    for flag, value, low in (("--shard-size", args.shard_size, 1), ("--image-size", args.image_size, 1),
+                             *((f"--{split}-samples", n, 0) for split, n in splits)):
+        if value < low:
+            raise ConfigError(f"{flag} must be >= {low}, got {value}")
+    try:  # before any shard is drawn: a folder that cannot be made is one line
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"--out: cannot create folder {args.out}: {e.strerror or e}") from None
+    taken = [p for split, n in splits if n for p in shard_paths(args.out, n, split, args.shard_size)
+             if p.exists()]
+    if taken and not args.overwrite:  # before writing any split
+        more = f" (and {len(taken) - 1} more)" if len(taken) > 1 else ""
+        raise ConfigError(f"{taken[0]} exists{more}: pass --overwrite to replace it, or choose another --out")
     paths = []
-    for split, n in (("train", args.train_samples), ("val", args.val_samples), ("test", args.test_samples)):
+    for split, n in splits:
         if n:
-            paths += write_shards(args.out, n, args.image_size, args.seed, split, args.shard_size, args.family)
+            paths += write_shards(args.out, n, args.image_size, args.seed, split, args.shard_size, args.family,
+                                  overwrite=args.overwrite)
     print(f"wrote {len(paths)} shards to {args.out}; train on them with: superclip train --train-data "
           f"'{args.out}/train-{{000000..{max(0, -(-args.train_samples // args.shard_size) - 1):06d}}}.tar' "
           f"--train-num-samples {args.train_samples}")
     return 0
+
+
+def _at_least(low: int):
+    """argparse type: an int >= ``low`` (a bad value is argparse's one-line usage error, exit 2)."""
+    def parse(value: str) -> int:
+        n = int(value)
+        if n < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {n}")
+        return n
+    parse.__name__ = "int"  # argparse names the type in its error for a non-number
+    return parse
 
 
 class OneLineErrorParser(argparse.ArgumentParser):
@@ -231,6 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--push-to-hub", default=None, metavar="ORG/REPO", help="upload the folder to this hub repository")
     p.add_argument("--private", action="store_true", help="with --push-to-hub: create the repository private")
     p.add_argument("--cache-dir", default=None, help="hub cache for hf-hub: sources (default: huggingface_hub's)")
+    p.add_argument("--overwrite", action="store_true", help="export into a folder that is not empty, replacing the "
+                                                            "files of the same names (others are left alone)")
     p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("train", help="train (one CPU to torchrun multi-node)",
@@ -241,13 +288,14 @@ def build_parser() -> argparse.ArgumentParser:
     from .demo import DEMO_FAMILY, DEMO_LR
 
     p = sub.add_parser("demo", help="CLIP vs SuperCLIP on synthetic data, at a larger and a small batch")
-    p.add_argument("--samples", type=int, default=4800, help="samples seen by every run")
-    p.add_argument("--batches", type=int, nargs="+", default=[32, 8], help="batch sizes (the first is the "
-                                                                            "reference of 'lost')")
+    p.add_argument("--samples", type=_at_least(1), default=4800, help="samples seen by every run")
+    p.add_argument("--batches", type=_at_least(2), nargs="+", default=[32, 8],
+                   help="batch sizes, each >= 2 (the contrastive loss of one pair is 0; the first is the reference "
+                        "of 'lost')")
     p.add_argument("--lr", type=float, default=DEMO_LR, help="peak learning rate (default %(default)g: where the "
-                                                             "outcome does not hinge on the seed; see the README)")
+                                                             "outcome does not hinge on the seed; see docs/demo.md)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--eval-samples", type=int, default=500, help="test images per task")
+    p.add_argument("--eval-samples", type=_at_least(1), default=500, help="test images per task")
     p.add_argument("--out", default=None, help="run folder (default runs/demo-DATE-TIME)")
     p.add_argument("--family", default=DEMO_FAMILY, choices=["scenes", "textures"],
                    help="synthetic data family (default %(default)s)")
@@ -273,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, default=64)
     p.add_argument("--shard-size", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace shards of the same names in --out")
     p.set_defaults(func=_cmd_data_synth)
 
     p = sub.add_parser("models", help="list the model configs shipped with superclip")
@@ -291,13 +340,44 @@ def one_line(error: Exception) -> str:
     return " ".join(text.split())
 
 
+class _CtrlC:
+    """SIGINT raises KeyboardInterrupt as usual and is also remembered: a library that swallows the exception
+    (some guard their optional imports with a bare ``except``) cannot turn a Ctrl-C into exit 0."""
+
+    def __init__(self):
+        self.seen = False
+
+    def __call__(self, signum, frame):
+        self.seen = True
+        raise KeyboardInterrupt
+
+    def install(self) -> None:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, self)
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    ctrl_c = _CtrlC()
+    ctrl_c.install()
+    try:  # building the parser imports torch and open_clip: seconds in which a Ctrl-C lands
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if ctrl_c.seen:
+            raise KeyboardInterrupt
+    except KeyboardInterrupt:
+        print("superclip: interrupted", file=sys.stderr)
+        return 130
     logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        return args.func(args)
+        rc = args.func(args)
+        if ctrl_c.seen:
+            raise KeyboardInterrupt
+        return rc
     except SuperCLIPError as e:
         if args.debug:
             raise

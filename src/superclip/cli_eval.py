@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -57,6 +58,9 @@ def _load(args):
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, args.stats, _ = load_model(args.model, pretrained=args.pretrained, device=device, cache_dir=args.cache_dir)
+    from .model_check import check_tokenizer_fits
+
+    check_tokenizer_fits(model.config)
     model.eval()
     return model, get_transforms(model)[1], get_tokenizer(model.config), Encoder(model, device, args.precision)
 
@@ -144,7 +148,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     text = json.dumps(results, indent=2)
     print(text)
     if args.output:
-        Path(args.output).write_text(text + "\n")
+        from .checkpoint import atomic_write_text
+
+        try:
+            atomic_write_text(text + "\n", args.output)
+        except OSError as e:
+            raise ConfigError(f"--output: cannot write {args.output}: {e.strerror or e}") from None
     return 0
 
 
@@ -155,14 +164,27 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     if bool(args.images) == bool(args.texts):
         raise ConfigError("give either image files or --texts FILE")
-    _writable_output(args.out + ".npy", "--out")
+    from .checkpoint import atomic_write_bytes
+
+    npy, ids_file = Path(args.out + ".npy"), Path(args.out + ".ids.jsonl")
+    _writable_output(str(npy), "--out")
+    existing = [str(p) for p in (npy, ids_file) if p.exists()]
+    if existing and not args.overwrite:
+        raise ConfigError(f"--out: {' and '.join(existing)} already exist{'s' if len(existing) == 1 else ''}: name "
+                          "another --out, or add --overwrite to replace them")
     ids = list(args.images) if args.images else read_lines(args.texts, "texts")
     model, preprocess, tokenizer, args.encoder = _load(args)
     feats = _images(preprocess, ids, args, "embed") if args.images else _texts(tokenizer, ids, args)
-    out = Path(args.out)
-    np.save(str(out) + ".npy", feats.numpy())
-    Path(str(out) + ".ids.txt").write_text("\n".join(ids) + "\n")
-    print(f"wrote {out}.npy ({feats.shape[0]} x {feats.shape[1]}) and {out}.ids.txt")
+    buf = io.BytesIO()
+    np.save(buf, feats.numpy())
+    # one JSON string a line: a file name holding a newline stays one line (row i of OUT.npy is line i)
+    ids_text = "".join(json.dumps(i, ensure_ascii=False) + "\n" for i in ids)
+    try:
+        atomic_write_bytes(buf.getvalue(), npy)
+        atomic_write_bytes(ids_text.encode(), ids_file)
+    except OSError as e:
+        raise ConfigError(f"--out: cannot write {args.out}.*: {e.strerror or e}") from None
+    print(f"wrote {npy} ({feats.shape[0]} x {feats.shape[1]}) and {ids_file} (one JSON string a line)")
     return 0
 
 
@@ -225,11 +247,12 @@ def add_parsers(sub) -> None:
     p.add_argument("--output", default=None, help="also write the JSON here")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("embed", help="images or texts -> OUT.npy + OUT.ids.txt")
+    p = sub.add_parser("embed", help="images or texts -> OUT.npy + OUT.ids.jsonl (row i: line i, a JSON string)")
     _add_model_args(p)
     p.add_argument("images", nargs="*", help="image files")
     p.add_argument("--texts", default=None, help="file: one text a line")
     p.add_argument("--out", required=True, help="output prefix")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT.npy / OUT.ids.jsonl")
     p.set_defaults(func=cmd_embed)
 
     p = sub.add_parser("classify", help="zero-shot probabilities of images over --labels")

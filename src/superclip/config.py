@@ -86,6 +86,9 @@ class TrainConfig:
     train_data_upsampling_factors: Optional[str] = field(default=None, metadata={
         "help": "shards with --dataset-resampled: a weight per '::' source, e.g. 1::2 (default: by size)"})
     wds_caption_key: str = field(default="txt", metadata={"help": "webdataset caption member (or json field)"})
+    wds_stall_timeout: float = field(default=300.0, metadata={"help": "seconds without a byte from a pipe: "
+                                                               "shard's command before it is killed and the shard "
+                                                               "skipped (counted, named in the log)"})
     long_caption_key: Optional[str] = field(default=None, metadata={"help": "second, long caption: CSV column "
                                                                      "or webdataset member / json field"})
     contrastive_caption: str = field(default="short", metadata={"help": "caption for the contrastive loss: "
@@ -177,7 +180,7 @@ class TrainConfig:
     max_nonfinite_steps: int = field(default=5, metadata={"help": "stop after this many steps in a row with a "
                                                           "non-finite loss or gradient (each is skipped)"})
     progress: bool = field(default=True, metadata={"help": "progress bar on rank 0"})
-    # --- evaluation during training (accepted for the released YAML; see the README for what runs)
+    # --- evaluation during training (accepted for the released YAML; see docs/training.md for what runs)
     zeroshot_frequency: int = field(default=0, metadata={"help": "zero-shot eval every N epochs"})
     zeroshot_steps: int = field(default=0, metadata={"help": "zero-shot eval every N steps"})
     val_steps: int = field(default=0, metadata={"help": "validation every N steps"})
@@ -219,6 +222,8 @@ class TrainConfig:
             check(0 <= getattr(self, name) < 1, f"--{name} must be in [0, 1), got {getattr(self, name)}")
         check(self.force_patch_dropout is None or 0 <= self.force_patch_dropout < 1,
               f"--force-patch-dropout must be in [0, 1), got {self.force_patch_dropout}")
+        check(0 < self.wds_stall_timeout < 1e6, f"--wds-stall-timeout must be > 0 seconds (and finite), got "
+              f"{self.wds_stall_timeout}")
         check(self.csv_separator is None or len(self.csv_separator) == 1,
               f"--csv-separator must be one character (e.g. ',' or a tab), got {self.csv_separator!r}")
         for name in ("contrastive_caption", "class_caption"):
@@ -229,6 +234,19 @@ class TrainConfig:
         for backend in filter(None, (b.strip() for b in self.report_to.split(","))):
             check(backend in ("tensorboard", "wandb", "none"),
                   f"--report-to: unknown backend {backend!r} (known: tensorboard, wandb)")
+        # --- issue 21 (runs): values that trained nonsense or failed deep inside a run
+        import math
+
+        for name in ("lr", "eps", "wd", "cls_loss_weight", "beta1", "beta2", "grad_clip_norm", "lr_cooldown_end"):
+            value = getattr(self, name)
+            check(value is None or math.isfinite(value), f"--{name.replace('_', '-')} must be a finite number, "
+                  f"got {value}")
+        for name in ("seed", "data_seed"):  # numpy's seed range: a larger or negative one failed in set-up
+            value = getattr(self, name)
+            check(value is None or 0 <= value < 2 ** 32, f"--{name.replace('_', '-')} must be in [0, 2**32), got "
+                  f"{value}")
+        check(self.name is None or (self.name not in (".", "..") and "/" not in self.name and "\\" not in self.name),
+              f"--name must be a folder name (the run folder is --logs/NAME), got {self.name!r}")
         if self.siglip:
             self.contrastive = "siglip"
         if self.precision == "amp_bfloat16":  # the released YAML's spelling

@@ -9,6 +9,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
+from .checkpoint import atomic_write_text
 from .config import TrainConfig
 from .data.families import get_family
 from .evaluate.tags import excluded_token_ids, top_tags
@@ -21,10 +22,10 @@ from .train.trainer import Trainer
 N_EXAMPLES = 6
 # The demo's learning rate: at 2e-3 (and 1e-3) batch-8 training on the scenes is chaotic (one seed's CLIP-SuperCLIP
 # colour gap ranged -34 to +55 points over 13 runs at 2e-3); at 5e-4 every seed lands within a few points of the
-# others (README, "Demo": the 5-seed tables and the lr sweep behind this choice).
+# others (docs/demo.md: the 5-seed tables and the lr sweep behind this choice).
 DEMO_LR = 5e-4
 # The demo's family: at DEMO_LR SuperCLIP is ahead on the textures' fine-grained ink+pattern task in every one of 5
-# seeds at batch 8, while on the scenes the two models are level (README, "Demo").
+# seeds at batch 8, while on the scenes the two models are level (docs/demo.md).
 DEMO_FAMILY = "textures"
 
 
@@ -129,7 +130,7 @@ def run_demo(out_dir: Path, steps: int = 150, batch_size: int = 64, seed: int = 
                                 "history": [{k: h[k] for k in ("step", "loss", "contrastive_loss", "class_loss")}
                                             for h in history]}
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_text(json.dumps(report, indent=2) + "\n", out_dir / "report.json")
     plot_demo(report, out_dir / "demo.png")
     return report
 
@@ -153,7 +154,7 @@ def run_regimes(out_dir: Path, samples: int = 4800, batches: Sequence[int] = (32
         for name, run in report["regimes"][other]["runs"].items():
             base = report["regimes"][first]["runs"][name]["metrics"]
             report["lost"].setdefault(other, {})[name] = {k: base[k] - v for k, v in run["metrics"].items()}
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_text(json.dumps(report, indent=2) + "\n", out_dir / "report.json")
     plot_regimes(report, out_dir / "demo.png")
     return report
 

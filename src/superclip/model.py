@@ -23,6 +23,7 @@ from open_clip.transformer import TextTransformer, VisionTransformer, text_globa
 from torch import nn
 
 from .errors import ConfigError
+from .model_check import check_model_config
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ def split_model_config(cfg: Dict[str, Any]) -> tuple:
         missing = [k for k in keys if k not in cfg[tower]] if not cfg[tower].get(external) else []
         if missing:
             raise ConfigError(f"model config: {tower} lacks {', '.join(repr(k) for k in missing)}")
+    check_model_config(cfg)
     cls_cfg = cfg.get("clstext_cfg") or {}
     vocab_size = int(cls_cfg.get("vocab_size", cfg["text_cfg"].get("vocab_size", 49408)))
     preprocess = cfg.get("preprocess_cfg") or {}

@@ -1,10 +1,13 @@
 """The one CSV / TSV reader of every command: training data (``--train-data``), validation during training
 (``--val-data``) and ``superclip eval --retrieval-data``.
 
-The separator is ``--csv-separator`` when given, else a tab if the header line holds one and a comma otherwise
-(open_clip's files are tab-separated whatever their extension; spreadsheet exports are comma-separated). Text
-is read as UTF-8; a byte that is not UTF-8 does not reject the file: it stays in its value as a surrogate, so
-the one sample it belongs to can be skipped (:func:`clean_text` raises ValueError for it).
+The separator is ``--csv-separator`` when given, else a tab if the header line holds one, a semicolon if it
+holds one and no comma, and a comma otherwise (open_clip's files are tab-separated whatever their extension;
+spreadsheet exports are comma-separated, or semicolon-separated where the decimal mark is a comma). Text is
+read as UTF-8, a leading byte-order mark dropped (Excel's "CSV UTF-8"), or as UTF-16 when the file begins with
+its byte-order mark (Excel's "Unicode Text"); a byte that is not UTF-8 does not reject the file: it stays in
+its value as a surrogate, so the one sample it belongs to can be skipped (:func:`clean_text` raises ValueError
+for it).
 """
 from __future__ import annotations
 
@@ -16,37 +19,84 @@ from ..errors import ConfigError
 
 
 def detect_separator(header: str) -> str:
-    return "\t" if "\t" in header else ","
+    """A tab if the header line holds one; else a semicolon if it holds one and no comma (what Excel writes
+    for "CSV" where the decimal mark is a comma); else a comma."""
+    if "\t" in header:
+        return "\t"
+    return ";" if ";" in header and "," not in header else ","
+
+
+def _encoding(path: Path) -> str:
+    """UTF-16 when the file begins with its byte-order mark (Excel's "Unicode Text"), else UTF-8 with an
+    optional BOM (Excel's "CSV UTF-8" writes one)."""
+    with path.open("rb") as f:
+        return "utf-16" if f.read(2) in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
 
 
 def read_columns(path: str, columns: Dict[str, str], separator: Optional[str] = None) -> List[Tuple[str, ...]]:
     """The values of ``columns`` (column name -> the flag that names it) of every row, in that order.
 
     One-line ConfigErrors: missing file, empty file, a missing column (naming the columns found and the
-    separator used), a malformed line, no rows.
+    separator used), a column the header names twice, rows with more fields than the header (with their line
+    numbers: an unquoted separator in a value), a quote never closed, a malformed line, no rows. A row with
+    fewer fields reads the missing ones as empty (a spreadsheet may drop trailing empty cells); blank lines
+    are skipped.
     """
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"CSV file not found: {path}")
-    with p.open(newline="", encoding="utf-8", errors="surrogateescape") as f:
-        header = f.readline()
-        if not header.strip():
+    encoding = _encoding(p)
+    with p.open(newline="", encoding=encoding, errors="surrogateescape") as f:
+        header_line = f.readline()
+        if not header_line.strip():
             raise ConfigError(f"CSV file {path} is empty (expected a header line naming its columns)")
-        sep = separator or detect_separator(header)
+        sep = separator or detect_separator(header_line)
         f.seek(0)
-        reader = csv.DictReader(f, delimiter=sep)
-        found = reader.fieldnames or []
-        for key, flag in columns.items():
-            if key not in found:
-                raise ConfigError(f"{path}: no column {key!r} ({flag}); columns are {found} (separator {sep!r}, "
-                                  "--csv-separator)")
+        reader = csv.reader(f, delimiter=sep)
+        line, start = 0, 1
         try:
-            rows = [tuple(r[k] if r[k] is not None else "" for k in columns) for r in reader]
+            header = next(reader)
+            line = reader.line_num
+            for key, flag in columns.items():
+                at = [i + 1 for i, name in enumerate(header) if name == key]
+                if not at:
+                    raise ConfigError(f"{path}: no column {key!r} ({flag}); columns are {header} (separator "
+                                      f"{sep!r}, --csv-separator)")
+                if len(at) > 1:
+                    raise ConfigError(f"{path}, line 1: the header names column {key!r} {len(at)} times (columns "
+                                      f"{', '.join(map(str, at))}); rename all but the one to read")
+            where = [header.index(key) for key in columns]
+            rows, ragged = [], []
+            for record in reader:
+                start, line = line + 1, reader.line_num
+                if not record:
+                    continue
+                if len(record) > len(header):
+                    ragged.append(f"line {start} has {len(record)}")
+                    continue
+                rows.append(tuple(record[i] if i < len(record) else "" for i in where))
         except csv.Error as e:
-            raise ConfigError(f"{path}, line {reader.line_num}: {e}") from None
+            raise ConfigError(f"{path}, line {start}: {e}") from None
+    if ragged:
+        more = f" (and {len(ragged) - 3} more rows)" if len(ragged) > 3 else ""
+        raise ConfigError(f"{path}: rows with more fields than the header's {len(header)}: "
+                          f"{'; '.join(ragged[:3])}{more}; is a {sep!r} inside a value unquoted? Quote such values")
+    if line > start:  # the last row spans lines: was it opened by a quote that never closes?
+        _check_last_quote(p, encoding, sep, start)
     if not rows:
         raise ConfigError(f"CSV file {path} has no rows")
     return rows
+
+
+def _check_last_quote(path: Path, encoding: str, sep: str, start: int) -> None:
+    with path.open(newline="", encoding=encoding, errors="surrogateescape") as f:
+        tail = f.readlines()[start - 1:]
+    try:
+        list(csv.reader(tail, delimiter=sep, strict=True))
+    except csv.Error as e:
+        if "unexpected end of data" in str(e):
+            raise ConfigError(f"{path}, line {start}: a quote opened in this row is never closed: the {len(tail)} "
+                              "lines to the end of the file would be one value") from None
 
 
 def clean_text(text: Optional[str], what: str = "caption") -> str:

@@ -159,18 +159,21 @@ class ImageTextStream(IterableDataset):
     def __iter__(self):
         from .webdataset import decode_sample
 
-        skipped = 0
+        skipped, said = 0, set()
         for raw, worker, position in self.stream:
             try:  # any failure of one sample is skipped and counted (it rides on the next good one)
                 image, short, long = decode_sample(raw, self.caption_key, self.long_caption_key)
                 sample_seed = zlib.crc32(raw["__key__"]) ^ (self.encoder.seed * 1_000_003 + self.stream.epoch)
                 encoded = self.encoder(image, short, long, sample_seed)
             except Exception as e:  # noqa: BLE001
-                log.warning("skipping unreadable sample: %s", e)
+                if str(e) not in said:  # a damaged shard read again on the next pass is said once
+                    said.add(str(e))
+                    log.warning("skipping unreadable sample: %s", e)
                 skipped += 1
                 if skipped >= _MAX_CONSECUTIVE_FAILURES_STREAM:
+                    hint = "; is --wds-caption-key right?" if "has no caption" in str(e) else ""
                     raise TrainingError(f"{skipped} unreadable samples in a row in the shards (the last: "
-                                        f"{type(e).__name__}: {e}); is --wds-caption-key right?") from None
+                                        f"{type(e).__name__}: {e}){hint}") from None
                 continue
             yield (*encoded, skipped, (worker, position))
             skipped = 0
@@ -262,8 +265,10 @@ def build_train_dataset(cfg, transform: Callable, tokenizer: Callable, image_siz
         sources = expand_sources(cfg.train_data)
         weights = upsampling_factors(cfg, len(sources))
         stream = ShardStream(sources, seed=cfg.seed_of_data, rank=rank, world_size=world_size, workers=cfg.workers,
-                             resampled=cfg.dataset_resampled, weights=weights)
-        return ImageTextStream(stream, encoder, cfg.wds_caption_key, cfg.long_caption_key if policy.needs_long else None)
+                             resampled=cfg.dataset_resampled, weights=weights,
+                             stall_timeout=cfg.wds_stall_timeout)
+        long_key = cfg.long_caption_key if policy.needs_long else None
+        return ImageTextStream(stream, encoder, cfg.wds_caption_key, long_key)
     if kind.startswith("synthetic"):
         from .families import get_family
 

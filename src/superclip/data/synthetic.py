@@ -183,34 +183,58 @@ def zero_shot_task(task: str, num_samples: int, image_size: int = 64, seed: int 
     return images, labels, classnames, templates
 
 
-def write_shards(out_dir: str, num_samples: int, image_size: int = 64, seed: int = 0, split: str = "train",
-                 shard_size: int = 1000, family: str = "scenes") -> list:
-    """Write a synthetic family (default: the scenes) as webdataset shards ``{split}-NNNNNN.tar``: KEY.png,
-    KEY.txt (short caption), KEY.long.txt (detailed caption), KEY.json (what is drawn). Returns the paths."""
-    import io
-    import json
-    import tarfile
-    from dataclasses import asdict
+def shard_paths(out_dir: str, num_samples: int, split: str = "train", shard_size: int = 1000) -> list:
+    """The shard files :func:`write_shards` writes: ``{split}-NNNNNN.tar``."""
     from pathlib import Path
 
+    return [Path(out_dir) / f"{split}-{n:06d}.tar" for n in range(-(-num_samples // shard_size))]
+
+
+def write_shards(out_dir: str, num_samples: int, image_size: int = 64, seed: int = 0, split: str = "train",
+                 shard_size: int = 1000, family: str = "scenes", overwrite: bool = False) -> list:
+    """Write a synthetic family (default: the scenes) as webdataset shards ``{split}-NNNNNN.tar``: KEY.png,
+    KEY.txt (short caption), KEY.long.txt (detailed caption), KEY.json (what is drawn). Returns the paths.
+
+    An existing shard is a ConfigError unless ``overwrite``; each shard is written to a hidden temporary file
+    and renamed into place once complete and synced, so an interrupted run leaves no truncated shard.
+    """
+    import io
+    import json
+    import os
+    import tarfile
+    from dataclasses import asdict
+
+    from ..errors import ConfigError
     from .families import get_family
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    paths = shard_paths(out_dir, num_samples, split, shard_size)
+    if not paths:
+        return []
+    existing = [p for p in paths if p.exists()]
+    if existing and not overwrite:
+        more = f" (and {len(existing) - 1} more of the {len(paths)} shards to write)" if len(existing) > 1 else ""
+        raise ConfigError(f"{existing[0]} exists{more}: pass --overwrite to replace it, or choose another --out")
+    paths[0].parent.mkdir(parents=True, exist_ok=True)
     data = get_family(family).dataset(num_samples, image_size=image_size, seed=seed, split=split)
-    paths = []
-    for start in range(0, num_samples, shard_size):
-        path = out / f"{split}-{start // shard_size:06d}.tar"
-        with tarfile.open(path, "w") as tar:
-            for i in range(start, min(start + shard_size, num_samples)):
-                image, short, detailed = data.sample(i)
-                buf = io.BytesIO()
-                image.save(buf, format="PNG")
-                members = {"png": buf.getvalue(), "txt": short.encode(), "long.txt": detailed.encode(),
-                           "json": json.dumps(asdict(data.scene(i))).encode()}
-                for ext, payload in members.items():
-                    info = tarfile.TarInfo(f"{i:08d}.{ext}")
-                    info.size = len(payload)
-                    tar.addfile(info, io.BytesIO(payload))
-        paths.append(str(path))
-    return paths
+    for n, path in enumerate(paths):
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                with tarfile.open(fileobj=f, mode="w") as tar:
+                    for i in range(n * shard_size, min((n + 1) * shard_size, num_samples)):
+                        image, short, detailed = data.sample(i)
+                        buf = io.BytesIO()
+                        image.save(buf, format="PNG")
+                        members = {"png": buf.getvalue(), "txt": short.encode(), "long.txt": detailed.encode(),
+                                   "json": json.dumps(asdict(data.scene(i))).encode()}
+                        for ext, payload in members.items():
+                            info = tarfile.TarInfo(f"{i:08d}.{ext}")
+                            info.size = len(payload)
+                            tar.addfile(info, io.BytesIO(payload))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+    return [str(p) for p in paths]

@@ -12,8 +12,8 @@ pattern (``/data/{00000..00099}.tar``), or a ``pipe:COMMAND`` URL whose command 
 shard is a one-line error naming it.
 
 **A sample** is the tar members sharing a key (the path up to the first dot of the file name): an image
-(jpg/jpeg/png/webp) and a caption (``txt``, or a field of ``json``); an optional second caption (e.g.
-``long.txt``) feeds the "dual caption" setting.
+(jpg/jpeg/png/webp, and tif/tiff/bmp/gif, which open_clip's pipeline leaves out) and a caption (``txt``, or a
+field of ``json``); an optional second caption (e.g. ``long.txt``) feeds the "dual caption" setting.
 
 **Consumers and units.** Every (rank, data-loader worker) is a consumer, C = world_size x workers. The units
 of reading are the shards, or, with fewer shards than consumers, each shard split into m = ceil(C / shards)
@@ -27,9 +27,14 @@ own. There is no shuffle buffer that carries samples across units: the shuffle i
 pass, unit), so a consumer's position is (pass, unit index, offset in the unit's permutation), and a resumed
 run opens that one unit and skips ``offset`` entries of its permutation: O(one shard), not O(epoch). Local
 shards are indexed (member headers, then reads by offset), so skipping costs no image bytes; ``pipe:`` shards
-are read whole into memory, one at a time per consumer. Mixing: a batch comes from one consumer, so from one
-unit (at DataComp's ~10k samples per shard, more than webdataset's usual 1,000-5,000-sample buffer draws from);
+(and gzip / bzip2 / xz compressed ones) are read whole into memory, one at a time per consumer. Mixing: a
+batch comes from one consumer, so from one unit (at DataComp's ~10k samples per shard, more than
+webdataset's usual 1,000-5,000-sample buffer draws from);
 across ranks and workers the batches of a step come from different shards.
+
+**Damage** (:mod:`superclip.data.tars`): a damaged stretch of a shard, a cut, a failed or stalled ``pipe:``
+command (``--wds-stall-timeout``) is a skipped, counted entry whose message names the shard and the offset;
+reading goes on after it. When every shard fails in a row, training stops with one line saying why.
 
 **Resampling** (``--dataset-resampled``, open_clip's meaning): each consumer draws shards with replacement,
 the d-th draw from a generator seeded with (seed, epoch, consumer, d), shards weighted by their source's
@@ -44,21 +49,21 @@ import logging
 import math
 import os
 import random
-import subprocess
-import tarfile
+import io
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from braceexpand import braceexpand
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainingError
 from .csv import clean_text
 from .images import decode_image
+from .tars import DEFAULT_STALL_TIMEOUT, Member, compression, decompress, run_command, walk
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "tif", "tiff", "bmp", "gif")  # open_clip: the first four
 PIPE = "pipe:"
 
 
@@ -90,103 +95,121 @@ def expand_urls(pattern: str) -> List[str]:
 
 # --- reading one shard
 class ShardError(OSError):
-    """A shard that could not be read to its end (truncated, unreadable, a pipe command that failed)."""
+    """A shard, or a stretch of one, that could not be read (truncated, damaged, a pipe command that failed)."""
 
 
-def _key(member) -> Optional[str]:
-    """The sample key of a tar member (its path up to the first dot of the file name), None if it is none's."""
-    dirname, base = os.path.split(member.name)
-    if not member.isfile() or "." not in base:
+def _key_ext(name: str) -> Optional[Tuple[str, str]]:
+    """(sample key, extension) of a member name: the key is the path up to the first dot of the file name."""
+    dirname, base = os.path.split(name)
+    if "." not in base or not base.split(".", 1)[0]:
         return None
-    return os.path.join(dirname, base.split(".", 1)[0])
+    stem, ext = base.split(".", 1)
+    return os.path.join(dirname, stem), ext.lower()
 
 
-def _group(members: Sequence) -> List[List]:
-    """Consecutive tar members sharing a key, as lists."""
-    groups: List[List] = []
-    key = None
-    for member in members:
-        k = _key(member)
-        if k is None:
+def _group(members: Sequence[Member]) -> List[Tuple[str, Dict[str, Member]]]:
+    """Samples: the members sharing a key, in order of first appearance. Members of one key need not be
+    adjacent (``tar cf x.tar *.jpg *.txt`` is read right); a key whose extension is already taken starts the
+    key's next sample (a sample written twice is two samples, as webdataset reads it)."""
+    samples: List[Tuple[str, Dict[str, Member]]] = []
+    open_by_key: Dict[str, List[int]] = {}
+    for m in members:
+        ke = _key_ext(m.name)
+        if ke is None:
             continue
-        if k != key:
-            groups.append([])
-            key = k
-        groups[-1].append(member)
-    return groups
-
-
-def _sample(members_and_data) -> Dict[str, bytes]:
-    """One sample's dict: ``__key__`` and extension -> bytes."""
-    sample = {"__key__": _key(members_and_data[0][0]).encode()}
-    for member, data in members_and_data:
-        sample[os.path.basename(member.name).split(".", 1)[1].lower()] = data
-    return sample
+        key, ext = ke
+        slots = open_by_key.setdefault(key, [])
+        i = next((i for i in slots if ext not in samples[i][1]), None)
+        if i is None:
+            samples.append((key, {}))
+            i = len(samples) - 1
+            slots.append(i)
+        samples[i][1][ext] = m
+    return samples
 
 
 class Shard:
-    """The samples of one shard, by index. A local file is indexed (its member headers) and each sample read
-    by offset; a ``pipe:`` URL is run once and its tar read whole into memory. A shard cut short ends with an
-    entry that fails to read (so the sample the cut went through is skipped and counted)."""
+    """The samples of one shard, by index, read without trusting it (:mod:`superclip.data.tars`).
 
-    def __init__(self, url: str):
+    A local file is indexed (its member headers) and each sample read by offset; a ``pipe:`` command is run
+    once (drained to its end, killed after ``stall_timeout`` seconds without a byte) and its archive kept in
+    memory; a gzip / bzip2 / xz archive is decompressed into memory. Every damaged stretch (a header that does
+    not parse, a cut, a failed command) is one entry that raises :class:`ShardError` naming the shard and the
+    offset, so that it is skipped and counted; a damaged header whose member name can still be read marks
+    that sample instead.
+    """
+
+    def __init__(self, url: str, stall_timeout: float = DEFAULT_STALL_TIMEOUT):
         self.url = url
-        self.error: Optional[str] = None
-        self._file = None
+        self.errors: List[str] = []  # entries after the samples, each read as a ShardError
+        self.notes: List[str] = []  # what is worth saying but lost nothing
+        self._file, self._samples, self._damaged = None, [], {}
+        problem = None
         if url.startswith(PIPE):
-            self._samples = self._read_pipe(url[len(PIPE):])
-            self._groups = None
+            data, problem = run_command(url[len(PIPE):], stall_timeout)
+            self._file, size = io.BytesIO(data), len(data)
         else:
-            self._file = open(url, "rb")
-            members, tar = [], None
             try:
-                tar = tarfile.open(fileobj=self._file, mode="r:")
-                for member in tar:
-                    members.append(member)
-                if os.path.getsize(url) % tarfile.BLOCKSIZE:  # cut between two members
-                    raise tarfile.ReadError(f"the file ends inside a {tarfile.BLOCKSIZE}-byte block: truncated")
-            except (tarfile.TarError, OSError, EOFError) as e:
-                self.error = f"{type(e).__name__}: {e}"
-            self._tar = tar if members else None
-            self._groups = _group(members)
-
-    def _read_pipe(self, command: str) -> List[Dict[str, bytes]]:
-        proc = subprocess.Popen(command, shell=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        samples: List[Dict[str, bytes]] = []
-        try:
-            with tarfile.open(fileobj=proc.stdout, mode="r|*") as tar:
-                current: List = []
-                for member in tar:
-                    if _key(member) is None:
-                        continue
-                    if current and _key(member) != _key(current[0][0]):
-                        samples.append(_sample(current))
-                        current = []
-                    current.append((member, tar.extractfile(member).read()))
-                if current:
-                    samples.append(_sample(current))
-        except (tarfile.TarError, OSError, EOFError) as e:
-            self.error = f"{type(e).__name__}: {e}"
-        finally:
-            err = proc.stderr.read().decode("utf-8", "replace").strip()
-            rc = proc.wait()
-        if rc != 0:  # the command's failure explains the tar error, if any
-            self.error = f"command exited with {rc}" + (f": {err.splitlines()[-1]}" if err else "")
-        return samples
+                self._file = open(url, "rb")
+                size = os.fstat(self._file.fileno()).st_size
+            except OSError as e:
+                self.errors.append(f"cannot open it: {e.strerror or e}")
+                return
+        kind = compression(self._file.read(6))
+        self._file.seek(0)
+        if kind:
+            data, unpacked = decompress(self._file, kind)
+            self._file.close()
+            self._file, size = io.BytesIO(data), len(data)
+            problem = "; ".join(filter(None, (problem, unpacked)))or None
+        if size == 0:
+            self.errors.append(problem or "the file is empty (0 bytes)")
+            return
+        index = walk(self._file, size)
+        if index.archives > 1:
+            self.notes.append(f"{index.archives} archives one after the other (concatenated tars): all read")
+        self._samples = _group(index.members)
+        keys = {key: i for i, (key, _) in reversed(list(enumerate(self._samples)))}
+        for d in index.damage:
+            ke = _key_ext(d.name) if d.name else None
+            i = keys.get(ke[0]) if ke else None
+            if i is not None and ke[1] not in self._samples[i][1] and i not in self._damaged:
+                self._damaged[i] = d.describe()  # the sample the damaged member belonged to
+            else:
+                self.errors.append(d.describe())
+        if problem:  # a failed command or compressed stream explains the break at the end, if any: one entry
+            last = index.damage[-1] if index.damage else None
+            if last is not None and last.resumed is None and self.errors and self.errors[-1] == last.describe():
+                self.errors[-1] = problem + (f"; the archive breaks off at offset {last.offset}" if last.offset else "")
+            else:
+                self.errors.append(problem)
+        if not self._samples and not self.errors:
+            self.notes.append("it holds no samples (no member named KEY.EXTENSION)" if index.archives else
+                              "it holds no samples (an empty archive)")
 
     def __len__(self) -> int:
-        n = len(self._samples) if self._groups is None else len(self._groups)
-        return n + (self.error is not None)
+        return len(self._samples) + len(self.errors)
+
+    @property
+    def readable(self) -> int:
+        """Samples whose members all read (they may still fail to decode)."""
+        return len(self._samples) - len(self._damaged)
 
     def __getitem__(self, i: int) -> Dict[str, bytes]:
-        if self.error is not None and i == len(self) - 1:
-            raise ShardError(f"shard {self.url}: {self.error} (the rest of the shard is skipped)")
-        if self._groups is None:
-            return self._samples[i]
-        try:
-            return _sample([(m, self._tar.extractfile(m).read()) for m in self._groups[i]])
-        except (tarfile.TarError, OSError, EOFError) as e:
-            raise ShardError(f"shard {self.url}: {type(e).__name__}: {e}") from None
+        if i >= len(self._samples):
+            raise ShardError(f"shard {self.url}: {self.errors[i - len(self._samples)]} (skipped)")
+        if i in self._damaged:
+            raise ShardError(f"shard {self.url}: sample {self._samples[i][0]}: {self._damaged[i]}")
+        key, members = self._samples[i]
+        sample = {"__key__": key.encode()}
+        for ext, m in members.items():
+            self._file.seek(m.offset)
+            data = self._file.read(m.size)
+            if len(data) != m.size:  # the file changed since it was indexed
+                raise ShardError(f"shard {self.url}: member {m.name} at offset {m.offset}: {len(data)} of "
+                                 f"{m.size} bytes")
+            sample[ext] = data
+        return sample
 
     def close(self) -> None:
         if self._file is not None:
@@ -199,9 +222,12 @@ class Shard:
         self.close()
 
 
-def iter_tar(url: str) -> Iterator[Dict[str, bytes]]:
-    """The samples of one shard in order (dicts of extension -> bytes, plus ``__key__``)."""
-    with Shard(url) as shard:
+def iter_tar(url: str, stall_timeout: float = DEFAULT_STALL_TIMEOUT) -> Iterator[Dict[str, bytes]]:
+    """The samples of one shard in order (dicts of extension -> bytes, plus ``__key__``); each damaged stretch
+    is a warning naming the shard and the offset."""
+    with Shard(url, stall_timeout) as shard:
+        for note in shard.notes:
+            log.warning("shard %s: %s", url, note)
         for i in range(len(shard)):
             try:
                 yield shard[i]
@@ -270,10 +296,13 @@ class ShardStream(IterableDataset):
         resampled: draw shards with replacement (``--dataset-resampled``).
         weights: per-source upsampling factors (with ``resampled``).
         workers: data-loader workers per rank (for the number of consumers and the split of shards).
+        stall_timeout: seconds without a byte from a ``pipe:`` command before it is killed and the shard skipped.
     """
 
     def __init__(self, sources: List[List[str]], seed: int = 0, rank: int = 0, world_size: int = 1,
-                 workers: int = 0, resampled: bool = False, weights: Optional[Sequence[float]] = None):
+                 workers: int = 0, resampled: bool = False, weights: Optional[Sequence[float]] = None,
+                 stall_timeout: float = DEFAULT_STALL_TIMEOUT):
+        self.stall_timeout = stall_timeout
         self.urls = [url for source in sources for url in source]
         self.seed, self.rank, self.world_size, self.resampled = seed, rank, world_size, resampled
         self.workers = max(1, workers)
@@ -328,8 +357,19 @@ class ShardStream(IterableDataset):
         consumer, total, wid = self._consumer()
         start = Position(*self.positions.get(wid, [0, 0, 0]))
         first = True
+        failing: Dict[Unit, str] = {}  # units read one after the other without a readable sample: what was wrong
         for pos, unit in self._units_from(start, consumer, total):
-            with Shard(unit.url) as shard:
+            with Shard(unit.url, self.stall_timeout) as shard:
+                for note in shard.notes:
+                    _say_once(f"shard {unit.url}: {note}")
+                if not shard.readable:
+                    failing[unit] = (shard.errors or shard.notes)[0]
+                    if len(failing) == len(set(self.units)):  # every shard, in a row: the data is unreadable
+                        url, what = next((u.url, w) for u, w in failing.items())
+                        raise TrainingError(f"none of the {len(self.urls)} shards holds a readable sample (shard "
+                                            f"{url}: {what})")
+                else:
+                    failing.clear()
                 order = list(unit.indices(len(shard)))
                 random.Random(f"{self.seed}-{self.epoch}-{pos.round}-{pos.unit}-{unit.part}").shuffle(order)
                 offset = start.offset if first else 0
@@ -341,3 +381,13 @@ class ShardStream(IterableDataset):
                     except ShardError as e:
                         sample = {"__key__": unit.url.encode(), "__error__": str(e).encode()}
                     yield sample, wid, after
+
+
+_said: set = set()
+
+
+def _say_once(message: str) -> None:
+    """A warning logged once per process (a shard is read again every pass over the data)."""
+    if message not in _said:
+        _said.add(message)
+        log.warning("%s", message)

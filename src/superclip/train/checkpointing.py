@@ -174,6 +174,9 @@ class CheckpointManager:
                 ckpt = read_checkpoint(path)
         else:
             path = Path(resume)
+            if path.is_dir():
+                raise CheckpointError(f"--resume {path} is a folder: name a checkpoint file (such as "
+                                      f"{path}/checkpoints/epoch_latest.pt), or --resume latest with this run's --name")
             if not path.is_file():
                 raise CheckpointError(f"--resume checkpoint not found: {path}")
             ckpt = read_checkpoint(path)
@@ -190,17 +193,25 @@ class CheckpointManager:
             raise CheckpointError(f"{path} was written by {len(rank_states)} processes, this run has {world}: "
                                   "resume with the same number of processes")
         self._check_same_run(path, ckpt)
-        if self.fsdp:
-            distributed.load_full_state_dicts(self.model, self.optimizer, ckpt["model"], ckpt["optimizer"])
-        else:
-            self.model.load_state_dict(ckpt["model"])
-            self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.changed_settings = changed_settings(ckpt.get("train_config"), self.meta.get("train_config"))
+        try:
+            if self.fsdp:
+                distributed.load_full_state_dicts(self.model, self.optimizer, ckpt["model"], ckpt["optimizer"])
+            else:
+                self.model.load_state_dict(ckpt["model"])
+                self.optimizer.load_state_dict(ckpt["optimizer"])
+        except ValueError as e:  # the optimizer's groups: another set of trained parameters
+            raise CheckpointError(f"{path} trained another set of parameters ({str(e).splitlines()[0]}): resume with "
+                                  "the --lock-image / --lock-text / --cls-loss-weight / --contrastive the run was "
+                                  "started with") from None
         self.criterion.load_state_dict(ckpt["loss"])
         for key, component in self.components.items():
             if ckpt.get(key) is not None:
                 component.load_state_dict(ckpt[key])
         self.progress.load_state_dict(ckpt)
         self.load_rank_state(rank_states[distributed.rank()])
+
+    changed_settings: List[Tuple[str, Any, Any]] = []
 
     def _check_same_run(self, path: Path, ckpt: Dict[str, Any]) -> None:
         """A checkpoint of another model or batch shape is a one-line error naming what differs."""
@@ -219,6 +230,24 @@ class CheckpointManager:
         if distributed.is_main_process() and self.folder.is_dir():
             for tmp in self.folder.glob("*.tmp"):
                 tmp.unlink(missing_ok=True)
+
+
+# settings that differ on every resume, or only say how to start one
+_NOT_SETTINGS = ("resume",)
+
+
+def changed_settings(saved: Optional[Dict[str, Any]], now: Optional[Dict[str, Any]]) -> List[Tuple[str, Any, Any]]:
+    """(field, checkpoint's value, this run's value) for each training setting a resume changes; fields the
+    checkpoint does not record (an older version's) are left out."""
+    if not saved or not now:
+        return []
+    return [(key, saved[key], now[key]) for key in now
+            if key not in _NOT_SETTINGS and key in saved and saved[key] != now[key]]
+
+
+def describe_changes(changes: List[Tuple[str, Any, Any]]) -> str:
+    """``--lr 10.0 -> 0.001, --epochs 2 -> 4``."""
+    return ", ".join(f"--{key.replace('_', '-')} {old} -> {new}" for key, old, new in changes)
 
 
 def _first_difference(a: Any, b: Any, where: str = "") -> Optional[str]:

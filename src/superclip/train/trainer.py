@@ -22,13 +22,15 @@ from ..data.webdataset import expand_sources
 from ..errors import ConfigError, TrainingError, TrainingInterrupted
 from ..evaluate.data import image_folder, is_shard_pattern
 from ..loss import SuperCLIPLoss
-from ..model import build_model, compile_towers, get_tokenizer, get_transforms
-from .checkpointing import CheckpointManager, StopSignals, ignore_stop_signals, rng_state, set_rng_state
+from ..model import build_model, compile_towers, get_tokenizer, get_transforms, split_model_config
+from ..model_check import check_tokenizer_fits
+from .checkpointing import (CheckpointManager, StopSignals, describe_changes, ignore_stop_signals, rng_state,
+                            set_rng_state)
 from .engine import train_step
 from .evaluation import evaluate_in_training
 from .optim import build_optimizer, build_scheduler
 from .report import Reporters
-from .run_folder import check_run_folder, run_dir, settle_name, trim_metrics
+from .run_folder import append_metrics, check_folder, check_run_folder, folder_id, run_dir, settle_name, trim_metrics
 from .setup import apply_locks, model_config
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,9 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
+        model_cfg = model_config(cfg)
+        split_model_config(model_cfg)  # a bad model config is one line before anything is made
+        check_tokenizer_fits(model_cfg)
         self.device = distributed.resolve_device(cfg.device, distributed.local_rank())
         self.rank, self.world_size = distributed.init_from_env(self.device.type)
         if self.device.type == "cuda":
@@ -94,11 +99,30 @@ class Trainer:
             if cfg.batch_size < 1:
                 raise ConfigError(f"--global-batch-size {cfg.global_batch_size} is smaller than {self.world_size} "
                                   f"processes x --accum-freq {cfg.accum_freq}")
+        if cfg.contrastive == "clip" and cfg.batch_size * cfg.accum_freq * self.world_size == 1:
+            # softmax over one pair: the contrastive loss and its gradient are identically 0
+            raise ConfigError("--batch-size 1 with the contrastive loss (--contrastive clip) trains nothing: its loss "
+                              "over one image-text pair is always 0; use a batch of 2 or more (or --accum-freq, "
+                              "more processes), or --contrastive none / siglip")
         # an elastic restart continues the run it restarts
         if distributed.restart_count() > 0 and cfg.resume is None:
             cfg.resume = "latest"
         settle_name(cfg)
-        check_run_folder(cfg)
+        self.run_lock = check_run_folder(cfg)
+        try:
+            self._set_up()
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Let go of the run folder (its lock); :meth:`fit` does this when it ends, however it ends."""
+        if getattr(self, "run_lock", None) is not None:
+            self.run_lock.release()
+            self.run_lock = None
+
+    def _set_up(self) -> None:
+        cfg = self.cfg
         gather_with_grad = exact_gather_with_grad(cfg, self.world_size)
         self.fsdp = cfg.fsdp and self.world_size > 1
         seed_everything(cfg.seed)  # the same initial weights on every rank (FSDP2 does not broadcast them)
@@ -161,6 +185,23 @@ class Trainer:
             self._saved_step = self.progress.step
             log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.progress.step,
                      self.progress.epoch, self.progress.batch_in_epoch)
+            if self.checkpoints.changed_settings:
+                self._apply_changed_settings(path)
+
+    def _apply_changed_settings(self, path: Path) -> None:
+        """The resume rule: the new command line's settings apply (as in open_clip_train, which rebuilds its
+        schedule from them), and a notice names each one that differs from the checkpoint's. The optimizer's
+        state restored the old hyper-parameters and the scheduler its old base learning rate: both are set from
+        this run's config, and the learning rate of the step about to be taken from the new schedule."""
+        cfg = self.cfg
+        if distributed.is_main_process():
+            log.warning("resuming %s at step %d with settings that differ from the checkpoint's (the new ones apply): "
+                        "%s", path, self.progress.step, describe_changes(self.checkpoints.changed_settings))
+        for group, wd in zip(self.optimizer.param_groups, (cfg.wd, 0.0)):  # param_groups(): decay, no decay
+            group.update(weight_decay=wd, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, initial_lr=cfg.lr)
+        self.scheduler.base_lrs = [cfg.lr] * len(self.optimizer.param_groups)
+        for group, factor in zip(self.optimizer.param_groups, self.scheduler.lr_lambdas):
+            group["lr"] = cfg.lr * factor(self.scheduler.last_epoch)
 
     # --- set-up pieces
     def _build_model(self):
@@ -222,6 +263,8 @@ class Trainer:
 
     def save(self, *names: str) -> Path:
         """Checkpoint the run as ``names[0]`` (the other names link to it); every rank calls this."""
+        if distributed.is_main_process() and getattr(self, "_dir_id", None) is not None:
+            check_folder(self.dir, self._dir_id, self.progress.step)  # a write would recreate a deleted folder
         path = self.checkpoints.save(names)
         self._saved_step = self.progress.step
         return path
@@ -274,6 +317,7 @@ class Trainer:
         if distributed.is_main_process():
             atomic_write_text(json.dumps(cfg.to_dict(), indent=2) + "\n", self.dir / "config.json")
             trim_metrics(metrics_file, p.step)
+        self._dir_id = folder_id(self.dir)
         self.ddp_model.train()
         self.criterion.train()
         reporters = Reporters(cfg.report_to, self.dir, cfg.to_dict(), self.dir.name, cfg.wandb_project_name,
@@ -301,7 +345,10 @@ class Trainer:
                             raise TrainingInterrupted(stop.requested or signal.SIGTERM, p.step, path)
                         self._check_nonfinite()
                         self._maybe_evaluate(step_end=True, metrics_file=metrics_file, reporters=reporters)
-                        if cfg.save_every_n_steps and p.step % cfg.save_every_n_steps == 0:
+                        # no checkpoint during a non-finite streak: its weights just gave a non-finite step, and
+                        # resuming from them (the guard's advice) would stop again; latest stays the one before
+                        if cfg.save_every_n_steps and p.step % cfg.save_every_n_steps == 0 and \
+                                not self._nonfinite_in_row:
                             self._save_step()
                         if p.step >= self.total_steps or p.batch_in_epoch >= self.steps_per_epoch:
                             break
@@ -310,7 +357,8 @@ class Trainer:
                         p.batch_in_epoch = 0
                         self.positions = {}
                         self._maybe_evaluate(step_end=False, metrics_file=metrics_file, reporters=reporters)
-                        if cfg.save_frequency and (p.epoch % cfg.save_frequency == 0 or p.epoch == cfg.epochs):
+                        if cfg.save_frequency and (p.epoch % cfg.save_frequency == 0 or p.epoch == cfg.epochs) \
+                                and not self._nonfinite_in_row:
                             self.save(f"epoch_{p.epoch}.pt", "epoch_latest.pt")
                             if cfg.delete_previous_checkpoint:
                                 self.checkpoints.delete(f"epoch_{p.epoch - cfg.save_frequency}.pt")
@@ -321,6 +369,7 @@ class Trainer:
         finally:
             if reporters is not None:
                 reporters.close()
+            self.close()
         return history
 
     def _log_step(self, m: Dict[str, float], history: List, metrics_file: Path, reporters, on_step) -> None:
@@ -330,8 +379,7 @@ class Trainer:
         history.append(m)
         if distributed.is_main_process():
             if p.step % self.cfg.log_every_n_steps == 0 or p.step == self.total_steps or m["nonfinite"]:
-                with metrics_file.open("a") as f:
-                    f.write(json.dumps(m) + "\n")
+                append_metrics(self.dir, self._dir_id, m, p.step)
                 reporters.log(m, p.step)
             if on_step:
                 on_step(p.step, m)
@@ -341,8 +389,9 @@ class Trainer:
         if self._nonfinite_in_row >= limit:
             step = self.progress.step
             raise TrainingError(f"{limit} steps in a row (to step {step}) had a non-finite loss or gradient and were "
-                                "skipped; the weights and checkpoints are finite. Lower --lr, set --grad-clip-norm "
-                                "or check the data, then continue with --resume latest")
+                                "skipped; the weights and checkpoints are finite, none taken during them. Lower --lr "
+                                "(a resume applies it), set --grad-clip-norm or check the data, then continue with "
+                                "--resume latest")
 
     def _maybe_evaluate(self, step_end: bool, metrics_file: Path, reporters) -> None:
         """Zero-shot / validation when their step or epoch frequency comes up, on every rank (each embeds its
@@ -362,8 +411,7 @@ class Trainer:
         m.update(step=p.step, epoch=p.epoch)
         self.evals.append(m)
         if distributed.is_main_process():
-            with metrics_file.open("a") as f:
-                f.write(json.dumps(m) + "\n")
+            append_metrics(self.dir, self._dir_id, m, p.step)
             reporters.log(m, p.step)
             log.info("evaluation at step %d: %s", p.step, m)
 
