@@ -390,6 +390,27 @@ CASES: List[Case] = [
     Case("data", "synth into a folder holding its shards", lambda ws: _synth_twice(ws), "--overwrite"),
     Case("data", "synth --shard-size 0", lambda ws: ["data", "synth", "--out", str(ws / "syn0"), "--shard-size", "0"],
          "--shard-size must be >= 1, got 0"),
+    # superclip index / serve (tests/test_search_*.py test the commands themselves)
+    Case("index", "build from a missing folder", lambda ws: ["index", "build", str(ws / "nope"), "--out",
+                                                             str(ws / "idx_a"), "--pretrained", str(ws / "tiny.pt")],
+         "source not found: "),
+    Case("index", "build into a folder that holds other files", lambda ws: [
+        "index", "build", str(ws / "zs"), "--out", str(ws / "zs"), "--pretrained", str(ws / "tiny.pt")],
+         "is not empty and holds no index"),
+    Case("index", "build without a model", lambda ws: ["index", "build", str(ws / "zs"), "--out", str(ws / "idx_b")],
+         "name a model (--model) and/or a checkpoint (--pretrained)"),
+    Case("index", "build from a CSV without the image column", lambda ws: [
+        "index", "build", str(ws / "train.csv"), "--csv-img-key", "image", "--out", str(ws / "idx_c"),
+        "--pretrained", str(ws / "tiny.pt")], "no column 'image' (--csv-img-key)"),
+    Case("index", "--max-index-memory not a size", lambda ws: ["index", "build", str(ws / "zs"), "--out",
+                                                               str(ws / "idx_d"), "--max-index-memory", "lots"],
+         "expected a size such as 512M or 4G"),
+    Case("index", "add to a folder without an index", lambda ws: ["index", "add", str(ws / "zs"), str(ws / "zs")],
+         "holds no index (no manifest.json)"),
+    Case("index", "optimize a folder without an index", lambda ws: ["index", "optimize", str(ws / "shards")],
+         "holds no index (no manifest.json)"),
+    Case("serve", "a folder without an index", lambda ws: ["serve", str(ws / "shards")],
+         "holds no index (no manifest.json)"),
 ]
 
 

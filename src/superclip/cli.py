@@ -304,6 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_parsers(sub)
 
+    from .cli_search import add_parsers as add_search_parsers  # index build|add|remove|optimize, serve
+
+    add_search_parsers(sub)
+
     p = sub.add_parser("data", help="data tools")
     data_sub = p.add_subparsers(dest="data_command", required=True)
     p = data_sub.add_parser("synth", help="write a synthetic family as webdataset shards, to inspect or train on")

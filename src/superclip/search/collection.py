@@ -1,0 +1,338 @@
+"""``index build | add | remove | optimize``: the embedding job over parts, the catalog and the main index, each step
+resumable.
+
+The order of commits, and what a kill at any moment leaves:
+
+1. plan: part plans are written, then the manifest's ``planned`` count (a plan counts once the manifest says so);
+2. embed: each pending part is written (embeddings, metadata, ``done``); ranks of a torchrun job share the parts
+   (part i on rank i mod world size), a rerun redoes only parts without ``done``;
+3. ingest: rank 0 inserts the done parts into the catalog in part order, one transaction each (ids are assigned
+   here, so they are the same whether the job ran once, in N processes or was killed and rerun);
+4. index (build, optimize): a new main index file is written, then the manifest names it, then the old file goes.
+
+Between commits the folder is always consistent: the searchable items are the main index's parts plus the
+ingested parts it does not cover yet (searched exactly), minus deleted ids; that set is the catalog's live items.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+
+from .. import distributed
+from ..errors import ConfigError
+from . import index as faiss_index
+from . import parts
+from .catalog import Catalog
+from .layout import FORMAT, VERSION, FolderLock, Layout, kill_point, write_bytes, write_json
+from .sources import file_sha256, plan_parts, shard_identity, source_files, source_kind, shard_urls
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class JobOptions:
+    part_size: int = 10_000
+    top_k: int = 5
+    dtype: str = "float16"
+    max_index_memory: int = 4 << 30
+    csv_img_key: str = "filepath"
+    csv_separator: Optional[str] = None
+    progress: Optional[Callable[[int], None]] = field(default=None, repr=False)
+    on_total: Optional[Callable[[Optional[int]], None]] = field(default=None, repr=False)
+
+
+def checkpoint_hash(path: Optional[str]) -> Optional[str]:
+    """sha256 of a checkpoint file, or of a model folder's files (names and contents, sorted)."""
+    if path is None:
+        return None
+    p = Path(path)
+    if p.is_file():
+        return file_sha256(str(p))
+    if p.is_dir():
+        h = hashlib.sha256()
+        for f in sorted(x for x in p.rglob("*") if x.is_file()):
+            h.update(str(f.relative_to(p)).encode() + b"\0" + file_sha256(str(f)).encode())
+        return h.hexdigest()
+    return None  # a hub name: its resolved file is hashed by the caller when it has one
+
+
+def _pending(layout: Layout, planned: int, ingested: Dict[int, int]) -> List[int]:
+    return [i for i in range(planned) if i not in ingested]
+
+
+def _write_plans(layout: Layout, first: int, plans: List[Dict]) -> None:
+    for j, plan in enumerate(plans):
+        write_json(layout.plan(first + j), plan)
+
+
+def run_parts(layout: Layout, todo: List[int], embedder, opts: JobOptions) -> int:
+    """Embed and write this rank's share of the parts in ``todo`` that are not done yet; returns the images read."""
+    rank, world = distributed.rank(), distributed.world_size()
+    mine = [i for i in todo if i % world == rank and not parts.is_done(layout, i)]
+    plans = {i: json_plan(layout, i) for i in mine}
+    if opts.on_total:
+        opts.on_total(None if any("shard" in p for p in plans.values()) else sum(len(p["files"])
+                                                                                 for p in plans.values()))
+    images = 0
+    for i in mine:
+        result = embedder.run(plans[i], opts.progress)
+        parts.write_part(layout, i, result)
+        images += len(result.embeddings) + len(result.skipped)
+        log.info("rank %d wrote part %d", rank, i)
+    return images
+
+
+def json_plan(layout: Layout, i: int) -> Dict:
+    from .layout import read_json
+
+    return read_json(layout.plan(i))
+
+
+def ingest(layout: Layout, catalog: Catalog, manifest: Dict) -> int:
+    """Insert every done, not yet ingested part into the catalog, in part order; returns the items added."""
+    ingested = catalog.ingested_parts()
+    added = 0
+    for i in _pending(layout, manifest["planned"], ingested):
+        if not parts.is_done(layout, i):
+            raise ConfigError(f"part {i} of {layout.root} is not written: rerun the command to finish it")
+        plan = json_plan(layout, i)
+        shard = (plan["shard"], plan["identity"]) if "shard" in plan else None
+        added += len(catalog.ingest_part(i, parts.read_metadata(layout, i), shard))
+        kill_point("ingest")
+    done = sorted(catalog.ingested_parts())
+    lines = list(dict(parts.skipped_lines(layout, done)).items())  # a file retried and still unreadable: once
+    write_bytes(layout.skipped, lambda f: f.write("".join(f"{p}\t{e}\n" for p, e in lines).encode()))
+    manifest["parts"] = {str(i): parts.read_done(layout, i)["count"] for i in done}
+    manifest["skipped"] = len(lines)
+    layout.write_manifest(manifest)
+    return added
+
+
+def live_vectors(layout: Layout, catalog: Catalog, only_parts=None):
+    """(ids (n,) int64, vectors (n, D) float32) of the live items, by id."""
+    locs = catalog.locations(only_parts)
+    dim = None
+    by_part: Dict[int, List] = {}
+    for item_id, part, row in locs:
+        by_part.setdefault(part, []).append((item_id, row))
+    ids, vecs = [], []
+    for part in sorted(by_part):
+        emb = parts.read_embeddings(layout, part)
+        dim = emb.shape[1]
+        rows = by_part[part]
+        ids += [r[0] for r in rows]
+        vecs.append(np.asarray(emb[[r[1] for r in rows]], dtype=np.float32))
+    if not vecs:
+        return np.zeros(0, np.int64), np.zeros((0, dim or 0), np.float32)
+    ids_arr = np.asarray(ids, dtype=np.int64)
+    order = np.argsort(ids_arr, kind="stable")
+    return ids_arr[order], np.ascontiguousarray(np.concatenate(vecs)[order])
+
+
+def build_main_index(layout: Layout, catalog: Catalog, manifest: Dict, max_memory: int) -> Dict:
+    """Write a new main index over every live item of the ingested parts, then point the manifest at it."""
+    covered = sorted(catalog.ingested_parts())
+    ids, vectors = live_vectors(layout, catalog)
+    if vectors.shape[1] == 0:
+        vectors = np.zeros((0, manifest["dim"]), np.float32)
+    index, info = faiss_index.build(vectors, ids, max_memory)
+    old = manifest.get("index")
+    generation = (old["generation"] + 1) if old else 0
+    path = layout.index_file(generation)
+    data = faiss_index.serialize(index)
+    write_bytes(path, lambda f: f.write(data), point="index-write")
+    kill_point("index-before-manifest")
+    manifest["index"] = dict(info, generation=generation, file=str(path.relative_to(layout.root)), parts=covered,
+                             max_index_memory=max_memory)
+    layout.write_manifest(manifest)
+    for stale in layout.root.glob("index/main-*.faiss"):
+        if stale != path:
+            stale.unlink()
+    return manifest["index"]
+
+
+def _broadcast_or_raise(value):
+    """Rank 0's value (or its one-line error) on every rank."""
+    value = distributed.broadcast_object(value)
+    if isinstance(value, dict) and "__error__" in value:
+        raise ConfigError(value["__error__"])
+    return value
+
+
+def start(root: str, sources: List[str], opts: JobOptions, model_info: Dict, build: bool) -> Dict:
+    """Plan (rank 0) and share the manifest with every rank. ``build``: a new index, or the continuation of a build
+    of the same sources and model; else ``add`` to an existing index."""
+    layout = Layout(root)
+    manifest = None
+    if distributed.rank() == 0:
+        try:
+            manifest = _plan(layout, sources, opts, model_info, build)
+        except ConfigError as e:
+            manifest = {"__error__": str(e)}
+    return _broadcast_or_raise(manifest)
+
+
+def _plan(layout: Layout, sources: List[str], opts: JobOptions, model_info: Dict, build: bool) -> Dict:
+    for s in sources:
+        source_kind(s)  # a missing or unknown source fails before anything is written
+    if build:
+        if layout.manifest.exists():
+            m = layout.read_manifest()
+            if m["sources"] != sources or m["checkpoint_sha256"] != model_info["checkpoint_sha256"]:
+                raise ConfigError(f"{layout.root} holds an index of other sources or another model: add to it with "
+                                  "superclip index add, or build into a new folder")
+            return m
+        others = [p.name for p in layout.root.iterdir() if p.name != ".lock"] if layout.root.is_dir() else []
+        if others:
+            raise ConfigError(f"{layout.root} is not empty and holds no index ({others[0]}, ...): name a new folder")
+        plans = _identify(plan_parts(sources, opts.part_size, opts.csv_img_key, opts.csv_separator))
+        _write_plans(layout, 0, plans)
+        m = {"format": FORMAT, "version": VERSION, **model_info, "sources": sources, "dtype": opts.dtype,
+             "top_k": opts.top_k, "part_size": opts.part_size, "planned": len(plans), "parts": {}}
+        layout.write_manifest(m, point="plan-manifest")
+        return m
+    m = layout.read_manifest()
+    catalog = Catalog(layout.catalog)
+    try:
+        if _pending(layout, m["planned"], catalog.ingested_parts()):
+            return m  # an interrupted add: finish its parts first; what else is new is planned by the next add
+        plans, gone = _changes(layout, catalog, sources, opts, m["planned"])
+        catalog.mark_deleted(gone)
+    finally:
+        catalog.close()
+    _write_plans(layout, m["planned"], plans)
+    m["planned"] += len(plans)
+    m["sources"] = sorted(set(m["sources"]) | set(sources))
+    layout.write_manifest(m, point="plan-manifest")
+    m["removed_now"] = len(gone)
+    return m
+
+
+def _identify(plans: List[Dict]) -> List[Dict]:
+    return [dict(p, identity=shard_identity(p["shard"])) if "shard" in p else p for p in plans]
+
+
+def _skipped_before(layout: Layout, planned: int) -> Dict[str, float]:
+    """path -> when it was found unreadable (its part's done time), for files an earlier job skipped."""
+    out: Dict[str, float] = {}
+    for i in range(planned):
+        if parts.is_done(layout, i):
+            when = layout.done(i).stat().st_mtime
+            out.update((p, when) for p, _ in parts.read_done(layout, i)["skipped"])
+    return out
+
+
+def _changes(layout: Layout, catalog: Catalog, sources: List[str], opts: JobOptions, planned: int):
+    """(plans of new or changed images, live ids to delete: replaced, or gone from a folder source). A file an
+    earlier job could not read is tried again only once it changed (a newer mtime)."""
+    live = catalog.live_files()
+    skipped = _skipped_before(layout, planned)
+    shards = catalog.live_shards()
+    new_files, new_shards, gone = [], [], []
+    seen = set()
+    for source in sources:
+        kind = source_kind(source)
+        if kind == "shards":
+            for url in shard_urls(source):
+                if url in seen:
+                    continue
+                seen.add(url)
+                identity = shard_identity(url)
+                if shards.get(url) == identity:
+                    continue
+                gone += catalog.ids_of_source(url)
+                new_shards.append({"shard": url, "identity": identity})
+            continue
+        paths = source_files(source, opts.csv_img_key, opts.csv_separator)
+        if kind == "folder":
+            present = set(paths)
+            path_of = {row[0]: p for p, row in live.items()}
+            gone += [i for i in catalog.ids_under(os.path.abspath(source)) if path_of.get(i) not in present]
+        for path in paths:
+            if path in seen:
+                continue
+            seen.add(path)
+            if path in skipped and os.stat(path).st_mtime <= skipped[path]:
+                continue
+            if path in live:
+                item_id, size, mtime, sha = live[path]
+                st = os.stat(path)
+                if (st.st_size, st.st_mtime) == (size, mtime):
+                    continue
+                if file_sha256(path) == sha:
+                    catalog.touch(item_id, st.st_size, st.st_mtime)
+                    continue
+                gone.append(item_id)
+            new_files.append(path)
+    plans = [{"files": new_files[s:s + opts.part_size]} for s in range(0, len(new_files), opts.part_size)]
+    return plans + new_shards, sorted(set(gone))
+
+
+def finish(layout: Layout, manifest: Dict, embedder, opts: JobOptions, index_all: bool) -> Dict:
+    """Embed pending parts (every rank), then ingest and (``index_all``) rebuild the main index (rank 0)."""
+    catalog = Catalog(layout.catalog) if distributed.rank() == 0 else None
+    ingested = distributed.broadcast_object(catalog.ingested_parts() if catalog else None)
+    t0 = time.perf_counter()
+    embedded = run_parts(layout, _pending(layout, manifest["planned"], ingested), embedder, opts)
+    distributed.barrier()
+    report = {"embedded": sum(distributed.all_gather_object(embedded)), "embed_seconds": time.perf_counter() - t0}
+    if catalog is not None:
+        try:
+            report["added"] = ingest(layout, catalog, manifest)
+            index_info = manifest.get("index")
+            if index_all and (index_info is None or index_info["parts"] != sorted(catalog.ingested_parts())):
+                build_main_index(layout, catalog, manifest, opts.max_index_memory)
+            report.update(live=catalog.live_count(), skipped=manifest.get("skipped", 0), index=manifest.get("index"))
+        finally:
+            catalog.close()
+    distributed.barrier()
+    return report
+
+
+def remove(root: str, targets: List[str]) -> int:
+    """Flag deleted the items named by id or by path (a file, or every item under a folder); returns how many."""
+    layout = Layout(root)
+    layout.read_manifest()
+    lock = FolderLock(layout.root)
+    catalog = Catalog(layout.catalog)
+    try:
+        ids = []
+        for t in targets:
+            if t.isdigit():
+                found = catalog.items([int(t)])
+                if not found:
+                    raise ConfigError(f"no item with id {t} in {root}")
+                ids.append(int(t))
+            else:
+                # a shard sample's path is URL#KEY, taken as it is; a file or folder is made absolute
+                matched = catalog.ids_under(t if "#" in t else os.path.abspath(t))
+                if not matched:
+                    raise ConfigError(f"no live item has the path {t} (or lies under it) in {root}")
+                ids += matched
+        return catalog.mark_deleted(ids)
+    finally:
+        catalog.close()
+        lock.release()
+
+
+def optimize(root: str, max_index_memory: Optional[int] = None) -> Dict:
+    """Fold the additions and removals into a new main index."""
+    layout = Layout(root)
+    manifest = layout.read_manifest()
+    lock = FolderLock(layout.root)
+    catalog = Catalog(layout.catalog)
+    try:
+        if _pending(layout, manifest["planned"], catalog.ingested_parts()):
+            raise ConfigError(f"{root} has parts not yet ingested: rerun superclip index build/add first")
+        budget = max_index_memory or manifest.get("index", {}).get("max_index_memory") or JobOptions.max_index_memory
+        return build_main_index(layout, catalog, manifest, budget)
+    finally:
+        catalog.close()
+        lock.release()

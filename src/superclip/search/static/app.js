@@ -1,0 +1,135 @@
+// The search page: plain DOM, no build step. State: the last search (text, image or similar-to), the tag filters.
+"use strict";
+const $ = (id) => document.getElementById(id);
+const state = { kind: null, q: "", file: null, id: null, tags: [] };
+
+function chip(text, onClick, extra) {
+  const b = document.createElement("button");
+  b.type = "button";
+  b.className = "chip";
+  b.textContent = text;
+  if (extra) b.title = extra;
+  b.addEventListener("click", onClick);
+  return b;
+}
+
+function addTag(tag) {
+  if (!state.tags.includes(tag)) state.tags.push(tag);
+  rerun();
+}
+
+function renderFilters() {
+  const box = $("filters");
+  box.replaceChildren(...state.tags.map((t) => chip(t + " \u00d7", () => {
+    state.tags = state.tags.filter((x) => x !== t);
+    rerun();
+  }, "remove this filter")));
+}
+
+async function loadFacets() {
+  const params = new URLSearchParams({ limit: 30 });
+  if (state.tags.length) params.set("tags", state.tags.join(","));
+  const res = await fetch("/api/tags?" + params);
+  if (!res.ok) return;
+  const data = await res.json();
+  $("facets").replaceChildren(...data.facets.map((f) => {
+    const li = document.createElement("li");
+    li.dataset.tag = f.tag;
+    li.innerHTML = "<span></span><small></small>";
+    li.firstChild.textContent = f.tag;
+    li.lastChild.textContent = f.count;
+    li.addEventListener("click", () => addTag(f.tag));
+    return li;
+  }));
+}
+
+function render(data, label) {
+  const grid = $("results");
+  $("status").textContent = data.results.length ? `${data.results.length} results ${label}` : `No results ${label}`;
+  grid.replaceChildren(...data.results.map((r) => {
+    const card = document.createElement("article");
+    card.className = "card";
+    card.dataset.id = r.id;
+    const img = document.createElement("img");
+    img.src = `/api/items/${r.id}/image`;
+    img.alt = r.tags.map((t) => t[0]).join(", ");
+    img.loading = "lazy";
+    img.title = "more like this";
+    img.addEventListener("click", () => { Object.assign(state, { kind: "similar", id: r.id }); rerun(); });
+    const meta = document.createElement("div");
+    meta.className = "meta";
+    const score = document.createElement("span");
+    score.className = "score";
+    score.textContent = `#${r.id} \u00b7 score ${r.score.toFixed(3)}`;
+    const tags = document.createElement("div");
+    tags.className = "tags";
+    tags.append(...r.tags.map(([t, p]) => chip(t, () => addTag(t), `p = ${p.toFixed(3)}: filter by this tag`)));
+    meta.append(score, tags);
+    card.append(img, meta);
+    return card;
+  }));
+}
+
+async function rerun() {
+  renderFilters();
+  loadFacets();
+  const tags = state.tags.join(",");
+  let res, label;
+  if (state.kind === "text") {
+    const params = new URLSearchParams({ q: state.q, k: 40 });
+    if (tags) params.set("tags", tags);
+    res = await fetch("/api/search?" + params);
+    label = `for \u201c${state.q}\u201d`;
+  } else if (state.kind === "image") {
+    const form = new FormData();
+    form.append("file", state.file);
+    form.append("k", "40");
+    if (tags) form.append("tags", tags);
+    res = await fetch("/api/search/image", { method: "POST", body: form });
+    label = `like ${state.file.name || "the image"}`;
+  } else if (state.kind === "similar") {
+    const params = new URLSearchParams({ k: 40 });
+    if (tags) params.set("tags", tags);
+    res = await fetch(`/api/items/${state.id}/similar?` + params);
+    label = `like #${state.id}`;
+  } else {
+    if (!tags) { $("results").replaceChildren(); return; }
+    const params = new URLSearchParams({ q: "a picture", k: 40, tags });
+    res = await fetch("/api/search?" + params);
+    label = `tagged ${tags}`;
+  }
+  if (state.tags.length) label += ` (tags: ${state.tags.join(", ")})`;
+  const data = await res.json();
+  if (!res.ok) {
+    $("status").textContent = data.error || `error ${res.status}`;
+    $("results").replaceChildren();
+    return;
+  }
+  render(data, label);
+}
+
+function searchImage(file) {
+  if (!file) return;
+  Object.assign(state, { kind: "image", file });
+  rerun();
+}
+
+$("search").addEventListener("submit", (e) => {
+  e.preventDefault();
+  const q = $("q").value.trim();
+  if (!q) { $("status").textContent = "Type something to search for."; return; }
+  Object.assign(state, { kind: "text", q });
+  rerun();
+});
+$("file").addEventListener("change", (e) => searchImage(e.target.files[0]));
+let depth = 0;
+window.addEventListener("dragenter", (e) => { e.preventDefault(); depth++; $("drop").hidden = false; });
+window.addEventListener("dragleave", () => { if (--depth <= 0) { depth = 0; $("drop").hidden = true; } });
+window.addEventListener("dragover", (e) => e.preventDefault());
+window.addEventListener("drop", (e) => {
+  e.preventDefault();
+  depth = 0;
+  $("drop").hidden = true;
+  searchImage(e.dataTransfer.files[0]);
+});
+loadFacets();
