@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 import superclip
-from superclip.checkpoint import save_checkpoint
+from superclip.weights import save_checkpoint
 
 
 def write_images(folder: Path, n: int, size: int) -> list:

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from search_embed import write_images
 
 
@@ -59,7 +58,7 @@ def main():
     ap.add_argument("--out", default="/tmp/search_http")
     args = ap.parse_args()
     import superclip
-    from superclip.checkpoint import save_checkpoint
+    from superclip.weights import save_checkpoint
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,7 @@ from .conftest import TINY_CFG
 
 def make_checkpoint(path: Path) -> Path:
     import superclip
-    from superclip.checkpoint import save_checkpoint
+    from superclip.weights import save_checkpoint
 
     torch.manual_seed(0)
     save_checkpoint(path, superclip.create_model(TINY_CFG), config=TINY_CFG)
@@ -120,8 +120,8 @@ def fit_checkpoint(path: Path, pairs: List[tuple], steps: int = 60, lr: float = 
     """A tiny SuperCLIP fitted on ``pairs`` (the indexed images with their captions, one full batch a step), so that
     its text search and head tags know the scenes' colours; saved with its token statistics."""
     import superclip
-    from superclip.checkpoint import save_checkpoint
     from superclip.data.images import decode_image
+    from superclip.weights import save_checkpoint
 
     torch.manual_seed(0)
     model = superclip.create_model(TINY_CFG)

@@ -31,7 +31,7 @@ from . import index as faiss_index
 from . import parts
 from .catalog import Catalog
 from .layout import FORMAT, VERSION, FolderLock, Layout, kill_point, write_bytes, write_json
-from .sources import file_sha256, plan_parts, shard_identity, source_files, source_kind, shard_urls
+from .sources import file_sha256, plan_parts, shard_identity, shard_urls, source_files, source_kind
 
 log = logging.getLogger(__name__)
 

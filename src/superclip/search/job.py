@@ -186,9 +186,9 @@ class Embedder:
 def load_for_search(model: Optional[str], pretrained: Optional[str], device: str = "cpu", precision: str = "fp32",
                     cache_dir: Optional[str] = None):
     """(model in eval mode, val preprocess, tokenizer, (V,) IDF token weights or None) for indexing and serving."""
-    from ..checkpoint import load_model
     from ..loss import idf_weights
     from ..model import get_tokenizer, get_transforms
+    from ..weights import load_model
 
     net, stats, info = load_model(model, pretrained=pretrained, device=device, cache_dir=cache_dir)
     net.eval()

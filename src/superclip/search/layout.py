@@ -24,8 +24,8 @@ import signal
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
-from ..checkpoint import _atomic_write
 from ..errors import ConfigError
+from ..files import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def write_bytes(path: Path, write: Callable[[Any], None], point: Optional[str] =
             f.flush()
             kill_point(point)
 
-    _atomic_write(path, body)
+    atomic_write(path, body)
 
 
 def write_json(path: Path, obj: Any, point: Optional[str] = None) -> None:
