@@ -241,10 +241,6 @@ class TrainConfig:
             value = getattr(self, name)
             check(value is None or math.isfinite(value), f"--{name.replace('_', '-')} must be a finite number, "
                   f"got {value}")
-        for name in ("seed", "data_seed"):  # numpy's seed range: a larger or negative one failed in set-up
-            value = getattr(self, name)
-            check(value is None or 0 <= value < 2 ** 32, f"--{name.replace('_', '-')} must be in [0, 2**32), got "
-                  f"{value}")
         check(self.name is None or (self.name not in (".", "..") and "/" not in self.name and "\\" not in self.name),
               f"--name must be a folder name (the run folder is --logs/NAME), got {self.name!r}")
         if self.siglip:
