@@ -96,7 +96,24 @@ def workspace(root: Path) -> Path:
     (root / "not_mapping.yaml").write_text("- lr\n- 0.1\n")
     (root / "shards").mkdir(exist_ok=True)
     (root / "a_file").write_text("x")
+    compositional_files(root)
     return root
+
+
+def compositional_files(root: Path) -> None:
+    """SugarCrepe folders and JSONL sets with one mistake each (the images are workspace files)."""
+    item = {"filename": "img.png", "caption": "a red square", "negative_caption": "a blue square"}
+    same = dict(item, negative_caption="a Red  square")
+    for name, files in {"sc_missing_image": {"replace_att": {"7": dict(item, filename="nope.png")}},
+                        "sc_empty_type": {"replace_att": {"1": item}, "swap_att": {}},
+                        "sc_same_caption": {"replace_att": {"1": item, "2": same}}}.items():
+        (root / name).mkdir(exist_ok=True)
+        for kind, data in files.items():
+            (root / name / f"{kind}.json").write_text(json.dumps(data))
+    (root / "comp_missing_image.jsonl").write_text(json.dumps(
+        {"image": "gone.png", "positive": "a red square", "negatives": ["a blue square"], "type": "x"}) + "\n")
+    (root / "comp_same_caption.jsonl").write_text(json.dumps(
+        {"image": "img.png", "positive": "a red square", "negatives": ["a blue square", "a red square"]}) + "\n")
 
 
 def _train(ws: Path, *extra: str) -> List[str]:
@@ -286,6 +303,23 @@ CASES: List[Case] = [
     Case("tag", "local-dir: of a folder that is not a model", lambda ws: [
         "tag", "--pretrained", f"local-dir:{ws}", str(ws / "img.png")], "not a model folder"),
     Case("flops", "unknown model", lambda ws: ["flops", "ViT-Q-99"], "unknown model"),
+    # --- eval --compositional
+    Case("eval", "--compositional: a missing image named in a type file", lambda ws: _eval(
+        ws, "--compositional", str(ws / "sc_missing_image"), "--compositional-images", str(ws)),
+        "replace_att.json, id 7: image not found"),
+    Case("eval", "--compositional: a missing image named in a JSONL", lambda ws: _eval(
+        ws, "--compositional", str(ws / "comp_missing_image.jsonl")),
+        "comp_missing_image.jsonl, line 1: image not found"),
+    Case("eval", "--compositional: an empty type file", lambda ws: _eval(
+        ws, "--compositional", str(ws / "sc_empty_type"), "--compositional-images", str(ws)),
+        "swap_att.json: empty type file"),
+    Case("eval", "--compositional: a caption equal to its negative", lambda ws: _eval(
+        ws, "--compositional", str(ws / "sc_same_caption"), "--compositional-images", str(ws)),
+        "replace_att.json, id 2: negative caption equals the caption"),
+    Case("eval", "--compositional: a JSONL negative equal to the caption", lambda ws: _eval(
+        ws, "--compositional", str(ws / "comp_same_caption.jsonl")), "line 1: negative caption equals the caption"),
+    Case("eval", "--compositional: no such set", lambda ws: _eval(ws, "--compositional", str(ws / "nothing_here")),
+         "compositional set not found"),
 ]
 
 

@@ -6,7 +6,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 import torch
 
 from ..errors import ConfigError
-from .data import image_folder, retrieval_pairs
+from .compositional import compositional_metrics
+from .data import compositional_items, image_folder, retrieval_pairs
 from .features import Encoder, embed_images, embed_texts
 from .retrieval import retrieval_metrics
 from .zero_shot import average_prompts, prompts, zero_shot_metrics
@@ -52,3 +53,19 @@ def retrieval_file(encoder: Encoder, preprocess: Callable, tokenizer: Callable, 
     txt = embed_texts(encoder, tokenizer, captions)
     return {**retrieval_metrics(img, txt, torch.tensor(owner)), "data": path, "n_images": len(images),
             "n_captions": len(captions)}
+
+
+def compositional_set(encoder: Encoder, preprocess: Callable, tokenizer: Callable, path: str,
+                      image_root: Optional[str] = None, batch_size: int = 64, progress: Optional[Any] = None) -> Dict:
+    """Compositional accuracy per type and overall on a SugarCrepe folder or a JSON/JSONL file
+    (:func:`superclip.evaluate.data.compositional_items`); each image and each distinct text is embedded once."""
+    items = compositional_items(path, image_root)
+    img = embed_images(encoder, preprocess, items.images, batch_size, _updater(progress, len(items.images)))
+    texts = list(dict.fromkeys(items.positives + items.negatives))
+    row = {t: i for i, t in enumerate(texts)}
+    txt = embed_texts(encoder, tokenizer, texts)
+    metrics = compositional_metrics(img[torch.tensor(items.image_of)], txt[[row[t] for t in items.positives]],
+                                    txt[[row[t] for t in items.negatives]], torch.tensor(items.negative_owner),
+                                    items.types)
+    counts = {f"{t}_n": items.types.count(t) for t in sorted(set(items.types))}
+    return {**metrics, **counts, "data": path, "n_items": len(items.positives), "n_images": len(items.images)}
