@@ -97,7 +97,27 @@ def workspace(root: Path) -> Path:
     (root / "shards").mkdir(exist_ok=True)
     (root / "a_file").write_text("x")
     compositional_files(root)
+    segmentation_files(root)
     return root
+
+
+def segmentation_files(root: Path) -> None:
+    """images/ + annotations/ folders: one good, the others with one mistake each."""
+    import numpy as np
+
+    def folder(name, mask_size=(36, 36), value=1, with_mask=True):
+        (root / name / "images").mkdir(parents=True, exist_ok=True)
+        (root / name / "annotations").mkdir(parents=True, exist_ok=True)
+        (root / name / "images" / "a.png").write_bytes(png())
+        if with_mask:
+            mask = np.zeros(mask_size[::-1], dtype=np.uint8)
+            mask[:5] = value
+            mask[-3:] = 255
+            Image.fromarray(mask, mode="L").save(root / name / "annotations" / "a.png")
+    folder("seg_ok")
+    folder("seg_size", mask_size=(36, 30))
+    folder("seg_value", value=9)
+    folder("seg_no_mask", with_mask=False)
 
 
 def compositional_files(root: Path) -> None:
@@ -318,6 +338,17 @@ CASES: List[Case] = [
         "replace_att.json, id 2: negative caption equals the caption"),
     Case("eval", "--compositional: a JSONL negative equal to the caption", lambda ws: _eval(
         ws, "--compositional", str(ws / "comp_same_caption.jsonl")), "line 1: negative caption equals the caption"),
+    Case("eval", "--segmentation-probe: a mask whose size differs from its image", lambda ws: _eval(
+        ws, "--segmentation-probe-train", str(ws / "seg_ok"), "--segmentation-probe-test", str(ws / "seg_size")),
+        "image is 36x36, its mask 36x30"),
+    Case("eval", "--segmentation-probe: a mask value above the class count", lambda ws: _eval(
+        ws, "--segmentation-probe-train", str(ws / "seg_value"), "--segmentation-probe-test", str(ws / "seg_ok"),
+        "--segmentation-classes", "3"), "value 9 is not a class (there are 3: 0..2) and not the ignore index 255"),
+    Case("eval", "--segmentation-probe: an image without a mask", lambda ws: _eval(
+        ws, "--segmentation-probe-train", str(ws / "seg_no_mask"), "--segmentation-probe-test", str(ws / "seg_ok")),
+        "no mask"),
+    Case("eval", "--segmentation-probe-train without -test", lambda ws: _eval(
+        ws, "--segmentation-probe-train", str(ws / "seg_ok")), "go together"),
     Case("eval", "--compositional: no such set", lambda ws: _eval(ws, "--compositional", str(ws / "nothing_here")),
          "compositional set not found"),
 ]

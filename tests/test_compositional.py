@@ -153,13 +153,20 @@ def model_sources(tmp_path: Path, monkeypatch):
             "hf-hub": ["--pretrained", "hf-hub:org/tiny", "--cache-dir", str(tmp_path / "hub")]}
 
 
-def test_compositional_eval_on_checkpoint_folder_and_hub_alike(data, tmp_path, monkeypatch, capsys):
+def test_new_evaluations_on_checkpoint_folder_and_hub_alike(data, tmp_path, monkeypatch, capsys):
     sources = model_sources(tmp_path, monkeypatch)
+    assert cli.main(["data", "synth", "--family", "scenes", "--out", str(tmp_path / "synth"), "--masks",
+                     "--train-samples", "10", "--test-samples", "6", "--image-size", "32", "--no-progress"]) == 0
+    masks = tmp_path / "synth" / "masks"
     capsys.readouterr()
     got = {}
     for name, flags in sources.items():
         assert cli.main(["eval", *flags, "--compositional", str(data / "sugarcrepe"), "--compositional-images",
-                         str(data / "images"), "--no-progress", "--device", "cpu"]) == 0
-        got[name] = json.loads(capsys.readouterr().out)["metrics"]["compositional"]
+                         str(data / "images"), "--segmentation-probe-train", str(masks / "train"),
+                         "--segmentation-probe-test", str(masks / "test"), "--no-progress", "--device", "cpu"]) == 0
+        got[name] = json.loads(capsys.readouterr().out)["metrics"]
     assert got["checkpoint"] == got["folder"] == got["hf-hub"]
-    assert set(got["checkpoint"]) >= {"acc", "mean_type_acc", "replace_att_acc", "swap_att_acc", "add_obj_acc"}
+    assert set(got["checkpoint"]["compositional"]) >= {"acc", "mean_type_acc", "replace_att_acc", "swap_att_acc",
+                                                       "add_obj_acc"}
+    seg = got["checkpoint"]["segmentation_probe"]
+    assert seg["n_classes"] == 6 and seg["n_train"] == 10 and 0 <= seg["miou"] <= 1

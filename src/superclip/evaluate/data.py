@@ -273,3 +273,47 @@ def compositional_items(path: str, image_root: Optional[str] = None) -> Composit
         out.positives.append(positive)
         out.types.append(kind)
     return out
+
+
+# --- segmentation: images + index-PNG masks (ADE20K / VOC layout) ---
+
+def read_mask(path: Path) -> "np.ndarray":
+    """(H, W) int64 class indices of an index PNG (mode P or L; I;16 too). Masks are read with PIL directly, not
+    through decode_image: a label map must be neither converted to RGB nor rotated."""
+    import numpy as np
+
+    try:
+        with Image.open(path) as m:
+            if m.mode not in ("P", "L", "I", "I;16"):
+                raise ConfigError(f"mask {path} is not an index PNG (mode {m.mode}; expected P or L)")
+            return np.asarray(m).astype(np.int64)
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - PIL raises many types
+        raise ConfigError(f"cannot read mask {path}: {type(e).__name__}: {e}") from None
+
+
+def segmentation_folder(root: str, n_classes: Optional[int] = None, ignore_index: int = 255):
+    """(image paths, masks) of ``ROOT/images/NAME.*`` + ``ROOT/annotations/NAME.png``, sorted by name; masks are
+    (H, W) int64 arrays. Every image needs its mask; with ``n_classes`` every value must be below it or be
+    ``ignore_index``."""
+    base = Path(root)
+    if not (base / "images").is_dir() or not (base / "annotations").is_dir():
+        raise ConfigError(f"{root}: expected the folders images/ and annotations/ (images/NAME.jpg, "
+                          "annotations/NAME.png)")
+    images = sorted(f for f in (base / "images").iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise ConfigError(f"{root}/images holds no images")
+    masks = []
+    for image in images:
+        path = base / "annotations" / (image.stem + ".png")
+        if not path.is_file():
+            raise ConfigError(f"{image}: no mask {path}")
+        mask = read_mask(path)
+        if n_classes is not None:
+            bad = (mask >= n_classes) & (mask != ignore_index)
+            if bad.any():
+                raise ConfigError(f"mask {path}: value {int(mask[bad].max())} is not a class (there are {n_classes}: "
+                                  f"0..{n_classes - 1}) and not the ignore index {ignore_index}")
+        masks.append(mask)
+    return [str(p) for p in images], masks
