@@ -349,6 +349,9 @@ CASES: List[Case] = [
         "no mask"),
     Case("eval", "--segmentation-probe-train without -test", lambda ws: _eval(
         ws, "--segmentation-probe-train", str(ws / "seg_ok")), "go together"),
+    Case("train", "--compositional-val: an item whose image is missing", lambda ws: _train(
+        ws, "--compositional-val", str(ws / "comp_missing_image.jsonl"), "--val-steps", "1"),
+        "comp_missing_image.jsonl, line 1: image not found"),
     Case("eval", "--compositional: no such set", lambda ws: _eval(ws, "--compositional", str(ws / "nothing_here")),
          "compositional set not found"),
 ]
