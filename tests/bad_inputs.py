@@ -96,7 +96,44 @@ def workspace(root: Path) -> Path:
     (root / "not_mapping.yaml").write_text("- lr\n- 0.1\n")
     (root / "shards").mkdir(exist_ok=True)
     (root / "a_file").write_text("x")
+    compositional_files(root)
+    segmentation_files(root)
     return root
+
+
+def segmentation_files(root: Path) -> None:
+    """images/ + annotations/ folders: one good, the others with one mistake each."""
+    import numpy as np
+
+    def folder(name, mask_size=(36, 36), value=1, with_mask=True):
+        (root / name / "images").mkdir(parents=True, exist_ok=True)
+        (root / name / "annotations").mkdir(parents=True, exist_ok=True)
+        (root / name / "images" / "a.png").write_bytes(png())
+        if with_mask:
+            mask = np.zeros(mask_size[::-1], dtype=np.uint8)
+            mask[:5] = value
+            mask[-3:] = 255
+            Image.fromarray(mask, mode="L").save(root / name / "annotations" / "a.png")
+    folder("seg_ok")
+    folder("seg_size", mask_size=(36, 30))
+    folder("seg_value", value=9)
+    folder("seg_no_mask", with_mask=False)
+
+
+def compositional_files(root: Path) -> None:
+    """SugarCrepe folders and JSONL sets with one mistake each (the images are workspace files)."""
+    item = {"filename": "img.png", "caption": "a red square", "negative_caption": "a blue square"}
+    same = dict(item, negative_caption="a Red  square")
+    for name, files in {"sc_missing_image": {"replace_att": {"7": dict(item, filename="nope.png")}},
+                        "sc_empty_type": {"replace_att": {"1": item}, "swap_att": {}},
+                        "sc_same_caption": {"replace_att": {"1": item, "2": same}}}.items():
+        (root / name).mkdir(exist_ok=True)
+        for kind, data in files.items():
+            (root / name / f"{kind}.json").write_text(json.dumps(data))
+    (root / "comp_missing_image.jsonl").write_text(json.dumps(
+        {"image": "gone.png", "positive": "a red square", "negatives": ["a blue square"], "type": "x"}) + "\n")
+    (root / "comp_same_caption.jsonl").write_text(json.dumps(
+        {"image": "img.png", "positive": "a red square", "negatives": ["a blue square", "a red square"]}) + "\n")
 
 
 def _train(ws: Path, *extra: str) -> List[str]:
@@ -408,6 +445,37 @@ CASES: List[Case] = [
          "holds no index (no manifest.json)"),
     Case("serve", "a folder without an index", lambda ws: ["serve", str(ws / "shards")],
          "holds no index (no manifest.json)"),
+    # --- eval --compositional
+    Case("eval", "--compositional: a missing image named in a type file", lambda ws: _eval(
+        ws, "--compositional", str(ws / "sc_missing_image"), "--compositional-images", str(ws)),
+        "replace_att.json, id 7: image not found"),
+    Case("eval", "--compositional: a missing image named in a JSONL", lambda ws: _eval(
+        ws, "--compositional", str(ws / "comp_missing_image.jsonl")),
+        "comp_missing_image.jsonl, line 1: image not found"),
+    Case("eval", "--compositional: an empty type file", lambda ws: _eval(
+        ws, "--compositional", str(ws / "sc_empty_type"), "--compositional-images", str(ws)),
+        "swap_att.json: empty type file"),
+    Case("eval", "--compositional: a caption equal to its negative", lambda ws: _eval(
+        ws, "--compositional", str(ws / "sc_same_caption"), "--compositional-images", str(ws)),
+        "replace_att.json, id 2: negative caption equals the caption"),
+    Case("eval", "--compositional: a JSONL negative equal to the caption", lambda ws: _eval(
+        ws, "--compositional", str(ws / "comp_same_caption.jsonl")), "line 1: negative caption equals the caption"),
+    Case("eval", "--segmentation-probe: a mask whose size differs from its image", lambda ws: _eval(
+        ws, "--segmentation-probe-train", str(ws / "seg_ok"), "--segmentation-probe-test", str(ws / "seg_size")),
+        "image is 36x36, its mask 36x30"),
+    Case("eval", "--segmentation-probe: a mask value above the class count", lambda ws: _eval(
+        ws, "--segmentation-probe-train", str(ws / "seg_value"), "--segmentation-probe-test", str(ws / "seg_ok"),
+        "--segmentation-classes", "3"), "value 9 is not a class (there are 3: 0..2) and not the ignore index 255"),
+    Case("eval", "--segmentation-probe: an image without a mask", lambda ws: _eval(
+        ws, "--segmentation-probe-train", str(ws / "seg_no_mask"), "--segmentation-probe-test", str(ws / "seg_ok")),
+        "no mask"),
+    Case("eval", "--segmentation-probe-train without -test", lambda ws: _eval(
+        ws, "--segmentation-probe-train", str(ws / "seg_ok")), "go together"),
+    Case("train", "--compositional-val: an item whose image is missing", lambda ws: _train(
+        ws, "--compositional-val", str(ws / "comp_missing_image.jsonl"), "--val-steps", "1"),
+        "comp_missing_image.jsonl, line 1: image not found"),
+    Case("eval", "--compositional: no such set", lambda ws: _eval(ws, "--compositional", str(ws / "nothing_here")),
+         "compositional set not found"),
 ]
 
 

@@ -1,4 +1,5 @@
 """N processes train exactly what one process trains: weights and IDF statistics after full optimizer steps."""
+import json
 import os
 
 import pytest
@@ -99,11 +100,20 @@ def _write_eval_data(root):
             if i < 4 and len(rows) <= 18:
                 rows.append(f"zs/{c}/{i}.png\ta {c} picture with a small square number {i}")
     (root / "val.tsv").write_text("\n".join(rows) + "\n")
+    # hard negatives over 9 of the images (batches of 4, 4, 1: one rank runs a stand-in), two types, 1 or 2 negatives
+    names = list(colours)
+    items = [{"image": f"zs/{c}/{i}.png", "positive": f"a {c} picture", "type": "colour",
+              "negatives": [f"a {names[(k + 1) % 7]} picture"] + ([f"a {names[(k + 3) % 7]} picture"] if i else [])}
+             for k, c in enumerate(names[:3]) for i in range(3)]
+    items += [{"image": f"zs/{c}/0.png", "positive": f"a {c} picture with a small square number 0", "type": "number",
+               "negatives": f"a {c} picture with a small square number 3"} for c in names[:3]]
+    (root / "comp.jsonl").write_text("".join(json.dumps(x) + "\n" for x in items))
 
 
 def _eval_cfg(root, name, **kw):
     return _cfg(root, name=name, imagenet_val=str(root / "zs"), zeroshot_steps=2, val_data=str(root / "val.tsv"),
-                val_steps=2, save_every_n_steps=2, batch_size=4, train_num_samples=32, epochs=1, max_steps=4, **kw)
+                compositional_val=str(root / "comp.jsonl"), val_steps=2, save_every_n_steps=2, batch_size=4,
+                train_num_samples=32, epochs=1, max_steps=4, **kw)
 
 
 def _train_with_evaluation(rank, tmp_path):
@@ -132,8 +142,8 @@ def runs_with_evaluation(module_tmp):
 
 @pytest.mark.parametrize("variant", list(EVAL_VARIANTS))
 def test_evaluation_on_every_rank_equals_one_process(runs_with_evaluation, variant):
-    """Zero-shot and retrieval every 2 steps under DDP / FSDP2, fp32 / pure bf16: the logged metrics equal a
-    one-process evaluation of the checkpoint saved at that step."""
+    """Zero-shot, retrieval and compositional accuracy every 2 steps under DDP / FSDP2, fp32 / pure bf16: the
+    logged metrics equal a one-process evaluation of the checkpoint saved at that step."""
     from superclip.evaluate.data import image_folder
     from superclip.evaluate.features import Encoder, embed_images
     from superclip.train.evaluation import evaluate_in_training
@@ -149,6 +159,8 @@ def test_evaluation_on_every_rank_equals_one_process(runs_with_evaluation, varia
                                        precision="bf16" if "bf16" in variant else "fp32")
         expected = evaluate_in_training(model, cfg, torch.device("cpu"), zeroshot=True, val=True)
         assert set(expected) == set(logged) - {"step", "epoch"}
+        assert {"val/compositional_acc", "val/compositional_colour_acc",
+                "val/compositional_number_acc"} <= set(expected)
         for key, value in expected.items():
             assert abs(logged[key] - value) <= 1e-4, (key, logged, value)
     # the gathered embeddings are one process's, row for row

@@ -207,6 +207,28 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_synth_sets(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from .data.synth_sets import write_compositional, write_masks
+
+    out = Path(args.out)
+    if args.compositional:
+        with tqdm(total=args.test_samples, desc="compositional", disable=not args.progress, file=sys.stderr) as bar:
+            counts = write_compositional(str(out / "compositional"), args.family, args.test_samples, args.image_size,
+                                         args.seed, bar.update)
+        print(f"wrote {out / 'compositional'}: " + ", ".join(f"{k} {n}" for k, n in counts.items()) +
+              f"; evaluate with: superclip eval --pretrained CKPT --compositional {out / 'compositional'}")
+    if args.masks:
+        for split, n in (("train", args.train_samples), ("test", args.test_samples)):
+            with tqdm(total=n, desc=f"masks {split}", disable=not args.progress, file=sys.stderr) as bar:
+                write_masks(str(out / "masks" / split), args.family, n, args.image_size, args.seed, split, bar.update)
+        masks = out / "masks"
+        print(f"wrote {masks}/{{train,test}}; evaluate with: superclip eval --pretrained CKPT "
+              f"--segmentation-probe-train {masks / 'train'} --segmentation-probe-test {masks / 'test'}")
+    return 0
+
+
 def _cmd_data_synth(args: argparse.Namespace) -> int:
     from .data.synthetic import shard_paths, write_shards
 
@@ -219,6 +241,8 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
         Path(args.out).mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigError(f"--out: cannot create folder {args.out}: {e.strerror or e}") from None
+    if args.compositional or args.masks:
+        return _cmd_data_synth_sets(args)
     taken = [p for split, n in splits if n for p in shard_paths(args.out, n, split, args.shard_size)
              if p.exists()]
     if taken and not args.overwrite:  # before writing any split
@@ -321,6 +345,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-size", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace shards of the same names in --out")
+    p.add_argument("--compositional", action="store_true",
+                   help="instead of shards: OUT/compositional, hard negatives of --test-samples test images in "
+                        "SugarCrepe's layout (superclip eval --compositional)")
+    p.add_argument("--masks", action="store_true",
+                   help="instead of shards: OUT/masks/{train,test}, images + index-PNG masks (--train-samples, "
+                        "--test-samples; superclip eval --segmentation-probe-train/-test)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=_cmd_data_synth)
 
     p = sub.add_parser("models", help="list the model configs shipped with superclip")

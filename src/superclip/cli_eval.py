@@ -110,9 +110,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate.linear_probe import linear_probe
     from .evaluate.tasks import retrieval_file
 
-    if not (args.zeroshot_data or args.imagenet_val or args.retrieval_data or args.linear_probe_train):
-        raise ConfigError("nothing to evaluate: give --zeroshot-data, --imagenet-val, --retrieval-data or "
-                          "--linear-probe-train/--linear-probe-test")
+    if not (args.zeroshot_data or args.imagenet_val or args.retrieval_data or args.linear_probe_train
+            or args.compositional or args.segmentation_probe_train):
+        raise ConfigError("nothing to evaluate: give --zeroshot-data, --imagenet-val, --retrieval-data, "
+                          "--linear-probe-train/--linear-probe-test, --compositional or "
+                          "--segmentation-probe-train/--segmentation-probe-test")
+    if bool(args.segmentation_probe_train) != bool(args.segmentation_probe_test):
+        raise ConfigError("--segmentation-probe-train and --segmentation-probe-test go together")
     if bool(args.linear_probe_train) != bool(args.linear_probe_test):
         raise ConfigError("--linear-probe-train and --linear-probe-test go together")
     _writable_output(args.output, "--output")
@@ -120,6 +124,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         t("{c}") for t in OPENAI_IMAGENET_TEMPLATES]
     _check_templates(templates)
     classnames = read_lines(args.classnames, "class names") if args.classnames else None
+    if args.compositional:  # a bad set fails before the model loads
+        from .evaluate.data import compositional_items
+
+        compositional_items(args.compositional, args.compositional_images)
+    if args.segmentation_probe_train:  # so does a bad mask
+        from .evaluate.data import segmentation_folder
+
+        for folder in (args.segmentation_probe_train, args.segmentation_probe_test):
+            segmentation_folder(folder, args.segmentation_classes, args.segmentation_ignore_index)
     model, preprocess, tokenizer, args.encoder = _load(args)
     results: Dict = {"model": args.model or "(from checkpoint)", "pretrained": args.pretrained, "metrics": {}}
     if args.zeroshot_data:
@@ -145,6 +158,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
         results["metrics"]["linear_probe"] = {
             **linear_probe(tr, torch.tensor(tr_labels), te, torch.tensor(te_labels), seed=args.seed),
             "data": [args.linear_probe_train, args.linear_probe_test]}
+    if args.compositional:
+        from .evaluate.tasks import compositional_set
+
+        with _bar(args, None, "compositional") as bar:
+            results["metrics"]["compositional"] = compositional_set(
+                args.encoder, preprocess, tokenizer, args.compositional, args.compositional_images, args.batch_size,
+                bar)
+    if args.segmentation_probe_train:
+        from .evaluate.tasks import segmentation_probe
+
+        with _bar(args, None, "segmentation probe") as bar:
+            results["metrics"]["segmentation_probe"] = segmentation_probe(
+                args.encoder, preprocess, args.segmentation_probe_train, args.segmentation_probe_test,
+                args.segmentation_classes, args.segmentation_ignore_index, args.batch_size, bar, args.seed)
     text = json.dumps(results, indent=2)
     print(text)
     if args.output:
@@ -243,6 +270,19 @@ def add_parsers(sub) -> None:
                    help="CSV separator (default: a tab if the header line has one, else a comma; as train)")
     p.add_argument("--linear-probe-train", default=None, help="ImageFolder tree to fit the probe on")
     p.add_argument("--linear-probe-test", default=None, help="ImageFolder tree to score it on")
+    p.add_argument("--compositional", default=None, metavar="DIR|FILE",
+                   help="hard negatives: a folder in SugarCrepe's layout (TYPE.json files) or a .json/.jsonl of "
+                        "{image, positive, negatives, type}; accuracy per type (caption strictly above every negative)")
+    p.add_argument("--compositional-images", default=None, metavar="ROOT",
+                   help="root of the images the compositional set names (default: its folder; COCO val2017 for "
+                        "SugarCrepe)")
+    p.add_argument("--segmentation-probe-train", default=None, metavar="DIR",
+                   help="images/NAME.* + annotations/NAME.png (index PNG) to fit the dense linear probe on")
+    p.add_argument("--segmentation-probe-test", default=None, metavar="DIR", help="the same layout, to score it on "
+                                                                                  "(mIoU, pixel accuracy)")
+    p.add_argument("--segmentation-classes", type=_positive, default=None,
+                   help="number of classes (default: the largest mask value + 1, the ignore index aside)")
+    p.add_argument("--segmentation-ignore-index", type=int, default=255, help="mask value left unscored")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", default=None, help="also write the JSON here")
     p.set_defaults(func=cmd_eval)

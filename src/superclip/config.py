@@ -74,6 +74,9 @@ class TrainConfig:
                                                                "unset with --dataset-type synthetic"})
     val_data: Optional[str] = field(default=None, metadata={"help": "retrieval data evaluated during training "
                                                              "(CSV/TSV, karpathy JSON or shards)"})
+    compositional_val: Optional[str] = field(default=None, metadata={
+        "help": "hard negatives evaluated during training, with --val-data's schedule (a SugarCrepe folder or a "
+                ".json/.jsonl of {image, positive, negatives, type}; images relative to it)"})
     dataset_type: str = field(default="auto", metadata={"help": f"one of {DATASET_TYPES}"})
     train_num_samples: Optional[int] = field(default=None, metadata={"help": "samples per epoch (synthetic: "
                                                                       "dataset size)"})

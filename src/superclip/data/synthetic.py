@@ -59,19 +59,34 @@ def _polygon(shape: str, cx: float, cy: float, r: float) -> List[Tuple[float, fl
 
 def render(scene: Scene, size: int, rng: random.Random) -> Image.Image:
     """Draw ``scene`` at ``size`` x ``size`` pixels (a little positional jitter and background noise from rng)."""
-    img = Image.new("RGB", (size, size), BACKGROUNDS[scene.background])
+    return _draw(scene, size, rng, mask=False)
+
+
+def render_mask(scene: Scene, size: int, rng: random.Random) -> Image.Image:
+    """The class of every pixel of ``render(scene, size, rng)`` (an ``rng`` in the same state): 0 background (and
+    its clutter), 1 + the shape's index in ``SHAPES`` under each shape, the later shape on top as drawn."""
+    return _draw(scene, size, rng, mask=True)
+
+
+MASK_CLASSES = ("background",) + SHAPES
+
+
+def _draw(scene: Scene, size: int, rng: random.Random, mask: bool) -> Image.Image:
+    # one drawing for the image and its mask, so that both consume rng alike and the shapes cover the same pixels
+    img = Image.new("L", (size, size), 0) if mask else Image.new("RGB", (size, size), BACKGROUNDS[scene.background])
     draw = ImageDraw.Draw(img)
     for _ in range(6):  # faint clutter, so that the background is not a flat colour
         x, y = rng.random() * size, rng.random() * size
         d = rng.randint(-25, 25)  # lighter or darker, never another hue
         shade = tuple(max(0, min(255, c + d)) for c in BACKGROUNDS[scene.background])
-        draw.rectangle([x, y, x + size / 8, y + size / 8], fill=shade)
+        if not mask:
+            draw.rectangle([x, y, x + size / 8, y + size / 8], fill=shade)
     for obj in scene.objects:
         px, py = POSITIONS[obj.position]
         cx = (px + rng.uniform(-0.04, 0.04)) * size
         cy = (py + rng.uniform(-0.04, 0.04)) * size
         r = SIZES[obj.size] * size / 2
-        colour = COLOURS[obj.colour]
+        colour = 1 + SHAPES.index(obj.shape) if mask else COLOURS[obj.colour]
         if obj.shape == "circle":
             draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=colour)
         else:
@@ -150,6 +165,55 @@ class SyntheticCaptions(SeededCaptions):
     draw_scene = staticmethod(sample_scene)
     render = staticmethod(render)
     describe = staticmethod(caption)
+
+
+def _plural(shape: str) -> str:
+    return shape + ("es" if shape.endswith("s") else "s")
+
+
+def _listing(phrases: List[str]) -> str:
+    return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
+
+
+def scene_hard_negatives(scene: Scene, rng: random.Random) -> List[Tuple[str, str, str]]:
+    """(type, caption, negative caption) for ``scene``, one per type that the scene allows. The caption names every
+    shape ("a red circle and a blue square"); each negative names a (colour, shape) the scene does not hold, or one
+    more of it than it holds, so it is false by construction:
+
+        replace_att   one shape's colour replaced          swap_att   the colours of two shapes swapped
+        replace_obj   one shape replaced by another        add_obj    a shape added
+        count         one shape said twice ("two red circles")
+    """
+    objs = [(o.colour, o.shape) for o in scene.objects]
+    held = set(objs)
+    phrase = [f"a {c} {s}" for c, s in objs]
+    caption = _listing(phrase)
+
+    def with_phrase(k: int, text: str) -> str:
+        return _listing(phrase[:k] + [text] + phrase[k + 1:])
+
+    out = []
+    k = rng.randrange(len(objs))
+    c, s = objs[k]
+    colour = rng.choice([x for x in COLOURS if (x, s) not in held])
+    out.append(("replace_att", caption, with_phrase(k, f"a {colour} {s}")))
+    shape = rng.choice([x for x in SHAPES if (c, x) not in held])
+    out.append(("replace_obj", caption, with_phrase(k, f"a {c} {shape}")))
+    pairs = [(i, j) for i in range(len(objs)) for j in range(i + 1, len(objs))
+             if objs[i][0] != objs[j][0] and objs[i][1] != objs[j][1]
+             and (objs[j][0], objs[i][1]) not in held and (objs[i][0], objs[j][1]) not in held]
+    if pairs:
+        i, j = rng.choice(pairs)
+        swapped = list(phrase)
+        swapped[i], swapped[j] = f"a {objs[j][0]} {objs[i][1]}", f"a {objs[i][0]} {objs[j][1]}"
+        out.append(("swap_att", caption, _listing(swapped)))
+    new = rng.choice([(x, y) for x in COLOURS for y in SHAPES if (x, y) not in held])
+    out.append(("add_obj", caption, _listing(phrase + [f"a {new[0]} {new[1]}"])))
+    once = [i for i, o in enumerate(objs) if objs.count(o) == 1]
+    if once:
+        i = rng.choice(once)
+        out.append(("count", caption, with_phrase(i, f"two {objs[i][0]} {_plural(objs[i][1])}")))
+    return out
 
 
 ZERO_SHOT_TASKS = ("shape", "colour", "colour+shape")

@@ -52,10 +52,24 @@ def _band(angle: float, offset: float, width: float, size: int) -> List[Tuple[fl
 
 def render_texture(t: Texture, size: int, rng: random.Random) -> Image.Image:
     """Draw ``t`` at ``size`` x ``size`` (random phase, slight tilt and ink shade from rng)."""
-    img = Image.new("RGB", (size, size), PAPERS[t.paper])
+    return _draw(t, size, rng, mask=False)
+
+
+MASK_CLASSES = ("paper",) + PATTERNS + ("frame",)
+
+
+def render_texture_mask(t: Texture, size: int, rng: random.Random) -> Image.Image:
+    """The class of every pixel of ``render_texture(t, size, rng)`` (an ``rng`` in the same state): 0 paper, 1 +
+    the pattern's index in ``PATTERNS`` where ink is, 7 the frame (``MASK_CLASSES``)."""
+    return _draw(t, size, rng, mask=True)
+
+
+def _draw(t: Texture, size: int, rng: random.Random, mask: bool) -> Image.Image:
+    # one drawing for the image and its mask, so that both consume rng alike and the ink covers the same pixels
+    img = Image.new("L", (size, size), 0) if mask else Image.new("RGB", (size, size), PAPERS[t.paper])
     draw = ImageDraw.Draw(img)
     shade = rng.randint(-15, 15)
-    ink = tuple(max(0, min(255, c + shade)) for c in INKS[t.ink])
+    ink = 1 + PATTERNS.index(t.pattern) if mask else tuple(max(0, min(255, c + shade)) for c in INKS[t.ink])
     period = WEIGHTS[t.weight] * size
     phase = rng.random() * period
     tilt = math.radians(rng.uniform(-6, 6))
@@ -90,7 +104,7 @@ def render_texture(t: Texture, size: int, rng: random.Random) -> Image.Image:
             r -= period
     if t.framed:
         w = max(2, size // 16)
-        draw.rectangle([0, 0, size - 1, size - 1], outline=(15, 15, 15), width=w)
+        draw.rectangle([0, 0, size - 1, size - 1], outline=len(MASK_CLASSES) - 1 if mask else (15, 15, 15), width=w)
     return img
 
 
@@ -104,6 +118,29 @@ def texture_caption(t: Texture, rng: random.Random, detailed: bool) -> str:
         parts.append(rng.choice(("inside a dark frame", "with a frame around it")))
     first = parts[:2] if rng.random() < 0.5 else parts[1::-1]
     return " ".join(first + parts[2:])
+
+
+def texture_hard_negatives(t: Texture, rng: random.Random) -> List[Tuple[str, str, str]]:
+    """(type, caption, negative caption) for ``t``. The caption names weight, ink, pattern, paper and a frame if
+    there is one ("fine crimson dots on cream paper"); each negative is false by construction:
+
+        replace_att   another ink                      replace_obj   another pattern
+        swap_att      ink and paper swapped ("fine cream dots on crimson paper": no ink is a paper colour)
+        add_obj       a frame added to an unframed tile
+
+    A tile holds one pattern, so there is no count type."""
+    frame = " inside a dark frame" if t.framed else ""
+
+    def text(ink: str, pattern: str, paper: str, framed: str = frame) -> str:
+        return f"{t.weight} {ink} {pattern} on {paper} paper{framed}"
+
+    caption = text(t.ink, t.pattern, t.paper)
+    out = [("replace_att", caption, text(rng.choice([i for i in INKS if i != t.ink]), t.pattern, t.paper)),
+           ("replace_obj", caption, text(t.ink, rng.choice([p for p in PATTERNS if p != t.pattern]), t.paper)),
+           ("swap_att", caption, text(t.paper, t.pattern, t.ink))]
+    if not t.framed:
+        out.append(("add_obj", caption, text(t.ink, t.pattern, t.paper, " inside a dark frame")))
+    return out
 
 
 class SyntheticTextures(SeededCaptions):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional, Tuple, Union
 
@@ -152,3 +153,167 @@ def retrieval_pairs(path: str, img_key: str = "filepath", caption_key: str = "ti
     if not captions:
         raise ConfigError(f"{path} holds no image-caption pairs" + (f" in split {split!r}" if suffix == ".json" else ""))
     return images, captions, owner
+
+
+# --- compositional hard negatives (SugarCrepe's layout, or one JSON / JSONL file) ---
+
+SUGARCREPE_TYPES = ("add_att", "add_obj", "replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj")
+
+
+@dataclass
+class CompositionalItems:
+    """Items of a compositional set: item i is image ``images[image_of[i]]``, caption ``positives[i]``, type
+    ``types[i]``; negative j belongs to item ``negative_owner[j]``. Images are listed once however many items
+    share them."""
+
+    images: List[str] = field(default_factory=list)
+    image_of: List[int] = field(default_factory=list)
+    positives: List[str] = field(default_factory=list)
+    types: List[str] = field(default_factory=list)
+    negatives: List[str] = field(default_factory=list)
+    negative_owner: List[int] = field(default_factory=list)
+
+
+def _text(value, where: str, key: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{where}: {key!r} must be a non-empty string, got {value!r}")
+    return value
+
+
+def _sugarcrepe_records(folder: Path):
+    """(where, image, caption, [negative], type) from every ``TYPE.json`` of ``folder`` (SugarCrepe's files:
+    ``{id: {"filename", "caption", "negative_caption"}}``)."""
+    files = sorted(f for f in folder.glob("*.json") if f.is_file())
+    if not files:
+        raise ConfigError(f"{folder} holds no type files (expected SugarCrepe's TYPE.json, e.g. "
+                          f"{', '.join(SUGARCREPE_TYPES[:3])}, ...)")
+    for f in files:
+        data = _load_json(f)
+        if not isinstance(data, dict):
+            raise ConfigError(f"{f}: expected SugarCrepe's {{id: {{filename, caption, negative_caption}}}}")
+        if not data:
+            raise ConfigError(f"{f}: empty type file (no items)")
+        for key, item in data.items():
+            where = f"{f}, id {key}"
+            if not isinstance(item, dict) or any(k not in item for k in ("filename", "caption", "negative_caption")):
+                raise ConfigError(f"{where}: expected keys filename, caption, negative_caption")
+            yield (where, _text(item["filename"], where, "filename"), _text(item["caption"], where, "caption"),
+                   [_text(item["negative_caption"], where, "negative_caption")], f.stem)
+
+
+def _file_records(path: Path):
+    """(where, image, positive, negatives, type) from a JSON list or JSONL lines of ``{image, positive,
+    negatives: [...], type}`` (``negatives`` may be one string; ``type`` defaults to ``all``)."""
+    if path.suffix.lower() == ".jsonl":
+        lines = [(n, line) for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
+        rows = []
+        for n, line in lines:
+            try:
+                rows.append((f"{path}, line {n}", json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"{path}, line {n}: not valid JSON: {e}") from None
+    else:
+        data = _load_json(path)
+        if not isinstance(data, list):
+            raise ConfigError(f"{path}: expected a list of {{image, positive, negatives, type}}")
+        rows = [(f"{path}, item {i}", row) for i, row in enumerate(data)]
+    if not rows:
+        raise ConfigError(f"{path}: empty (no items)")
+    for where, row in rows:
+        if not isinstance(row, dict) or any(k not in row for k in ("image", "positive", "negatives")):
+            raise ConfigError(f"{where}: expected keys image, positive, negatives (and type)")
+        negatives = row["negatives"] if isinstance(row["negatives"], list) else [row["negatives"]]
+        if not negatives:
+            raise ConfigError(f"{where}: no negatives")
+        yield (where, _text(row["image"], where, "image"), _text(row["positive"], where, "positive"),
+               [_text(t, where, "negative") for t in negatives], str(row.get("type", "all")))
+
+
+def _load_json(path: Path):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path} is not valid JSON: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+
+
+def compositional_items(path: str, image_root: Optional[str] = None) -> CompositionalItems:
+    """Read a compositional set: a folder in SugarCrepe's layout (one ``TYPE.json`` per type, the type named by
+    the file) or one ``.json`` / ``.jsonl`` file of ``{image, positive, negatives, type}``. Relative image paths
+    are taken from ``image_root``, else the folder (the file's folder). Every image must exist, and no negative
+    may equal its caption (up to case and spacing: it could only tie, and a tie is never a win)."""
+    p = Path(path)
+    if p.is_dir():
+        records = _sugarcrepe_records(p)
+    elif p.is_file():
+        if p.suffix.lower() not in (".json", ".jsonl"):
+            raise ConfigError(f"{path}: expected a SugarCrepe folder, a .json or a .jsonl file")
+        records = _file_records(p)
+    else:
+        raise ConfigError(f"compositional set not found: {path}")
+    root = Path(image_root) if image_root else (p if p.is_dir() else p.parent)
+    if not root.is_dir():
+        raise ConfigError(f"image folder not found: {root}")
+    out, index = CompositionalItems(), {}
+    for where, image, positive, negatives, kind in records:
+        full = image if Path(image).is_absolute() else str(root / image)
+        if full not in index:
+            if not Path(full).is_file():
+                raise ConfigError(f"{where}: image not found: {full}")
+            index[full] = len(out.images)
+            out.images.append(full)
+        for negative in negatives:
+            if " ".join(negative.lower().split()) == " ".join(positive.lower().split()):
+                raise ConfigError(f"{where}: negative caption equals the caption ({positive!r}); it can only tie "
+                                  "and a tie is not a win: fix or remove the item")
+            out.negatives.append(negative)
+            out.negative_owner.append(len(out.positives))
+        out.image_of.append(index[full])
+        out.positives.append(positive)
+        out.types.append(kind)
+    return out
+
+
+# --- segmentation: images + index-PNG masks (ADE20K / VOC layout) ---
+
+def read_mask(path: Path) -> "np.ndarray":  # noqa: F821 (numpy is imported inside)
+    """(H, W) int64 class indices of an index PNG (mode P or L; I;16 too). Masks are read with PIL directly, not
+    through decode_image: a label map must be neither converted to RGB nor rotated."""
+    import numpy as np
+
+    try:
+        with Image.open(path) as m:
+            if m.mode not in ("P", "L", "I", "I;16"):
+                raise ConfigError(f"mask {path} is not an index PNG (mode {m.mode}; expected P or L)")
+            return np.asarray(m).astype(np.int64)
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 - PIL raises many types
+        raise ConfigError(f"cannot read mask {path}: {type(e).__name__}: {e}") from None
+
+
+def segmentation_folder(root: str, n_classes: Optional[int] = None, ignore_index: int = 255):
+    """(image paths, masks) of ``ROOT/images/NAME.*`` + ``ROOT/annotations/NAME.png``, sorted by name; masks are
+    (H, W) int64 arrays. Every image needs its mask; with ``n_classes`` every value must be below it or be
+    ``ignore_index``."""
+    base = Path(root)
+    if not (base / "images").is_dir() or not (base / "annotations").is_dir():
+        raise ConfigError(f"{root}: expected the folders images/ and annotations/ (images/NAME.jpg, "
+                          "annotations/NAME.png)")
+    images = sorted(f for f in (base / "images").iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    if not images:
+        raise ConfigError(f"{root}/images holds no images")
+    masks = []
+    for image in images:
+        path = base / "annotations" / (image.stem + ".png")
+        if not path.is_file():
+            raise ConfigError(f"{image}: no mask {path}")
+        mask = read_mask(path)
+        if n_classes is not None:
+            bad = (mask >= n_classes) & (mask != ignore_index)
+            if bad.any():
+                raise ConfigError(f"mask {path}: value {int(mask[bad].max())} is not a class (there are {n_classes}: "
+                                  f"0..{n_classes - 1}) and not the ignore index {ignore_index}")
+        masks.append(mask)
+    return [str(p) for p in images], masks

@@ -41,8 +41,12 @@ class Encoder:
         self.dtype = next((p.dtype for p in self.model.parameters() if p.is_floating_point()), torch.float32)
 
     def image_outputs(self, images: torch.Tensor, kind: str = "features") -> torch.Tensor:
-        """(B, 3, H, W) -> (B, D) normalised embeddings (``features``) or (B, V) head logits (``token_logits``)."""
+        """(B, 3, H, W) -> (B, D) normalised embeddings (``features``), (B, V) head logits (``token_logits``) or
+        (B, N, W) patch tokens after the tower's final norm, what the head reads (``patch_tokens``)."""
         images = images.to(self.device, dtype=self.dtype)
+        if kind == "patch_tokens":
+            with autocast_for(self.precision, self.device):
+                return self.model.image_features_and_tokens(images)[1].float()
         with autocast_for(self.precision, self.device):
             out = self.model(images, None, return_token_logits=kind == "token_logits")
         return out["image_features" if kind == "features" else "token_logits"].float()

@@ -1,8 +1,9 @@
-"""Evaluation during training, on every rank: ImageNet-style zero-shot (``--imagenet-val``) and retrieval on
-``--val-data``. Batches are dealt over the ranks and run through the training model itself (sharded by FSDP2
-or not, in its own precision), the embeddings gathered, so the numbers are a one-process evaluation's.
-Metric names as open_clip_train logs them (``imagenet-zeroshot-val-top1``) and as clip_benchmark names
-retrieval (``val/image_retrieval_recall@1``)."""
+"""Evaluation during training, on every rank: ImageNet-style zero-shot (``--imagenet-val``), retrieval on
+``--val-data`` and compositional accuracy on ``--compositional-val`` (``val/compositional_acc``,
+``val/compositional_TYPE_acc``, on --val-data's schedule). Batches are dealt over the ranks and run through the
+training model itself (sharded by FSDP2 or not, in its own precision), the embeddings gathered, so the numbers are
+a one-process evaluation's. Metric names as open_clip_train logs them (``imagenet-zeroshot-val-top1``) and as
+clip_benchmark names retrieval (``val/image_retrieval_recall@1``)."""
 from __future__ import annotations
 
 from typing import Dict
@@ -11,7 +12,7 @@ import torch
 
 from ..evaluate.data import image_folder
 from ..evaluate.features import Encoder
-from ..evaluate.tasks import retrieval_file, zero_shot_folder
+from ..evaluate.tasks import compositional_set, retrieval_file, zero_shot_folder
 from ..model import get_tokenizer, get_transforms
 
 
@@ -41,6 +42,9 @@ def evaluate_in_training(model, cfg, device, zeroshot: bool, val: bool) -> Dict[
                                batch_size=cfg.batch_size, separator=cfg.csv_separator,
                                wds_caption_key=cfg.wds_caption_key, max_images=cfg.val_num_samples)
             out.update({f"val/{k}": v for k, v in m.items() if "recall" in k})
+        if val and cfg.compositional_val:
+            m = compositional_set(encoder, preprocess, tokenizer, cfg.compositional_val, batch_size=cfg.batch_size)
+            out.update({f"val/compositional_{k}": v for k, v in m.items() if k.endswith("acc")})
     finally:
         model.train(was_training)
     return out

@@ -19,7 +19,7 @@ from ..config import TrainConfig
 from ..data.loader import ResumableSampler, build_train_dataset, collate
 from ..data.webdataset import expand_sources
 from ..errors import ConfigError, TrainingError, TrainingInterrupted
-from ..evaluate.data import image_folder, is_shard_pattern
+from ..evaluate.data import compositional_items, image_folder, is_shard_pattern
 from ..files import atomic_write_text
 from ..loss import SuperCLIPLoss
 from ..model import build_model, compile_towers, get_tokenizer, get_transforms, split_model_config
@@ -151,6 +151,8 @@ class Trainer:
             expand_sources(cfg.val_data)  # a pattern that matches nothing is an error now
         elif cfg.val_data and not Path(cfg.val_data).is_file():
             raise ConfigError(f"--val-data file not found: {cfg.val_data}")
+        if cfg.compositional_val:
+            compositional_items(cfg.compositional_val)  # a missing image or a bad item is an error now
 
         if self.fsdp:  # before the optimizer: sharding replaces the parameters
             distributed.fsdp_shard(self.model, self.model.transformer_blocks())
@@ -405,7 +407,7 @@ class Trainer:
             zeroshot = bool(cfg.zeroshot_frequency) and p.epoch % cfg.zeroshot_frequency == 0
             val = not cfg.val_steps and bool(cfg.val_frequency) and p.epoch % cfg.val_frequency == 0
         zeroshot = zeroshot and bool(cfg.imagenet_val or cfg.imagenet_v2)
-        val = val and bool(cfg.val_data)
+        val = val and bool(cfg.val_data or cfg.compositional_val)
         if not (zeroshot or val):
             return
         m = evaluate_in_training(self.model, cfg, self.device, zeroshot, val)
