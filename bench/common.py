@@ -33,7 +33,7 @@ def setting(model, weight: float, device: torch.device):
 
 
 def _write(args):
-    from superclip.data.synthetic import write_shards
+    from superclip.data.synth_sets import write_shards
 
     out, start, per_shard, index = args
     path = Path(out) / f"train-{index:06d}.tar"

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import torch
 
-from superclip.weights import load_model
 from superclip.data.synth_sets import write_compositional, write_masks
 from superclip.evaluate.features import Encoder
 from superclip.evaluate.tasks import compositional_set, segmentation_probe
 from superclip.model import get_tokenizer, get_transforms
+from superclip.weights import load_model
 
 RUNS = ("CLIP", "SuperCLIP")
 

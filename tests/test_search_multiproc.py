@@ -13,7 +13,7 @@ def _build_rank(rank, args):
 
 
 def test_two_processes_build_what_one_builds(tmp_path):
-    from superclip.data.synthetic import write_shards
+    from superclip.data.synth_sets import write_shards
 
     ckpt = make_checkpoint(tmp_path / "tiny.pt")
     write_scenes(tmp_path / "folder", 7)

@@ -3,7 +3,7 @@ atomically."""
 import pytest
 
 from superclip import cli
-from superclip.data import synthetic
+from superclip.data import synth_sets, synthetic
 
 
 def _synth(out, *extra):
@@ -39,7 +39,7 @@ def test_an_interrupted_run_leaves_no_truncated_shard(tmp_path, monkeypatch):
 
     monkeypatch.setattr(synthetic.SyntheticCaptions, "sample", sample)
     with pytest.raises(KeyboardInterrupt):
-        synthetic.write_shards(str(tmp_path), 10, image_size=16, shard_size=4)
+        synth_sets.write_shards(str(tmp_path), 10, image_size=16, shard_size=4)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["train-000000.tar"]
 
 

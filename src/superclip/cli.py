@@ -230,7 +230,7 @@ def _cmd_data_synth_sets(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_synth(args: argparse.Namespace) -> int:
-    from .data.synthetic import shard_paths, write_shards
+    from .data.synth_sets import shard_paths, write_shards
 
     splits = (("train", args.train_samples), ("val", args.val_samples), ("test", args.test_samples))
     for flag, value, low in (("--shard-size", args.shard_size, 1), ("--image-size", args.image_size, 1),

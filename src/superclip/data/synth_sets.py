@@ -1,32 +1,64 @@
-"""Evaluation sets drawn from the synthetic families: hard negatives in SugarCrepe's layout (``superclip data synth
---compositional``) and images with index-PNG masks in the ADE20K / VOC layout (``--masks``). Every file is written
-atomically; a folder that already holds a set is never written over."""
+"""The synthetic families written to disk (``superclip data synth``): webdataset shards to train on, hard negatives in
+SugarCrepe's layout (``--compositional``) and images with index-PNG masks in the ADE20K / VOC layout (``--masks``).
+Every file is written atomically; existing shards are replaced only when asked (``overwrite``), and a folder that
+already holds a set is never written over."""
 from __future__ import annotations
 
 import io
 import json
-import os
 import random
-import tempfile
+import tarfile
+from dataclasses import asdict
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 from ..errors import ConfigError
+from ..files import atomic_write
 from .families import get_family
 
 
 def _write(path: Path, payload: bytes) -> None:
-    """Temporary file in the same folder, fsync, ``os.replace``: a reader sees no file or the whole file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda f: f.write(payload))
+
+
+def shard_paths(out_dir: str, num_samples: int, split: str = "train", shard_size: int = 1000) -> List[Path]:
+    """The shard files :func:`write_shards` writes: ``{split}-NNNNNN.tar``."""
+    return [Path(out_dir) / f"{split}-{n:06d}.tar" for n in range(-(-num_samples // shard_size))]
+
+
+def write_shards(out_dir: str, num_samples: int, image_size: int = 64, seed: int = 0, split: str = "train",
+                 shard_size: int = 1000, family: str = "scenes", overwrite: bool = False) -> List[str]:
+    """Write a synthetic family (default: the scenes) as webdataset shards ``{split}-NNNNNN.tar``: KEY.png,
+    KEY.txt (short caption), KEY.long.txt (detailed caption), KEY.json (what is drawn). Returns the paths.
+
+    An existing shard is a ConfigError unless ``overwrite``; each shard is written atomically, so an interrupted
+    run leaves no truncated shard.
+    """
+    paths = shard_paths(out_dir, num_samples, split, shard_size)
+    if not paths:
+        return []
+    existing = [p for p in paths if p.exists()]
+    if existing and not overwrite:
+        more = f" (and {len(existing) - 1} more of the {len(paths)} shards to write)" if len(existing) > 1 else ""
+        raise ConfigError(f"{existing[0]} exists{more}: pass --overwrite to replace it, or choose another --out")
+    data = get_family(family).dataset(num_samples, image_size=image_size, seed=seed, split=split)
+
+    def shard(n: int):
+        def write(f) -> None:
+            with tarfile.open(fileobj=f, mode="w") as tar:
+                for i in range(n * shard_size, min((n + 1) * shard_size, num_samples)):
+                    image, short, detailed = data.sample(i)
+                    members = {"png": _png(image), "txt": short.encode(), "long.txt": detailed.encode(),
+                               "json": json.dumps(asdict(data.scene(i))).encode()}
+                    for ext, payload in members.items():
+                        info = tarfile.TarInfo(f"{i:08d}.{ext}")
+                        info.size = len(payload)
+                        tar.addfile(info, io.BytesIO(payload))
+        return write
+
+    for n, path in enumerate(paths):
+        atomic_write(path, shard(n))
+    return [str(p) for p in paths]
 
 
 def _png(image) -> bytes:

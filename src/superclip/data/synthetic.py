@@ -12,6 +12,8 @@ from typing import List, Tuple
 
 from PIL import Image, ImageDraw
 
+from .seeded import SeededCaptions
+
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 210, 40),
            "purple": (140, 60, 180), "orange": (240, 140, 30), "white": (245, 245, 245), "black": (20, 20, 20)}
 SHAPES = ("circle", "square", "triangle", "diamond", "cross")
@@ -19,7 +21,6 @@ BACKGROUNDS = {"grey": (128, 128, 128), "brown": (120, 85, 60), "teal": (40, 120
 SIZES = {"small": 0.22, "large": 0.42}
 POSITIONS = {"top left": (0.27, 0.27), "top right": (0.73, 0.27), "bottom left": (0.27, 0.73),
              "bottom right": (0.73, 0.73), "center": (0.5, 0.5)}
-SPLIT_OFFSET = {"train": 0, "val": 1 << 40, "test": 2 << 40}
 
 
 @dataclass(frozen=True)
@@ -116,49 +117,6 @@ def caption(scene: Scene, rng: random.Random, detailed: bool) -> str:
     return f"{bg}, {body}" if rng.random() < 0.5 else f"{body} {bg}"
 
 
-class SeededCaptions:
-    """Map-style dataset of (PIL image, caption), deterministic in (seed, split, index): a family supplies
-    ``draw_scene(rng)``, ``render(scene, size, rng)`` and ``describe(scene, rng, detailed)``.
-
-    Args:
-        num_samples: length of the split.
-        image_size: side in pixels.
-        seed: generator seed; splits never share a (seed, index).
-        split: train, val or test.
-        detailed_prob: probability of the detailed caption style (else short).
-    """
-
-    prefix = ""  # keeps families' random streams apart
-
-    def __init__(self, num_samples: int, image_size: int = 64, seed: int = 0, split: str = "train",
-                 detailed_prob: float = 0.5):
-        self.num_samples = num_samples
-        self.image_size = image_size
-        self.seed = seed
-        self.offset = SPLIT_OFFSET[split]
-        self.detailed_prob = detailed_prob
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def _rng(self, index: int, what: str) -> random.Random:
-        return random.Random(f"{self.prefix}{self.seed}-{self.offset + index}-{what}")
-
-    def scene(self, index: int):
-        return self.draw_scene(self._rng(index, "scene"))
-
-    def sample(self, index: int) -> Tuple[Image.Image, str, str]:
-        """(image, short caption, detailed caption) of one sample."""
-        scene, rng = self.scene(index), self._rng(index, "draw")
-        image = self.render(scene, self.image_size, rng)
-        return image, self.describe(scene, rng, detailed=False), self.describe(scene, rng, detailed=True)
-
-    def __getitem__(self, index: int) -> Tuple[Image.Image, str]:
-        scene, rng = self.scene(index), self._rng(index, "draw")
-        image = self.render(scene, self.image_size, rng)
-        return image, self.describe(scene, rng, detailed=rng.random() < self.detailed_prob)
-
-
 class SyntheticCaptions(SeededCaptions):
     """The scenes: one to three shapes with colour, size and position on a background."""
 
@@ -245,60 +203,3 @@ def zero_shot_task(task: str, num_samples: int, image_size: int = 64, seed: int 
         name = {"shape": obj.shape, "colour": obj.colour}.get(task, f"{obj.colour} {obj.shape}")
         labels.append(classnames.index(name))
     return images, labels, classnames, templates
-
-
-def shard_paths(out_dir: str, num_samples: int, split: str = "train", shard_size: int = 1000) -> list:
-    """The shard files :func:`write_shards` writes: ``{split}-NNNNNN.tar``."""
-    from pathlib import Path
-
-    return [Path(out_dir) / f"{split}-{n:06d}.tar" for n in range(-(-num_samples // shard_size))]
-
-
-def write_shards(out_dir: str, num_samples: int, image_size: int = 64, seed: int = 0, split: str = "train",
-                 shard_size: int = 1000, family: str = "scenes", overwrite: bool = False) -> list:
-    """Write a synthetic family (default: the scenes) as webdataset shards ``{split}-NNNNNN.tar``: KEY.png,
-    KEY.txt (short caption), KEY.long.txt (detailed caption), KEY.json (what is drawn). Returns the paths.
-
-    An existing shard is a ConfigError unless ``overwrite``; each shard is written to a hidden temporary file
-    and renamed into place once complete and synced, so an interrupted run leaves no truncated shard.
-    """
-    import io
-    import json
-    import os
-    import tarfile
-    from dataclasses import asdict
-
-    from ..errors import ConfigError
-    from .families import get_family
-
-    paths = shard_paths(out_dir, num_samples, split, shard_size)
-    if not paths:
-        return []
-    existing = [p for p in paths if p.exists()]
-    if existing and not overwrite:
-        more = f" (and {len(existing) - 1} more of the {len(paths)} shards to write)" if len(existing) > 1 else ""
-        raise ConfigError(f"{existing[0]} exists{more}: pass --overwrite to replace it, or choose another --out")
-    paths[0].parent.mkdir(parents=True, exist_ok=True)
-    data = get_family(family).dataset(num_samples, image_size=image_size, seed=seed, split=split)
-    for n, path in enumerate(paths):
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                with tarfile.open(fileobj=f, mode="w") as tar:
-                    for i in range(n * shard_size, min((n + 1) * shard_size, num_samples)):
-                        image, short, detailed = data.sample(i)
-                        buf = io.BytesIO()
-                        image.save(buf, format="PNG")
-                        members = {"png": buf.getvalue(), "txt": short.encode(), "long.txt": detailed.encode(),
-                                   "json": json.dumps(asdict(data.scene(i))).encode()}
-                        for ext, payload in members.items():
-                            info = tarfile.TarInfo(f"{i:08d}.{ext}")
-                            info.size = len(payload)
-                            tar.addfile(info, io.BytesIO(payload))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
-    return [str(p) for p in paths]

@@ -16,7 +16,7 @@ from typing import List, Tuple
 
 from PIL import Image, ImageDraw
 
-from .synthetic import SeededCaptions
+from .seeded import SeededCaptions
 
 INKS = {"crimson": (190, 20, 60), "navy": (25, 35, 120), "olive": (115, 125, 25), "violet": (150, 85, 225),
         "amber": (245, 175, 20), "cyan": (30, 195, 215)}

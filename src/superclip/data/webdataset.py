@@ -44,12 +44,12 @@ position is (draw, offset), as exact and as cheap to resume.
 from __future__ import annotations
 
 import glob
+import io
 import json
 import logging
 import math
 import os
 import random
-import io
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
