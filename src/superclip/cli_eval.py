@@ -191,7 +191,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     if bool(args.images) == bool(args.texts):
         raise ConfigError("give either image files or --texts FILE")
-    from .weights import atomic_write_bytes
+    from .files import atomic_write_bytes
 
     npy, ids_file = Path(args.out + ".npy"), Path(args.out + ".ids.jsonl")
     _writable_output(str(npy), "--out")

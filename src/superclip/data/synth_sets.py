@@ -13,12 +13,8 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from ..errors import ConfigError
-from ..files import atomic_write
+from ..files import atomic_write, atomic_write_bytes
 from .families import get_family
-
-
-def _write(path: Path, payload: bytes) -> None:
-    atomic_write(path, lambda f: f.write(payload))
 
 
 def shard_paths(out_dir: str, num_samples: int, split: str = "train", shard_size: int = 1000) -> List[Path]:
@@ -87,7 +83,7 @@ def write_compositional(out_dir: str, family: str, num_samples: int, image_size:
     by_type: Dict[str, Dict[str, Dict[str, str]]] = {}
     for i in range(num_samples):
         name = f"images/{i:08d}.png"
-        _write(out / name, _png(data.sample(i)[0]))
+        atomic_write_bytes(_png(data.sample(i)[0]), out / name)
         # the negatives' own random stream: the images stay those of the test split
         rng = random.Random(f"{family}-{seed}-{i}-hard-negatives")
         for kind, caption, negative in fam.hard_negatives(data.scene(i), rng):
@@ -95,7 +91,7 @@ def write_compositional(out_dir: str, family: str, num_samples: int, image_size:
         if progress:
             progress(1)
     for kind, items in by_type.items():
-        _write(out / f"{kind}.json", (json.dumps(items, indent=1) + "\n").encode())
+        atomic_write_bytes((json.dumps(items, indent=1) + "\n").encode(), out / f"{kind}.json")
     return {kind: len(items) for kind, items in sorted(by_type.items())}
 
 
@@ -112,9 +108,9 @@ def write_masks(out_dir: str, family: str, num_samples: int, image_size: int = 6
     for i in range(num_samples):
         image = data.sample(i)[0]
         mask = fam.render_mask(data.scene(i), image_size, data._rng(i, "draw"))  # the rng render drew with
-        _write(out / "images" / f"{i:08d}.png", _png(image))
-        _write(out / "annotations" / f"{i:08d}.png", _png(mask))
+        atomic_write_bytes(_png(image), out / "images" / f"{i:08d}.png")
+        atomic_write_bytes(_png(mask), out / "annotations" / f"{i:08d}.png")
         if progress:
             progress(1)
-    _write(out / "classes.txt", ("\n".join(fam.mask_classes) + "\n").encode())
+    atomic_write_bytes(("\n".join(fam.mask_classes) + "\n").encode(), out / "classes.txt")
     return num_samples
