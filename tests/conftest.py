@@ -36,6 +36,18 @@ def module_tmp(request, tmp_path_factory):
             shutil.rmtree(path, ignore_errors=True)
 
 
+def run_cli(argv, capsys):
+    """(exit code, stdout, stderr) of ``superclip ARGV`` run in this process (argparse's own exits included)."""
+    from superclip import cli
+
+    try:
+        rc = cli.main(argv)
+    except SystemExit as e:
+        rc = e.code
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

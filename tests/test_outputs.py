@@ -14,23 +14,14 @@ import pytest
 import torch
 
 import superclip
-from superclip import cli
 from superclip.errors import ConfigError, TrainingError
 from superclip.train.trainer import Trainer
 
 from .conftest import TINY_CFG
+from .conftest import run_cli as _main
 from .test_train import _cfg
 
 ROOT = Path(__file__).parent.parent
-
-
-def _main(argv, capsys):
-    try:
-        rc = cli.main(argv)
-    except SystemExit as e:
-        rc = e.code
-    out = capsys.readouterr()
-    return rc, out.out, out.err
 
 
 @pytest.fixture(scope="module")

@@ -6,21 +6,12 @@ import re
 
 import pytest
 
-from superclip import cli
 from superclip.errors import ConfigError
 from superclip.train.run_folder import RunLock, read_metrics
 from superclip.train.trainer import Trainer
 
+from .conftest import run_cli as _main
 from .test_train import _cfg
-
-
-def _main(argv, capsys):
-    try:
-        rc = cli.main(argv)
-    except SystemExit as e:
-        rc = e.code
-    out = capsys.readouterr()
-    return rc, out.out, out.err
 
 
 def _train_argv(tmp_path, name, *extra):

@@ -111,12 +111,20 @@ def test_search_page_in_chromium(server, tmp_path):
             folder.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(folder / "search.png"))
 
-        # upload an image: it (or its twin) comes first; then the filter is removed
+        # upload an image: it (or its twin) comes first; then the filter is removed. The text search that removing
+        # the filter starts is answered late (1.5 s, as on a loaded server) and must not overwrite the newer
+        # image search's results when it lands (in CI it did, on a busy machine: the status never named the upload)
+        page.evaluate("""() => { const fetch0 = window.fetch; window.fetch = (url, opts) => {
+            const answer = fetch0(url, opts);
+            return String(url).startsWith('/api/search?') ?
+                answer.then((r) => new Promise((done) => setTimeout(() => done(r), 1500))) : answer; }; }""")
         page.click("#filters .chip")
         page.wait_for_function("document.querySelector('#filters').children.length === 0")
         upload = pairs[9][0]  # blue, a triangle
         page.set_input_files("#file", str(upload))
         page.wait_for_function(f"document.querySelector('#status').textContent.includes('{upload.name}')")
+        page.wait_for_timeout(2500)  # the late text answer has landed by now
+        assert upload.name in page.inner_text("#status")
         first_id = _results(page)[0][0]
         first = urllib.request.urlopen(f"{url}/api/items/{first_id}/image").read()
         assert first == upload.read_bytes()

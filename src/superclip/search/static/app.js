@@ -2,6 +2,9 @@
 "use strict";
 const $ = (id) => document.getElementById(id);
 const state = { kind: null, q: "", file: null, id: null, tags: [] };
+// Answers can arrive out of order (a slow text search, then a fast image search): only the newest request's
+// answer is shown, an older one landing later is dropped.
+const latest = { search: 0, facets: 0 };
 
 function chip(text, onClick, extra) {
   const b = document.createElement("button");
@@ -27,11 +30,13 @@ function renderFilters() {
 }
 
 async function loadFacets() {
+  const mine = ++latest.facets;
   const params = new URLSearchParams({ limit: 30 });
   if (state.tags.length) params.set("tags", state.tags.join(","));
   const res = await fetch("/api/tags?" + params);
   if (!res.ok) return;
   const data = await res.json();
+  if (mine !== latest.facets) return;
   $("facets").replaceChildren(...data.facets.map((f) => {
     const li = document.createElement("li");
     li.dataset.tag = f.tag;
@@ -71,6 +76,7 @@ function render(data, label) {
 }
 
 async function rerun() {
+  const mine = ++latest.search;
   renderFilters();
   loadFacets();
   const tags = state.tags.join(",");
@@ -100,6 +106,7 @@ async function rerun() {
   }
   if (state.tags.length) label += ` (tags: ${state.tags.join(", ")})`;
   const data = await res.json();
+  if (mine !== latest.search) return;
   if (!res.ok) {
     $("status").textContent = data.error || `error ${res.status}`;
     $("results").replaceChildren();
