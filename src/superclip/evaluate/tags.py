@@ -52,3 +52,37 @@ def top_tags(logits: torch.Tensor, tokenizer, k: int = 5, exclude: Iterable[int]
         if len(tags) == k:
             break
     return tags
+
+
+class TagTable:
+    """:func:`top_tags` for batches: every vocabulary entry's word is looked up once (``top_tags`` decodes token
+    after token, ~60 ms an image for a head whose top tokens are word pieces), then each row's tags are read off
+    the top ``4 k`` candidates; a row whose candidates hold fewer than ``k`` distinct words falls back to
+    :func:`top_tags`. Results equal ``top_tags`` row by row."""
+
+    def __init__(self, tokenizer, k: int = 5, exclude: Iterable[int] = ()):
+        self.tokenizer, self.k, self.exclude = tokenizer, k, set(exclude)
+        self.words: Optional[List[Optional[str]]] = None
+
+    def __call__(self, logits: torch.Tensor) -> List[List[Tuple[str, float]]]:
+        """(B, V) head logits -> each row's ``k`` (word, probability)."""
+        if self.words is None:
+            self.words = [None if i in self.exclude else _word(self.tokenizer, i) for i in range(logits.shape[1])]
+            self.mask = torch.tensor([w is None for w in self.words])
+        probs = logits.softmax(dim=-1)
+        ranked = probs.masked_fill(self.mask, -1.0).topk(min(4 * self.k, logits.shape[1]), dim=-1)
+        out = []
+        for row, (values, ids) in enumerate(zip(ranked.values.tolist(), ranked.indices.tolist())):
+            seen, tags = set(), []
+            for p, i in zip(values, ids):
+                word = self.words[i]
+                if p < 0 or word is None or word in seen:
+                    continue
+                seen.add(word)
+                tags.append((word, p))
+                if len(tags) == self.k:
+                    break
+            if len(tags) < self.k:  # many spellings of one word among the candidates: the slow way
+                tags = top_tags(logits[row], self.tokenizer, self.k, self.exclude)
+            out.append(tags)
+        return out

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..data.images import decode_image
 from ..evaluate.features import autocast_for
-from ..evaluate.tags import _word, excluded_token_ids, top_tags
+from ..evaluate.tags import TagTable, excluded_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,7 @@ class Embedder:
         self.device, self.precision, self.top_k = torch.device(device), precision, top_k
         self.dtype, self.batch_size, self.workers = np.dtype(dtype), batch_size, workers
         self.exclude = excluded_token_ids(tokenizer, token_weights)
-        self._words: Optional[List[Optional[str]]] = None
+        self.tag_table = TagTable(tokenizer, top_k, self.exclude)
         self.param_dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
         self.dim = int(self.forward(torch.zeros(1, 3, *_image_size(preprocess)))[0].shape[1])
 
@@ -122,28 +122,8 @@ class Embedder:
 
     def tags(self, logits: torch.Tensor) -> List[List[Tuple[str, float]]]:
         """(B, V) head logits -> each row's ``top_k`` (word, probability), as
-        :func:`superclip.evaluate.tags.top_tags` gives them, batched: the vocabulary's words are looked up once
-        (``top_tags`` decodes token after token, ~60 ms an image for a head whose top tokens are word pieces)."""
-        if self._words is None:
-            self._words = [None if i in self.exclude else _word(self.tokenizer, i) for i in range(logits.shape[1])]
-            self._mask = torch.tensor([w is None for w in self._words])
-        probs = logits.softmax(dim=-1)
-        ranked = probs.masked_fill(self._mask, -1.0).topk(min(4 * self.top_k, logits.shape[1]), dim=-1)
-        out = []
-        for row, (values, ids) in enumerate(zip(ranked.values.tolist(), ranked.indices.tolist())):
-            seen, tags = set(), []
-            for p, i in zip(values, ids):
-                word = self._words[i]
-                if p < 0 or word is None or word in seen:
-                    continue
-                seen.add(word)
-                tags.append((word, p))
-                if len(tags) == self.top_k:
-                    break
-            if len(tags) < self.top_k:  # many spellings of one word among the candidates: the slow way
-                tags = top_tags(logits[row], self.tokenizer, self.top_k, self.exclude)
-            out.append(tags)
-        return out
+        :func:`superclip.evaluate.tags.top_tags` gives them (batched by :class:`~superclip.evaluate.tags.TagTable`)."""
+        return self.tag_table(logits)
 
     def run(self, plan: Dict, progress: Optional[Callable[[int], None]] = None) -> PartResult:
         """Embed the images of one part plan (``{"files": [...]}`` or ``{"shard": url}``)."""
