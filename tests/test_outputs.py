@@ -171,3 +171,57 @@ def test_ctrl_c_while_a_command_starts_up_is_one_line(tmp_path, tiny_ckpt):
         assert "Traceback" not in err, (delay, err)
         assert err.strip().splitlines()[-1].endswith("interrupted"), (delay, err)
         assert proc.returncode in (130, -signal.SIGINT), (delay, proc.returncode)
+
+
+def test_ctrl_c_that_breaks_an_import_is_still_one_line(monkeypatch, capsys):
+    """A SIGINT landing inside numpy's lazy ``import numpy.linalg`` left the module half-imported and the next
+    attribute access recursed: CI saw a RecursionError traceback, not "interrupted". Before: the RecursionError
+    escaped main(). Whatever an interrupted start-up raises after the signal is reported as the interrupt."""
+    from superclip import cli
+
+    def build_parser():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)  # the handler raises here
+        except KeyboardInterrupt:
+            raise RecursionError("maximum recursion depth exceeded")
+        raise AssertionError("the signal did not arrive")
+
+    monkeypatch.setattr(cli, "build_parser", build_parser)
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        assert cli.main(["eval"]) == 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert capsys.readouterr().err == "superclip: interrupted\n"
+
+
+def test_an_error_after_ctrl_c_in_a_command_is_reported_as_the_interrupt(monkeypatch, capsys):
+    """The same inside a command: once Ctrl-C was pressed, the exception it caused (here a RuntimeError out of a
+    library that caught the KeyboardInterrupt and raised its own) exits 130 with one line."""
+    from superclip import cli
+
+    real = cli.build_parser
+
+    def build_parser():
+        parser = real()
+        sub = next(a for a in parser._actions if a.dest == "command")
+
+        def func(args):
+            try:
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)
+            except KeyboardInterrupt:
+                raise RuntimeError("DataLoader worker exited unexpectedly")
+            raise AssertionError("the signal did not arrive")
+
+        sub.choices["embed"].set_defaults(func=func)
+        return parser
+
+    monkeypatch.setattr(cli, "build_parser", build_parser)
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        assert cli.main(["embed", "--texts", "x", "--out", "y"]) == 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert capsys.readouterr().err == "superclip embed: interrupted\n"

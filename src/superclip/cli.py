@@ -372,7 +372,9 @@ def one_line(error: Exception) -> str:
 
 class _CtrlC:
     """SIGINT raises KeyboardInterrupt as usual and is also remembered: a library that swallows the exception
-    (some guard their optional imports with a bare ``except``) cannot turn a Ctrl-C into exit 0."""
+    (some guard their optional imports with a bare ``except``) cannot turn a Ctrl-C into exit 0, and whatever the
+    interrupt breaks on its way out (a module left half-imported recurses; a library re-raises its own error) is
+    reported as the interrupt, not as that error's traceback."""
 
     def __init__(self):
         self.seen = False
@@ -398,7 +400,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         args = parser.parse_args(argv)
         if ctrl_c.seen:
             raise KeyboardInterrupt
-    except KeyboardInterrupt:
+    except BaseException as e:
+        if not (ctrl_c.seen or isinstance(e, KeyboardInterrupt)):
+            raise
         print("superclip: interrupted", file=sys.stderr)
         return 130
     logging.basicConfig(level=logging.INFO if args.debug else logging.WARNING,
@@ -408,14 +412,16 @@ def main(argv: Optional[List[str]] = None) -> int:
         if ctrl_c.seen:
             raise KeyboardInterrupt
         return rc
-    except SuperCLIPError as e:
-        if args.debug:
-            raise
-        print(f"superclip {args.command}: error: {one_line(e)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"superclip {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except BaseException as e:
+        if ctrl_c.seen or isinstance(e, KeyboardInterrupt):
+            if args.debug and not isinstance(e, KeyboardInterrupt):
+                raise
+            print(f"superclip {args.command}: interrupted", file=sys.stderr)
+            return 130
+        if isinstance(e, SuperCLIPError) and not args.debug:
+            print(f"superclip {args.command}: error: {one_line(e)}", file=sys.stderr)
+            return 2
+        raise
 
 
 if __name__ == "__main__":
