@@ -19,34 +19,20 @@ from pathlib import Path
 
 import torch
 
-from superclip.data.synth_sets import write_compositional, write_masks
-from superclip.evaluate.features import Encoder
-from superclip.evaluate.tasks import compositional_set, segmentation_probe
-from superclip.model import get_tokenizer, get_transforms
+from superclip.demo import evaluate_fine_grained, fine_grained_sets
 from superclip.weights import load_model
 
 RUNS = ("CLIP", "SuperCLIP")
 
 
 def eval_sets(family: str, items: int, mask_train: int, mask_test: int, seed: int) -> Path:
-    root = Path("runs/fine-sets") / f"{family}-seed{seed}-{items}-{mask_train}-{mask_test}"
-    if not (root / "done").exists():
-        write_compositional(str(root / "compositional"), family, items, 64, seed)
-        write_masks(str(root / "masks" / "train"), family, mask_train, 64, seed, "train")
-        write_masks(str(root / "masks" / "test"), family, mask_test, 64, seed, "test")
-        (root / "done").write_text("")
-    return root
+    return fine_grained_sets(Path("runs/fine-sets") / f"{family}-seed{seed}-{items}-{mask_train}-{mask_test}",
+                             family, seed, items, mask_train, mask_test)
 
 
 def evaluate(checkpoint: Path, sets: Path) -> dict:
     model, _, _ = load_model(None, pretrained=str(checkpoint), device="cpu")
-    model.eval()
-    enc, pre, tok = Encoder(model), get_transforms(model)[1], get_tokenizer(model.config)
-    comp = compositional_set(enc, pre, tok, str(sets / "compositional"))
-    seg = segmentation_probe(enc, pre, str(sets / "masks" / "train"), str(sets / "masks" / "test"))
-    out = {f"compositional_{k}": v for k, v in comp.items() if k.endswith("acc")}
-    out.update({"dense_miou": seg["miou"], "dense_pixel_acc": seg["pixel_acc"]})
-    return out
+    return evaluate_fine_grained(model, sets)
 
 
 def main():

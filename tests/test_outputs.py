@@ -191,9 +191,20 @@ def test_ctrl_c_that_breaks_an_import_is_still_one_line(monkeypatch, capsys):
     previous = signal.getsignal(signal.SIGINT)
     try:
         assert cli.main(["eval"]) == 130
+        assert signal.getsignal(signal.SIGINT) is previous  # main() put back the handler it found
     finally:
         signal.signal(signal.SIGINT, previous)
     assert capsys.readouterr().err == "superclip: interrupted\n"
+
+
+def test_main_called_in_process_leaves_no_signal_handler_behind(capsys):
+    """Before: each in-process cli.main() left its Ctrl-C handler installed, and the next main() (finding a
+    handler that was not Python's default) did not install its own: an interrupt then went unnoticed by it."""
+    from superclip import cli
+
+    before = signal.getsignal(signal.SIGINT)
+    assert cli.main(["flops", "SuperCLIP-Tiny"]) == 0
+    assert signal.getsignal(signal.SIGINT) is before
 
 
 def test_an_error_after_ctrl_c_in_a_command_is_reported_as_the_interrupt(monkeypatch, capsys):

@@ -184,14 +184,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     bar.close()
     regimes = report["regimes"]
     first = next(iter(regimes.values()))["runs"]
-    keys = list(first["CLIP"]["metrics"])
+    # of the fine-grained metrics, the overall ones (report.json holds them per type)
+    keys = [k for k in first["CLIP"]["metrics"] if not k.startswith(("compositional_", "dense_"))
+            or k in ("compositional_acc", "dense_miou")]
     head = f"{'test split, %':28s}" + "".join(f" {label + ': CLIP':>15s} {'SuperCLIP':>9s} {'diff':>6s}"
                                               for label in regimes)
     for other in report["lost"]:
         head += f"  {'lost ' + other.replace('batch ', 'at b') + ': CLIP':>18s} {'SuperCLIP':>9s}"
     print("\n" + head)
     for key in keys:
-        row = f"{key.replace('zeroshot_', 'zero-shot ').replace('_acc1', ''):28s}"
+        label = {"compositional_acc": "hard negatives (all types)", "dense_miou": "dense probe mIoU"}.get(
+            key, key.replace("zeroshot_", "zero-shot ").replace("_acc1", ""))
+        row = f"{label:28s}"
         for rep in regimes.values():
             c, s = rep["runs"]["CLIP"]["metrics"][key], rep["runs"]["SuperCLIP"]["metrics"][key]
             row += f" {100 * c:15.1f} {100 * s:9.1f} {100 * (s - c):+6.1f}"
@@ -383,18 +387,30 @@ class _CtrlC:
         self.seen = True
         raise KeyboardInterrupt
 
-    def install(self) -> None:
+    def install(self):
+        """Installs this handler (on the main thread, over Python's default one or an earlier ``_CtrlC``); returns
+        a function that puts back what was there, so ``main()`` called in-process leaves no handler behind."""
         import signal
         import threading
 
-        if threading.current_thread() is threading.main_thread() and \
-                signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            signal.signal(signal.SIGINT, self)
+        before = signal.getsignal(signal.SIGINT)
+        if threading.current_thread() is not threading.main_thread() or \
+                not (before is signal.default_int_handler or isinstance(before, _CtrlC)):
+            return lambda: None
+        signal.signal(signal.SIGINT, self)
+        return lambda: signal.signal(signal.SIGINT, before)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     ctrl_c = _CtrlC()
-    ctrl_c.install()
+    restore = ctrl_c.install()
+    try:
+        return _main(argv, ctrl_c)
+    finally:
+        restore()
+
+
+def _main(argv: Optional[List[str]], ctrl_c: "_CtrlC") -> int:
     try:  # building the parser imports torch and open_clip: seconds in which a Ctrl-C lands
         parser = build_parser()
         args = parser.parse_args(argv)

@@ -1,6 +1,7 @@
 """``superclip demo``: CLIP (λ = 0) and SuperCLIP (λ = 1) trained side by side on a synthetic family, at a
 larger and a small batch with the same samples seen (the paper's Fig. 4 setting), then evaluated on every
-zero-shot task, caption retrieval and the head as a tagger. Returns a report; the CLI prints it."""
+zero-shot task, caption retrieval, the head as a tagger and the fine-grained evaluations (hard negatives, the
+dense probe). Returns a report; the CLI prints it."""
 from __future__ import annotations
 
 import json
@@ -11,7 +12,10 @@ import torch
 
 from .config import TrainConfig
 from .data.families import get_family
+from .data.synth_sets import write_compositional, write_masks
+from .evaluate.features import Encoder
 from .evaluate.tags import excluded_token_ids, top_tags
+from .evaluate.tasks import compositional_set, segmentation_probe
 from .evaluate.zero_shot import classifier_weights, zero_shot_metrics
 from .files import atomic_write_text
 from .model import get_tokenizer, get_transforms
@@ -26,6 +30,15 @@ DEMO_LR = 5e-4
 # The demo's family: at DEMO_LR SuperCLIP is ahead on the textures' fine-grained ink+pattern task in every one of 5
 # seeds at batch 8, while on the scenes the two models are level (docs/demo.md).
 DEMO_FAMILY = "textures"
+# The fine-grained sets every demo run is scored on: hard negatives of eval_samples test images, the dense probe
+# fitted on 2/5 and scored on 1/5 as many; at the default 500, the sizes and set seed of bench/fine_grained.py, so
+# the demo's two rows equal seed 0 of docs/studies/fine-grained-textures.md.
+FINE_SET_SEED = 1000
+
+
+def fine_set_sizes(eval_samples: int) -> Tuple[int, int, int]:
+    """(hard-negative images, probe training images, probe test images) for ``eval_samples``."""
+    return eval_samples, max(5, 2 * eval_samples // 5), max(2, eval_samples // 5)
 
 
 @torch.no_grad()
@@ -89,6 +102,36 @@ def tag_hit_rates(model, images, captions, preprocess, tokenizer, token_weights=
     return {f"tag@{k}_caption_word": any_hit / len(captions), f"tag@{k}_attribute_word": attr_hit / len(captions)}
 
 
+def fine_grained_sets(folder: Path, family: str, seed: int = FINE_SET_SEED, items: int = 500,
+                      mask_train: int = 200, mask_test: int = 100) -> Path:
+    """Hard negatives of ``items`` test images and masked images for the dense probe, written once under
+    ``folder`` (``done`` marks a complete set; a set cut short is written again)."""
+    import shutil
+
+    folder = Path(folder)
+    if not (folder / "done").exists():
+        shutil.rmtree(folder, ignore_errors=True)
+        write_compositional(str(folder / "compositional"), family, items, 64, seed)
+        write_masks(str(folder / "masks" / "train"), family, mask_train, 64, seed, "train")
+        write_masks(str(folder / "masks" / "test"), family, mask_test, 64, seed, "test")
+        (folder / "done").write_text("")
+    return folder
+
+
+@torch.no_grad()
+def evaluate_fine_grained(model, sets: Path) -> Dict[str, float]:
+    """On the sets of :func:`fine_grained_sets`: ``compositional_acc`` (SugarCrepe's rule over every hard negative),
+    ``compositional_mean_type_acc`` and ``compositional_TYPE_acc``; ``dense_miou`` and ``dense_pixel_acc`` (the
+    linear probe on frozen patch tokens)."""
+    model.eval()
+    encoder, preprocess = Encoder(model), get_transforms(model)[1]
+    comp = compositional_set(encoder, preprocess, get_tokenizer(model.config), str(sets / "compositional"))
+    seg = segmentation_probe(encoder, preprocess, str(sets / "masks" / "train"), str(sets / "masks" / "test"))
+    model.train()
+    return {**{f"compositional_{k}": v for k, v in comp.items() if k.endswith("acc")},
+            "dense_miou": seg["miou"], "dense_pixel_acc": seg["pixel_acc"]}
+
+
 DEFAULT_RUNS = (("CLIP", {"cls_loss_weight": 0.0}), ("SuperCLIP", {"cls_loss_weight": 1.0}))
 
 
@@ -96,11 +139,13 @@ def run_demo(out_dir: Path, steps: int = 150, batch_size: int = 64, seed: int = 
              eval_samples: int = 500, model: str = "SuperCLIP-Tiny",
              on_step: Optional[Callable[[str, int, Dict], None]] = None,
              runs: Sequence[Tuple[str, Dict]] = DEFAULT_RUNS, long_caption_ratio: Optional[float] = 0.5,
-             family: str = "scenes", data_seed: Optional[int] = None, warmup: Optional[int] = None) -> Dict:
+             family: str = "scenes", data_seed: Optional[int] = None, warmup: Optional[int] = None,
+             fine_sets: Optional[Path] = None) -> Dict:
     """Train each run (name, TrainConfig overrides) with identical seed, data, steps and batch, evaluate all,
     write report.json and demo.png. Training captions: short or detailed, detailed with ``long_caption_ratio``.
     ``data_seed``: seeds the training and test data apart from the initial weights (``seed``); ``warmup``: steps
-    (default a tenth of them).
+    (default a tenth of them); ``fine_sets``: also score every run on these fine-grained sets
+    (:func:`fine_grained_sets`).
 
     The tagger's excluded words come from the first run that kept IDF statistics, the same for every run.
     """
@@ -125,6 +170,8 @@ def run_demo(out_dir: Path, steps: int = 150, batch_size: int = 64, seed: int = 
     for name, (trainer, history) in trained.items():
         metrics, examples = evaluate_synthetic(trainer.model, eval_samples, trainer.cfg.seed_of_data, weights, family,
                                                with_examples=True)
+        if fine_sets is not None:
+            metrics.update(evaluate_fine_grained(trainer.model, fine_sets))
         report["runs"][name] = {"config": dict(runs)[name], "metrics": metrics, "examples": examples,
                                 "history": [{k: h[k] for k in ("step", "loss", "contrastive_loss", "class_loss")}
                                             for h in history]}
@@ -137,17 +184,20 @@ def run_demo(out_dir: Path, steps: int = 150, batch_size: int = 64, seed: int = 
 def run_regimes(out_dir: Path, samples: int = 4800, batches: Sequence[int] = (32, 8), seed: int = 0,
                 lr: float = DEMO_LR, eval_samples: int = 500, family: str = DEMO_FAMILY,
                 on_step: Optional[Callable[[str, int, Dict], None]] = None) -> Dict:
-    """:func:`run_demo` at each batch size with the same ``samples`` seen (``out_dir/batch_B``); the combined
+    """:func:`run_demo` at each batch size with the same ``samples`` seen (``out_dir/batch_B``), every run also
+    scored on the fine-grained sets (``out_dir/fine-sets``, written first); the combined
     report has every regime and, per model, what each metric loses from the first batch size to each other one
     (the quantity of the paper's Fig. 4). Writes ``out_dir/report.json`` and ``out_dir/demo.png``."""
     out_dir = Path(out_dir)
     report = {"settings": {"samples": samples, "batches": list(batches), "seed": seed, "lr": lr,
                            "eval_samples": eval_samples, "family": family}, "regimes": {}, "lost": {}}
+    fine_sets = fine_grained_sets(out_dir / "fine-sets", family, FINE_SET_SEED, *fine_set_sizes(eval_samples))
     for batch in batches:
         steps = max(1, samples // batch)
         report["regimes"][f"batch {batch}"] = run_demo(
             out_dir / f"batch_{batch}", steps=steps, batch_size=batch, seed=seed, lr=lr, eval_samples=eval_samples,
-            family=family, on_step=None if on_step is None else (lambda n, s, m, b=batch: on_step(f"{n} b{b}", s, m)))
+            family=family, on_step=None if on_step is None else (lambda n, s, m, b=batch: on_step(f"{n} b{b}", s, m)),
+            fine_sets=fine_sets)
     first, *others = report["regimes"]
     for other in others:
         for name, run in report["regimes"][other]["runs"].items():
