@@ -23,8 +23,10 @@ setup: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/superclip demo
 
+# two workers (pytest-xdist), whole files to a worker so a file's shared runs are made once; each worker one thread
+PYTEST_WORKERS ?= 2
 test: $(TEST_STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile
 
 bench: $(TEST_STAMP)
 	$(BIN)/pip install --quiet pandas webdataset  # open_clip_train's CSV loader; the baseline of data_throughput
