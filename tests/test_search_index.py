@@ -127,7 +127,7 @@ def test_remove_of_an_unknown_id_is_one_line(env, tmp_path, capsys):
 # (hook point:which pass): inside a part's embeddings write, inside its metadata write, between its metadata and
 # its done record (the part written, not yet in the catalog), inside the catalog transaction of the 2nd part,
 # inside the index write, between the index file and the manifest
-BUILD_KILLS = ["part-emb:2", "part-meta:3", "part-before-done:1", "ingest-commit:2", "index-write:1",
+BUILD_KILLS = ["plan-manifest:1", "part-emb:2", "part-meta:3", "part-before-done:1", "ingest-commit:2", "index-write:1",
                "index-before-manifest:1"]
 
 
@@ -218,3 +218,79 @@ def test_ivf_and_pq_indexes_meet_their_recall_estimate(monkeypatch, budget, kind
     scores, found = faiss_index.search(index, x[:1], 5)
     assert found[0][0] == 100 or kind == "ivfpq"
     assert set(found[0].tolist()) <= set(ids.tolist())
+
+
+def _index_command(argv, delay=None):
+    import sys
+
+    import torch
+
+    from .search_helpers import cli as run
+
+    if delay:
+        os.environ["SUPERCLIP_TEST_WRITE_DELAY"] = delay
+    torch.set_num_threads(1)
+    sys.exit(run(*argv))
+
+
+@pytest.mark.parametrize("second", ["build", "add", "optimize", "remove"])
+def test_a_second_index_command_while_a_build_runs_is_refused_in_one_line(env, tmp_path, capfd, second):
+    """A second writer (the same build, an add, an optimize, a remove) started while a build runs on the folder:
+    it stops at once with one line naming the lock (exit 2); the build ends equal to an uninterrupted one. The
+    build holds each file write 0.3 s (the test hook), so it is surely still running when the second starts,
+    just after the build wrote its manifest."""
+    import multiprocessing
+
+    out = tmp_path / "idx"
+    build = [str(a) for a in build_args(env["ckpt"], out, env["images"])]
+    other = {"build": build, "add": ["index", "add", out, env["images"], "--no-progress", "--workers", "0"],
+             "optimize": ["index", "optimize", out], "remove": ["index", "remove", out, "0"]}[second]
+    ctx = multiprocessing.get_context("fork")
+    first = ctx.Process(target=_index_command, args=(build, "0.3"))
+    first.start()
+    deadline = time.monotonic() + 120
+    while not (out / "manifest.json").exists():
+        assert first.exitcode is None and time.monotonic() < deadline, "the build ended before its manifest"
+        time.sleep(0.01)
+    then = ctx.Process(target=_index_command, args=([str(a) for a in other],))
+    then.start()
+    then.join(120)
+    still_running = first.exitcode is None
+    first.join(300)
+    err = capfd.readouterr().err
+    assert still_running, "the build had finished before the second command ended: nothing overlapped"
+    assert (first.exitcode, then.exitcode) == (0, 2), err
+    refused = [line for line in err.splitlines() if "superclip index: error:" in line]
+    assert len(refused) == 1 and f"{out} is in use by another superclip index command" in refused[0], err
+    assert "Traceback" not in err
+    assert_same(env["snap"], snapshot(out))
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_index_commands_on_a_missing_folder_create_nothing(tmp_path, capsys):
+    """add / optimize / remove on a folder that does not exist: the one-line "holds no index", and no folder made
+    (they take the folder's lock, which must not create it)."""
+    for argv in (["index", "add", tmp_path / "nope", tmp_path], ["index", "optimize", tmp_path / "nope"],
+                 ["index", "remove", tmp_path / "nope", "3"]):
+        assert cli(*argv) == 2
+        assert "nope holds no index (no manifest.json)" in capsys.readouterr().err
+        assert not (tmp_path / "nope").exists()
+
+
+@pytest.mark.parametrize("command", ["add", "optimize", "remove"])
+def test_a_command_arriving_before_the_builds_manifest_says_the_folder_is_in_use(tmp_path, capsys, command):
+    """A build holds the folder's lock from its start, seconds before its manifest exists (the model loads). A
+    command arriving then must say the folder is in use. Before: add / optimize / remove read the manifest before
+    taking the lock and answered "holds no index: build one" while the build ran (seen when a build and an add
+    were started at the same moment)."""
+    import fcntl
+
+    out = tmp_path / "idx"
+    out.mkdir()
+    with open(out / ".lock", "a+") as held:  # what a starting build holds
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        argv = {"add": ["index", "add", out, tmp_path], "optimize": ["index", "optimize", out],
+                "remove": ["index", "remove", out, "3"]}[command]
+        assert cli(*argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{out} is in use by another superclip index command" in err[0], err

@@ -43,22 +43,23 @@ def _run_job(args, build: bool) -> int:
     from .search.layout import FolderLock, Layout
 
     layout = Layout(args.dir)
-    if not build:
-        manifest = layout.read_manifest()
-        model, pretrained = manifest["model"], manifest["pretrained"]
-        dtype, top_k = manifest["dtype"], manifest["top_k"]
-    else:
+    if build:
         model, pretrained, dtype, top_k = args.model, args.pretrained, args.dtype, args.top_k
         if model is None and pretrained is None:
             raise ConfigError("name a model (--model) and/or a checkpoint (--pretrained)")
-    if build and layout.root.is_dir() and not layout.manifest.exists() and any(
-            p.name != ".lock" for p in layout.root.iterdir()):  # before the lock: nothing is written into it
-        raise ConfigError(f"{layout.root} is not empty and holds no index: name a new folder")
+        if not layout.manifest.exists() and layout.foreign():  # before the lock: nothing is written into it
+            raise ConfigError(f"{layout.root} is not empty and holds no index: name a new folder")
+    elif not layout.root.is_dir():
+        raise layout.no_index()
     rank, _ = distributed.init_from_env("cuda" if args.device and args.device.startswith("cuda") else "cpu")
     lock = None
     try:
-        if rank == 0:
-            lock = FolderLock(layout.root)
+        if rank == 0:  # the lock before the manifest is read: a build or add may be writing it
+            lock = FolderLock(layout.root, create=build)
+        if not build:
+            manifest = layout.read_manifest()
+            model, pretrained = manifest["model"], manifest["pretrained"]
+            dtype, top_k = manifest["dtype"], manifest["top_k"]
         device = distributed.resolve_device(args.device, distributed.local_rank())
         if device.type == "cpu" and args.workers > 0 and "OMP_NUM_THREADS" not in os.environ:
             # the decoding workers take cores too: torch threads on every core as well: 28 vs 43 images/s here

@@ -189,7 +189,7 @@ def _plan(layout: Layout, sources: List[str], opts: JobOptions, model_info: Dict
                 raise ConfigError(f"{layout.root} holds an index of other sources or another model: add to it with "
                                   "superclip index add, or build into a new folder")
             return m
-        others = [p.name for p in layout.root.iterdir() if p.name != ".lock"] if layout.root.is_dir() else []
+        others = layout.foreign()
         if others:
             raise ConfigError(f"{layout.root} is not empty and holds no index ({others[0]}, ...): name a new folder")
         plans = _identify(plan_parts(sources, opts.part_size, opts.csv_img_key, opts.csv_separator))
@@ -299,9 +299,13 @@ def finish(layout: Layout, manifest: Dict, embedder, opts: JobOptions, index_all
 def remove(root: str, targets: List[str]) -> int:
     """Flag deleted the items named by id or by path (a file, or every item under a folder); returns how many."""
     layout = Layout(root)
-    layout.read_manifest()
-    lock = FolderLock(layout.root)
-    catalog = Catalog(layout.catalog)
+    lock = FolderLock(layout.root, create=False)  # the lock first: a build or add may be writing the manifest
+    try:
+        layout.read_manifest()
+        catalog = Catalog(layout.catalog)
+    except BaseException:
+        lock.release()
+        raise
     try:
         ids = []
         for t in targets:
@@ -325,9 +329,13 @@ def remove(root: str, targets: List[str]) -> int:
 def optimize(root: str, max_index_memory: Optional[int] = None) -> Dict:
     """Fold the additions and removals into a new main index."""
     layout = Layout(root)
-    manifest = layout.read_manifest()
-    lock = FolderLock(layout.root)
-    catalog = Catalog(layout.catalog)
+    lock = FolderLock(layout.root, create=False)  # the lock first: an add may be rewriting the manifest
+    try:
+        manifest = layout.read_manifest()
+        catalog = Catalog(layout.catalog)
+    except BaseException:
+        lock.release()
+        raise
     try:
         if _pending(layout, manifest["planned"], catalog.ingested_parts()):
             raise ConfigError(f"{root} has parts not yet ingested: rerun superclip index build/add first")

@@ -22,7 +22,7 @@ import logging
 import os
 import signal
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from ..errors import ConfigError
 from ..files import atomic_write
@@ -105,10 +105,28 @@ class Layout:
     def index_file(self, generation: int) -> Path:
         return self.root / "index" / f"main-{generation}.faiss"
 
+    def no_index(self) -> ConfigError:
+        return ConfigError(f"{self.root} holds no index (no {MANIFEST}): build one with superclip index build")
+
+    def foreign(self) -> List[str]:
+        """Names in a folder without a manifest that a build does not write before its manifest: only the lock,
+        part plans and temporary files mean a build killed while planning (its rerun plans again); anything else
+        is someone else's files, never built over."""
+        if not self.root.is_dir():
+            return []
+
+        def leftover(p: Path) -> bool:
+            if p.name == ".lock" or p.name.endswith(".tmp"):
+                return True
+            return p.name == "parts" and p.is_dir() and all(
+                q.name.startswith("plan_") and q.name.endswith((".json", ".tmp")) for q in p.iterdir())
+
+        return sorted(p.name for p in self.root.iterdir() if not leftover(p))
+
     def read_manifest(self) -> Dict[str, Any]:
         """The manifest, or a one-line error when the folder holds no index."""
         if not self.manifest.is_file():
-            raise ConfigError(f"{self.root} holds no index (no {MANIFEST}): build one with superclip index build")
+            raise self.no_index()
         try:
             m = read_json(self.manifest)
         except (OSError, ValueError) as e:
@@ -125,7 +143,10 @@ class FolderLock:
     """An exclusive lock on an index folder for the life of a writing command (build, add, remove, optimize):
     a second writer fails at once with a one-line error instead of interleaving with the first."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, create: bool = True):
+        """``create``: make the folder (a build); else a missing folder is the one-line "holds no index"."""
+        if not create and not root.is_dir():
+            raise Layout(root).no_index()
         root.mkdir(parents=True, exist_ok=True)
         self.file = open(root / ".lock", "a+")
         try:
