@@ -49,8 +49,8 @@ def test_demo_end_to_end_in_seconds(tmp_path, capsys):
             assert len(run["history"]) == steps
             assert set(run["metrics"]) >= {"zeroshot_shape_acc1", "zeroshot_colour+shape_acc1",
                                            "image_retrieval_recall@1", "tag@5_attribute_word",
-                                           "compositional_acc", "compositional_count_acc", "dense_miou"}
-            assert 0 <= run["metrics"]["compositional_acc"] <= 1 and 0 < run["metrics"]["dense_miou"] <= 1
+                                           "compositional_acc", "compositional_count_acc"}
+            assert 0 <= run["metrics"]["compositional_acc"] <= 1 and "dense_miou" not in run["metrics"]
             assert len(run["examples"]) == 6 and run["examples"][0]["truth"].count(" ") == 1
         assert runs["CLIP"]["history"][0]["class_loss"] == 0.0
         assert runs["SuperCLIP"]["history"][0]["class_loss"] > 1.0
@@ -61,16 +61,13 @@ def test_demo_end_to_end_in_seconds(tmp_path, capsys):
     assert (tmp_path / "demo.png").stat().st_size > 30_000
     out = capsys.readouterr().out
     assert "zero-shot colour+shape" in out and "lost at b4: CLIP" in out and "One seed, one draw" in out
-    # the fine-grained rows: the overall figures only (report.json has them per type)
+    # hard negatives: the overall figure only (report.json has them per type), of --eval-samples test images
     rows = {line[:28].strip(): line[28:].split() for line in out.splitlines()}
     s8 = report["regimes"]["batch 8"]["runs"]["SuperCLIP"]["metrics"]
     assert rows["hard negatives (all types)"][1] == f"{100 * s8['compositional_acc']:.1f}"
-    assert rows["dense probe mIoU"][1] == f"{100 * s8['dense_miou']:.1f}"
-    assert not any(label.startswith(("compositional_", "dense_")) for label in rows)
-    # the sets: 12 hard-negative images, the probe fitted on 5 and scored on 2
+    assert not any(label.startswith("compositional_") for label in rows)
     sets = tmp_path / "fine-sets"
-    assert len(list((sets / "compositional" / "images").iterdir())) == 12
-    assert [len(list((sets / "masks" / s / "images").iterdir())) for s in ("train", "test")] == [5, 2]
+    assert len(list((sets / "compositional" / "images").iterdir())) == 12 and not (sets / "masks").exists()
 
 
 def test_data_synth_writes_shards_that_train(tmp_path, capsys):

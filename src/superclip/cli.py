@@ -184,16 +184,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     bar.close()
     regimes = report["regimes"]
     first = next(iter(regimes.values()))["runs"]
-    # of the fine-grained metrics, the overall ones (report.json holds them per type)
-    keys = [k for k in first["CLIP"]["metrics"] if not k.startswith(("compositional_", "dense_"))
-            or k in ("compositional_acc", "dense_miou")]
+    # of the hard negatives, the overall figure (report.json holds them per type)
+    keys = [k for k in first["CLIP"]["metrics"] if not k.startswith("compositional_") or k == "compositional_acc"]
     head = f"{'test split, %':28s}" + "".join(f" {label + ': CLIP':>15s} {'SuperCLIP':>9s} {'diff':>6s}"
                                               for label in regimes)
     for other in report["lost"]:
         head += f"  {'lost ' + other.replace('batch ', 'at b') + ': CLIP':>18s} {'SuperCLIP':>9s}"
     print("\n" + head)
     for key in keys:
-        label = {"compositional_acc": "hard negatives (all types)", "dense_miou": "dense probe mIoU"}.get(
+        label = {"compositional_acc": "hard negatives (all types)"}.get(
             key, key.replace("zeroshot_", "zero-shot ").replace("_acc1", ""))
         row = f"{label:28s}"
         for rep in regimes.values():
