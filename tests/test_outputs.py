@@ -161,9 +161,12 @@ def test_ctrl_c_while_a_command_starts_up_is_one_line(tmp_path, tiny_ckpt):
                 tmp_path / "zs" / c / f"{i}.png")
     interrupted = 0
     for delay in (1.0, 3.0, 6.0):
+        # as from a terminal: a test run started in the background (`cmd &` in a script) ignores SIGINT, and its
+        # children inherit that; the eval then ran to the end and this test checked nothing
         proc = subprocess.Popen([sys.executable, "-m", "superclip", "eval", "--pretrained", str(tiny_ckpt),
                                  "--zeroshot-data", str(tmp_path / "zs"), "--no-progress"], cwd=ROOT, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         time.sleep(delay)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=300)
