@@ -42,6 +42,19 @@ def write_images(folder: Path, n: int, size: int) -> list:
 
 
 @torch.no_grad()
+def model_and_images(model_name: str, out: Path, n: int):
+    """The benchmarks' set-up: a seeded untrained model saved as ``out/model.pt`` and ``n`` PNG scenes at its input
+    size under ``out/images``. Returns (model, image size, checkpoint path, image paths)."""
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    model = superclip.create_model(model_name)
+    size = model.clip.visual.image_size
+    size = size if isinstance(size, int) else size[0]
+    ckpt = out / "model.pt"
+    save_checkpoint(ckpt, model, config=model.config)
+    return model, size, ckpt, write_images(out / "images", n, size)
+
+
 def plain_loop(model, preprocess, paths, batch_size: int) -> float:
     model.eval()
     t0 = time.perf_counter()
@@ -72,14 +85,7 @@ def main():
     ap.add_argument("--out", default="/tmp/search_embed")
     args = ap.parse_args()
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    model = superclip.create_model(args.model)
-    size = model.clip.visual.image_size
-    size = size if isinstance(size, int) else size[0]
-    ckpt = out / "model.pt"
-    save_checkpoint(ckpt, model, config=model.config)
-    paths = write_images(out / "images", args.images, size)
+    model, size, ckpt, paths = model_and_images(args.model, out, args.images)
     preprocess = superclip.get_transforms(model)[1]
     print(f"{args.images} PNG scenes at {size} px, {args.model}, batch {args.batch_size}, "
           f"{os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}")

@@ -20,8 +20,7 @@ import urllib.parse
 from pathlib import Path
 
 import numpy as np
-import torch
-from search_embed import write_images
+from search_embed import model_and_images
 
 
 def free_port() -> int:
@@ -57,16 +56,8 @@ def main():
     ap.add_argument("--model", default="SuperCLIP-Tiny")
     ap.add_argument("--out", default="/tmp/search_http")
     args = ap.parse_args()
-    import superclip
-    from superclip.weights import save_checkpoint
-
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    model = superclip.create_model(args.model)
-    size = model.clip.visual.image_size
-    write_images(out / "images", args.images, size if isinstance(size, int) else size[0])
-    save_checkpoint(out / "model.pt", model, config=model.config)
+    model_and_images(args.model, out, args.images)
     if not (out / "idx" / "manifest.json").exists():
         subprocess.run([sys.executable, "-m", "superclip", "index", "build", str(out / "images"), "--out",
                         str(out / "idx"), "--pretrained", str(out / "model.pt"), "--no-progress"], check=True)
