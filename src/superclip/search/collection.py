@@ -19,9 +19,10 @@ import hashlib
 import logging
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
@@ -296,17 +297,27 @@ def finish(layout: Layout, manifest: Dict, embedder, opts: JobOptions, index_all
     return report
 
 
+@contextmanager
+def _changing(root: str) -> Iterator[Tuple[Layout, Dict, Catalog]]:
+    """(layout, manifest, catalog) of an existing index, held under the folder's lock for a command that changes
+    it; the lock is taken before the manifest is read (a build or add may be writing it), and the catalog closed
+    and the lock released however the command ends."""
+    layout = Layout(root)
+    lock = FolderLock(layout.root, create=False)
+    try:
+        manifest = layout.read_manifest()
+        catalog = Catalog(layout.catalog)
+        try:
+            yield layout, manifest, catalog
+        finally:
+            catalog.close()
+    finally:
+        lock.release()
+
+
 def remove(root: str, targets: List[str]) -> int:
     """Flag deleted the items named by id or by path (a file, or every item under a folder); returns how many."""
-    layout = Layout(root)
-    lock = FolderLock(layout.root, create=False)  # the lock first: a build or add may be writing the manifest
-    try:
-        layout.read_manifest()
-        catalog = Catalog(layout.catalog)
-    except BaseException:
-        lock.release()
-        raise
-    try:
+    with _changing(root) as (_, _, catalog):
         ids = []
         for t in targets:
             if t.isdigit():
@@ -321,26 +332,12 @@ def remove(root: str, targets: List[str]) -> int:
                     raise ConfigError(f"no live item has the path {t} (or lies under it) in {root}")
                 ids += matched
         return catalog.mark_deleted(ids)
-    finally:
-        catalog.close()
-        lock.release()
 
 
 def optimize(root: str, max_index_memory: Optional[int] = None) -> Dict:
     """Fold the additions and removals into a new main index."""
-    layout = Layout(root)
-    lock = FolderLock(layout.root, create=False)  # the lock first: an add may be rewriting the manifest
-    try:
-        manifest = layout.read_manifest()
-        catalog = Catalog(layout.catalog)
-    except BaseException:
-        lock.release()
-        raise
-    try:
+    with _changing(root) as (layout, manifest, catalog):
         if _pending(layout, manifest["planned"], catalog.ingested_parts()):
             raise ConfigError(f"{root} has parts not yet ingested: rerun superclip index build/add first")
         budget = max_index_memory or manifest.get("index", {}).get("max_index_memory") or JobOptions.max_index_memory
         return build_main_index(layout, catalog, manifest, budget)
-    finally:
-        catalog.close()
-        lock.release()
