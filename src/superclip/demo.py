@@ -10,7 +10,7 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 
-from .config import TrainConfig
+from .config import DEMO_FAMILY, DEMO_LR, TrainConfig
 from .data.families import get_family
 from .data.synth_sets import write_compositional, write_masks
 from .evaluate.features import Encoder
@@ -23,13 +23,6 @@ from .train.run_folder import read_metrics
 from .train.trainer import Trainer
 
 N_EXAMPLES = 6
-# The demo's learning rate: at 2e-3 (and 1e-3) batch-8 training on the scenes is chaotic (one seed's CLIP-SuperCLIP
-# colour gap ranged -34 to +55 points over 13 runs at 2e-3); at 5e-4 every seed lands within a few points of the
-# others (docs/demo.md: the 5-seed tables and the lr sweep behind this choice).
-DEMO_LR = 5e-4
-# The demo's family: at DEMO_LR SuperCLIP is ahead on the textures' fine-grained ink+pattern task in every one of 5
-# seeds at batch 8, while on the scenes the two models are level (docs/demo.md).
-DEMO_FAMILY = "textures"
 # The hard negatives every demo run is scored on: eval_samples test images drawn with bench/fine_grained.py's set
 # seed, so at the default 500 the demo's row is seed 0 of docs/studies/fine-grained-textures.md. The dense probe is
 # left to `superclip eval` and the studies: on four runs it took 100 s of the demo (over its 10 minutes).

@@ -24,19 +24,13 @@ from torch import nn
 
 from .errors import ConfigError
 from .model_check import check_model_config
+from .model_names import CONFIG_PACKAGE, list_models
 
 log = logging.getLogger(__name__)
 
 ModelCfg = Union[str, Path, Dict[str, Any]]
-_CONFIG_PACKAGE = "superclip.model_configs"
 # Keys of a model JSON that are ours (or the official release's), not open_clip constructor arguments.
 _NON_OPENCLIP_KEYS = ("clstext_cfg", "custom_text", "preprocess_cfg")
-
-
-def list_models() -> list:
-    """Names of the model configs shipped with superclip (open_clip's own names work too)."""
-    files = resources.files(_CONFIG_PACKAGE).iterdir()
-    return sorted(f.name[:-5] for f in files if f.name.endswith(".json"))
 
 
 def resolve_model_config(cfg: ModelCfg) -> Dict[str, Any]:
@@ -57,7 +51,7 @@ def resolve_model_config(cfg: ModelCfg) -> Dict[str, Any]:
         except json.JSONDecodeError as e:
             raise ConfigError(f"model config {name} is not valid JSON: {e}") from None
     if name in list_models():
-        return json.loads(resources.files(_CONFIG_PACKAGE).joinpath(name + ".json").read_text())
+        return json.loads(resources.files(CONFIG_PACKAGE).joinpath(name + ".json").read_text())
     oc_cfg = open_clip.get_model_config(name)
     if oc_cfg is not None:
         return copy.deepcopy(oc_cfg)

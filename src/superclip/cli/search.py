@@ -1,32 +1,16 @@
 """``superclip index build | add | remove | optimize`` and ``superclip serve``. The console is ours here."""
 from __future__ import annotations
 
-import argparse
 import os
-import re
 import sys
 
-
-from .errors import ConfigError
-
-
-def _size(value: str) -> int:
-    """argparse type: bytes, with an optional K/M/G/T suffix (powers of 1024): ``4G``."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*", value, re.IGNORECASE)
-    if not m:
-        raise argparse.ArgumentTypeError(f"expected a size such as 512M or 4G, got {value!r}")
-    return int(float(m.group(1)) * 1024 ** " KMGT".index((m.group(2) or " ").upper()))
-
-
-def _positive(value: str) -> int:
-    n = int(value)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
-    return n
+from ..errors import ConfigError
+from .args import positive as _positive
+from .args import size as _size
 
 
 def _job_options(args):
-    from .search.collection import JobOptions
+    from ..search.collection import JobOptions
 
     return JobOptions(part_size=args.part_size, top_k=args.top_k, dtype=args.dtype,
                       max_index_memory=args.max_index_memory, csv_img_key=args.csv_img_key,
@@ -37,10 +21,10 @@ def _run_job(args, build: bool) -> int:
     import torch
     from tqdm import tqdm
 
-    from . import distributed
-    from .search.collection import checkpoint_hash, finish, start
-    from .search.job import Embedder, load_for_search
-    from .search.layout import FolderLock, Layout
+    from .. import distributed
+    from ..search.collection import checkpoint_hash, finish, start
+    from ..search.job import Embedder, load_for_search
+    from ..search.layout import FolderLock, Layout
 
     layout = Layout(args.dir)
     if build:
@@ -109,7 +93,7 @@ def cmd_add(args) -> int:
 
 
 def cmd_remove(args) -> int:
-    from .search.collection import remove
+    from ..search.collection import remove
 
     n = remove(args.dir, list(args.targets))
     print(f"{args.dir}: {n} items removed (they no longer appear in results)")
@@ -117,7 +101,7 @@ def cmd_remove(args) -> int:
 
 
 def cmd_optimize(args) -> int:
-    from .search.collection import optimize
+    from ..search.collection import optimize
 
     info = optimize(args.dir, args.max_index_memory)
     print(f"{args.dir}: main index {info['kind']} over {info['count']} items, recall@10 "
@@ -128,7 +112,7 @@ def cmd_optimize(args) -> int:
 def cmd_serve(args) -> int:
     import uvicorn
 
-    from .search.server import ServeOptions, create_app
+    from ..search.server import ServeOptions, create_app
 
     app = create_app(args.dir, ServeOptions(device=args.device, max_upload_bytes=args.max_upload,
                                             cors_origins=args.cors_origin or []))

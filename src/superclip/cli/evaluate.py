@@ -7,11 +7,13 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import TYPE_CHECKING, Dict, List, Optional
 
-import torch
+from ..errors import ConfigError
+from .args import positive as _positive
 
-from .errors import ConfigError
+if TYPE_CHECKING:
+    import torch
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -23,14 +25,6 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="fp32", choices=["fp32", "amp", "amp_bf16", "bf16"])
     p.add_argument("--batch-size", type=_positive, default=64)
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-
-
-def _positive(value: str) -> int:
-    """argparse type: an int >= 1 (a bad value is argparse's one-line usage error, exit 2)."""
-    n = int(value)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
-    return n
 
 
 def _writable_output(path: Optional[str], what: str) -> None:
@@ -49,16 +43,18 @@ def _writable_output(path: Optional[str], what: str) -> None:
 
 
 def _load(args):
-    from .model import get_tokenizer, get_transforms
-    from .weights import load_model
+    from ..model import get_tokenizer, get_transforms
+    from ..weights import load_model
 
     if args.model is None and args.pretrained is None:
         raise ConfigError("name a model (--model) and/or a checkpoint (--pretrained)")
-    from .evaluate.features import Encoder
+    import torch
+
+    from ..evaluate.features import Encoder
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, args.stats, _ = load_model(args.model, pretrained=args.pretrained, device=device, cache_dir=args.cache_dir)
-    from .model_check import check_tokenizer_fits
+    from ..model_check import check_tokenizer_fits
 
     check_tokenizer_fits(model.config)
     model.eval()
@@ -73,20 +69,20 @@ def _bar(args, total: Optional[int], desc: str):
 
 
 def _images(preprocess, paths: List[str], args, desc: str, kind: str = "features") -> torch.Tensor:
-    from .evaluate.features import embed_images
+    from ..evaluate.features import embed_images
 
     with _bar(args, len(paths), desc) as bar:
         return embed_images(args.encoder, preprocess, paths, args.batch_size, bar.update, kind)
 
 
 def _texts(tokenizer, texts: List[str], args) -> torch.Tensor:
-    from .evaluate.features import embed_texts
+    from ..evaluate.features import embed_texts
 
     return embed_texts(args.encoder, tokenizer, texts)
 
 
 def _zero_shot(model, preprocess, tokenizer, args, root: str, classnames, templates) -> Dict:
-    from .evaluate.tasks import zero_shot_folder
+    from ..evaluate.tasks import zero_shot_folder
 
     with _bar(args, None, "zero-shot") as bar:
         return zero_shot_folder(args.encoder, preprocess, tokenizer, root, classnames, templates, args.batch_size,
@@ -106,9 +102,9 @@ def _check_templates(templates: List[str]) -> None:
 def cmd_eval(args: argparse.Namespace) -> int:
     from open_clip import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
 
-    from .evaluate.data import image_folder, read_lines
-    from .evaluate.linear_probe import linear_probe
-    from .evaluate.tasks import retrieval_file
+    from ..evaluate.data import image_folder, read_lines
+    from ..evaluate.linear_probe import linear_probe
+    from ..evaluate.tasks import retrieval_file
 
     if not (args.zeroshot_data or args.imagenet_val or args.retrieval_data or args.linear_probe_train
             or args.compositional or args.segmentation_probe_train):
@@ -125,11 +121,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     _check_templates(templates)
     classnames = read_lines(args.classnames, "class names") if args.classnames else None
     if args.compositional:  # a bad set fails before the model loads
-        from .evaluate.data import compositional_items
+        from ..evaluate.data import compositional_items
 
         compositional_items(args.compositional, args.compositional_images)
     if args.segmentation_probe_train:  # so does a bad mask
-        from .evaluate.data import segmentation_folder
+        from ..evaluate.data import segmentation_folder
 
         for folder in (args.segmentation_probe_train, args.segmentation_probe_test):
             segmentation_folder(folder, args.segmentation_classes, args.segmentation_ignore_index)
@@ -149,6 +145,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 args.retrieval_split, args.retrieval_images, args.batch_size, bar, args.csv_separator,
                 args.wds_caption_key)
     if args.linear_probe_train:
+        import torch
+
         tr_paths, tr_labels, tr_classes = image_folder(args.linear_probe_train)
         te_paths, te_labels, te_classes = image_folder(args.linear_probe_test)
         if tr_classes != te_classes:
@@ -159,14 +157,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
             **linear_probe(tr, torch.tensor(tr_labels), te, torch.tensor(te_labels), seed=args.seed),
             "data": [args.linear_probe_train, args.linear_probe_test]}
     if args.compositional:
-        from .evaluate.tasks import compositional_set
+        from ..evaluate.tasks import compositional_set
 
         with _bar(args, None, "compositional") as bar:
             results["metrics"]["compositional"] = compositional_set(
                 args.encoder, preprocess, tokenizer, args.compositional, args.compositional_images, args.batch_size,
                 bar)
     if args.segmentation_probe_train:
-        from .evaluate.tasks import segmentation_probe
+        from ..evaluate.tasks import segmentation_probe
 
         with _bar(args, None, "segmentation probe") as bar:
             results["metrics"]["segmentation_probe"] = segmentation_probe(
@@ -175,7 +173,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     text = json.dumps(results, indent=2)
     print(text)
     if args.output:
-        from .files import atomic_write_text
+        from ..files import atomic_write_text
 
         try:
             atomic_write_text(text + "\n", args.output)
@@ -187,11 +185,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_embed(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .evaluate.data import read_lines
+    from ..evaluate.data import read_lines
 
     if bool(args.images) == bool(args.texts):
         raise ConfigError("give either image files or --texts FILE")
-    from .files import atomic_write_bytes
+    from ..files import atomic_write_bytes
 
     npy, ids_file = Path(args.out + ".npy"), Path(args.out + ".ids.jsonl")
     _writable_output(str(npy), "--out")
@@ -223,7 +221,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
         raise ConfigError("--labels names a label twice")
     _check_templates([args.template])
     model, preprocess, tokenizer, args.encoder = _load(args)
-    from .evaluate.zero_shot import classifier_weights
+    from ..evaluate.zero_shot import classifier_weights
 
     weights = classifier_weights(lambda t: model.encode_text(t), tokenizer, labels, [args.template],
                                  args.encoder.device)
@@ -236,8 +234,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def cmd_tag(args: argparse.Namespace) -> int:
-    from .evaluate.tags import excluded_token_ids, top_tags
-    from .loss import idf_weights
+    from ..evaluate.tags import excluded_token_ids, top_tags
+    from ..loss import idf_weights
 
     model, preprocess, tokenizer, args.encoder = _load(args)
     weights = None

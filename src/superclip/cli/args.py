@@ -1,0 +1,27 @@
+"""argparse value types shared by the command groups: a bad value is argparse's one-line usage error, exit 2."""
+from __future__ import annotations
+
+import argparse
+import re
+
+
+def at_least(low: int):
+    """argparse type: an int >= ``low``."""
+    def parse(value: str) -> int:
+        n = int(value)
+        if n < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {n}")
+        return n
+    parse.__name__ = "int"  # argparse names the type in its error for a non-number
+    return parse
+
+
+positive = at_least(1)
+
+
+def size(value: str) -> int:
+    """argparse type: bytes, with an optional K/M/G/T suffix (powers of 1024): ``4G``."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*", value, re.IGNORECASE)
+    if not m:
+        raise argparse.ArgumentTypeError(f"expected a size such as 512M or 4G, got {value!r}")
+    return int(float(m.group(1)) * 1024 ** " KMGT".index((m.group(2) or " ").upper()))
