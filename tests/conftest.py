@@ -73,3 +73,23 @@ def random_captions(batch: int, generator: torch.Generator, max_words: int = 12,
         ids[i, 1:n + 1] = words
         ids[i, n + 1] = EOT
     return ids
+
+
+def assert_text_features_match(ours, reference, ids: torch.Tensor, normalize: bool = False) -> None:
+    """Our text features against a reference tower holding the same weights (open_clip's ``encode_text``).
+
+    Run whole (``crop_text = False``) ours is the reference's own computation, the same matrices in the same order,
+    so the bits are equal on any machine. Cropped to the batch's last end-of-text column (the default) the
+    matrices have another shape, and a CPU's kernels may round differently (AVX-512 against AVX2): the features
+    agree to float rounding, the tolerance test_model's crop test holds the crop to.
+    """
+    with torch.no_grad():
+        want = reference(ids)
+        crop = ours.crop_text
+        try:
+            ours.crop_text = False
+            assert torch.equal(ours.encode_text(ids, normalize=normalize), want)
+            ours.crop_text = True
+            torch.testing.assert_close(ours.encode_text(ids, normalize=normalize), want, rtol=1e-5, atol=1e-6)
+        finally:
+            ours.crop_text = crop

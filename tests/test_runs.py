@@ -5,6 +5,7 @@ import math
 import re
 
 import pytest
+import torch
 
 from superclip.errors import ConfigError
 from superclip.train.run_folder import RunLock, read_metrics
@@ -20,14 +21,33 @@ def _train_argv(tmp_path, name, *extra):
             name, "--no-progress", "--log-every-n-steps", "1", "--save-every-n-steps", "3", *extra]
 
 
-def test_guard_stop_at_a_too_high_lr_then_resume_as_it_says_trains_on(tmp_path, capsys, caplog):
-    """--lr 10 diverges: steps 5-7 are non-finite and the guard stops the run. Its advice (lower --lr, then
-    --resume latest) is followed: the resume names the change, trains at the new lr and reaches the end.
-    Before: the checkpoint optimizer's lr 10 came back, the resumed run stopped again (exit 2)."""
+def _diverges_above(monkeypatch, lr: float, from_step: int) -> None:
+    """Training diverges, on every machine alike, from step ``from_step`` on whenever the step's lr is above
+    ``lr``: the batch's images are NaN there, so the loss is. (At --lr 10 a real run diverged at steps 5-7 on one
+    CPU and trained to the end on another: when a float overflows is the machine's arithmetic.)"""
+    import superclip.train.trainer as trainer_module
+
+    real, calls = trainer_module.train_step, [0]
+
+    def step(model, criterion, optimizer, images, *rest, **kwargs):
+        calls[0] += 1
+        if calls[0] >= from_step and optimizer.param_groups[0]["lr"] > lr:
+            images = torch.full_like(images, float("nan"))
+        return real(model, criterion, optimizer, images, *rest, **kwargs)
+
+    monkeypatch.setattr(trainer_module, "train_step", step)
+
+
+def test_guard_stop_at_a_too_high_lr_then_resume_as_it_says_trains_on(tmp_path, capsys, caplog, monkeypatch):
+    """--lr 0.05 diverges (made to: above lr 0.01 every step from the 5th is non-finite): steps 5-7 are non-finite
+    and the guard stops the run. Its advice (lower --lr, then --resume latest) is followed: the resume names the
+    change, trains at the new lr and reaches the end. Before: the checkpoint optimizer's lr came back, the resumed
+    run stopped again (exit 2)."""
     _cfg(tmp_path)  # writes tiny.json
-    rc, _, err = _main(_train_argv(tmp_path, "hot", "--lr", "10", "--max-nonfinite-steps", "3"), capsys)
+    _diverges_above(monkeypatch, lr=0.01, from_step=5)
+    rc, _, err = _main(_train_argv(tmp_path, "hot", "--lr", "0.05", "--max-nonfinite-steps", "3"), capsys)
     stopped = re.search(r"3 steps in a row \(to step (\d+)\)", err)
-    assert rc == 2 and stopped and "Lower --lr" in err and "--resume latest" in err, err
+    assert rc == 2 and stopped and stopped.group(1) == "7" and "Lower --lr" in err and "--resume latest" in err, err
     run = tmp_path / "logs" / "hot"
     streak = range(int(stopped.group(1)) - 2, int(stopped.group(1)) + 1)
     saved = [json.loads(p.read_text())["step"] for p in (run / "checkpoints").glob("*.pt.json")]
@@ -37,7 +57,7 @@ def test_guard_stop_at_a_too_high_lr_then_resume_as_it_says_trains_on(tmp_path, 
                                      "--resume", "latest"), capsys)
     assert rc == 0, err
     notice = [r.getMessage() for r in caplog.records if "differ from the checkpoint's" in r.getMessage()]
-    assert len(notice) == 1 and notice[0].endswith("(the new ones apply): --lr 10.0 -> 0.001"), notice
+    assert len(notice) == 1 and notice[0].endswith("(the new ones apply): --lr 0.05 -> 0.001"), notice
     assert "trained 24 steps" in out
     logged = [m for m in read_metrics(run / "metrics.jsonl") if "loss" in m]
     assert [m["step"] for m in logged] == list(range(1, 25))  # the steps after the checkpoint logged once
