@@ -7,12 +7,9 @@ except that open_clip ``VisionTransformer`` towers are asked to return their tok
 from __future__ import annotations
 
 import copy
-import json
 import logging
 from dataclasses import asdict
-from importlib import resources
-from pathlib import Path
-from typing import Any, Dict, List, Optional, Union
+from typing import Any, Dict, List, Optional
 
 import open_clip
 import torch
@@ -23,42 +20,14 @@ from open_clip.transformer import TextTransformer, VisionTransformer, text_globa
 from torch import nn
 
 from .errors import ConfigError
+from .lean_import import check_buildable
 from .model_check import check_model_config
-from .model_names import CONFIG_PACKAGE, list_models
+from .model_names import ModelCfg, list_models, resolve_model_config  # noqa: F401 (public names, re-exported)
 
 log = logging.getLogger(__name__)
 
-ModelCfg = Union[str, Path, Dict[str, Any]]
 # Keys of a model JSON that are ours (or the official release's), not open_clip constructor arguments.
 _NON_OPENCLIP_KEYS = ("clstext_cfg", "custom_text", "preprocess_cfg")
-
-
-def resolve_model_config(cfg: ModelCfg) -> Dict[str, Any]:
-    """Turn a registered name, a JSON path or a dict into a model config dict (a fresh copy).
-
-    Accepted names: superclip's configs (``list_models()``), then any open_clip model name. The official
-    SuperCLIP JSON format (``vision_cfg.output_tokens``, ``clstext_cfg``) is accepted as-is.
-    """
-    if isinstance(cfg, dict):
-        return copy.deepcopy(cfg)
-    name = str(cfg)
-    path = Path(name)
-    if name.endswith(".json") or path.is_file():
-        if not path.is_file():
-            raise ConfigError(f"model config file not found: {name}")
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"model config {name} is not valid JSON: {e}") from None
-    if name in list_models():
-        return json.loads(resources.files(CONFIG_PACKAGE).joinpath(name + ".json").read_text())
-    oc_cfg = open_clip.get_model_config(name)
-    if oc_cfg is not None:
-        return copy.deepcopy(oc_cfg)
-    raise ConfigError(
-        f"unknown model {name!r}: not a JSON file, not one of superclip's models "
-        f"({', '.join(list_models())}) nor an open_clip model name"
-    )
 
 
 def split_model_config(cfg: Dict[str, Any]) -> tuple:
@@ -299,6 +268,7 @@ def build_model(cfg: ModelCfg, precision: str = "fp32") -> SuperCLIP:
     """A freshly initialised SuperCLIP from a config (name, JSON path or dict)."""
     full_cfg = resolve_model_config(cfg)
     oc_kwargs, vocab_size, preprocess = split_model_config(full_cfg)
+    check_buildable(full_cfg)
     try:
         clip = open_clip.CustomTextCLIP(**oc_kwargs, cast_dtype=open_clip.get_cast_dtype(precision))
     except TypeError as e:

@@ -18,7 +18,6 @@ def _job_options(args):
 
 
 def _run_job(args, build: bool) -> int:
-    import torch
     from tqdm import tqdm
 
     from .. import distributed
@@ -45,9 +44,8 @@ def _run_job(args, build: bool) -> int:
             model, pretrained = manifest["model"], manifest["pretrained"]
             dtype, top_k = manifest["dtype"], manifest["top_k"]
         device = distributed.resolve_device(args.device, distributed.local_rank())
-        if device.type == "cpu" and args.workers > 0 and "OMP_NUM_THREADS" not in os.environ:
-            # the decoding workers take cores too: torch threads on every core as well: 28 vs 43 images/s here
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) - args.workers))
+        if device.type == "cpu":
+            distributed.share_cores_with_workers(args.workers)
         net, preprocess, tokenizer, weights, info = load_for_search(model, pretrained, str(device), args.precision,
                                                                     args.cache_dir)
         digest = checkpoint_hash(info.get("path"))

@@ -35,17 +35,25 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from .. import distributed
     from ..config import FIELD_NAMES, load_yaml, make_config
-    from ..errors import TrainingInterrupted
-    from ..plot import plot_losses
-    from ..train.run_folder import read_metrics
-    from ..train.trainer import Trainer
+    from ..train.preflight import preflight
 
     overrides = {k: v for k, v in vars(args).items() if k in FIELD_NAMES}
     cfg = make_config(load_yaml(args.config) if args.config else {}, overrides)
+    model_cfg = preflight(cfg)  # what the command line alone can get wrong, before seconds of imports
+
+    from ..lean_import import import_open_clip_for
+
+    import_open_clip_for(model_cfg)  # without transformers / timm when the model uses neither (~0.9 s)
+    from tqdm import tqdm
+
+    from .. import distributed
+    from ..errors import TrainingInterrupted
+    from ..train.run_folder import read_metrics
+    from ..train.trainer import Trainer
+
+    if (cfg.device or ("cpu" if not _cuda_available() else "cuda")).startswith("cpu"):
+        distributed.share_cores_with_workers(cfg.workers)
     trainer = None
     try:
         trainer = Trainer(cfg)
@@ -73,6 +81,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if main_process:
         logged = [m for m in read_metrics(run_dir / "metrics.jsonl") if "loss" in m]  # the whole run's steps
         if logged:
+            from ..plot import plot_losses  # matplotlib: imported once the training is done
+
             plot_losses(logged, run_dir / "loss.png", title=run_dir.name)
     if interrupted is not None:
         if main_process:
@@ -86,6 +96,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"trained {steps} steps; final loss {history[-1]['loss']:.4f}; "
               f"run folder {run_dir} (checkpoints/, metrics.jsonl, loss.png)")
     return 0
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

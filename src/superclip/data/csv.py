@@ -108,3 +108,29 @@ def clean_text(text: Optional[str], what: str = "caption") -> str:
     except UnicodeEncodeError:
         raise ValueError(f"{what} is not valid UTF-8: {text.encode('utf-8', 'replace')[:60]!r}") from None
     return text.strip()
+
+
+def read_captions(path: str, img_key: str = "filepath", caption_key: str = "title", separator: Optional[str] = None,
+                  long_caption_key: Optional[str] = None) -> List[Tuple[str, str, Optional[str]]]:
+    """(image path, caption, long caption or None) of every row of a training CSV/TSV, checked as a whole: some
+    caption is not empty, and of up to 32 image paths spread over the file at least one exists (relative paths
+    are read from the file's folder). Each is a one-line ConfigError, like :func:`read_columns`'s."""
+    columns = {img_key: "--csv-img-key", caption_key: "--csv-caption-key"}
+    if long_caption_key:
+        columns[long_caption_key] = "--long-caption-key"
+    rows = [(r[0], r[1], r[2] if long_caption_key else None) for r in read_columns(path, columns, separator)]
+    if not any(text.strip() for _, text, _ in rows):
+        raise ConfigError(f"every caption in {path} (column {caption_key!r}) is empty")
+    # fail now, not after 50 unreadable samples in a row
+    root = Path(path).parent
+    probe = rows[::max(1, len(rows) // 32)][:32]
+    if not any(image_path(root, p).is_file() for p, _, _ in probe):
+        raise ConfigError(f"{path}: none of {len(probe)} image paths looked at exists (e.g. "
+                          f"{str(image_path(root, probe[0][0]))!r}); relative paths are read from the CSV's folder")
+    return rows
+
+
+def image_path(root: Path, value: str) -> Path:
+    """A CSV's image path: absolute as it is, relative from the CSV's folder ``root``."""
+    return Path(value) if Path(value).is_absolute() else root / value
+

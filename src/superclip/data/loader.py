@@ -3,7 +3,6 @@ handling, and a seeded sampler whose position is part of the checkpoint."""
 from __future__ import annotations
 
 import logging
-import math
 import random
 import zlib
 from pathlib import Path
@@ -13,9 +12,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, IterableDataset, Sampler
 
-from ..errors import ConfigError, TrainingError
-from .csv import clean_text, read_columns
+from ..errors import TrainingError
+from .csv import clean_text, image_path, read_captions
 from .images import decode_image
+from .sources import CaptionPolicy, check_train_data  # noqa: F401 (CaptionPolicy: its old home)
 
 log = logging.getLogger(__name__)
 
@@ -31,24 +31,11 @@ class CsvCaptions(Dataset):
     (ValueError) when read, so that the sample is skipped and counted."""
 
     def __init__(self, path: str, img_key: str = "filepath", caption_key: str = "title",
-                 separator: Optional[str] = None, long_caption_key: Optional[str] = None):
-        columns = {img_key: "--csv-img-key", caption_key: "--csv-caption-key"}
-        if long_caption_key:
-            columns[long_caption_key] = "--long-caption-key"
-        rows = read_columns(path, columns, separator)
+                 separator: Optional[str] = None, long_caption_key: Optional[str] = None, rows=None):
+        self.rows = rows if rows is not None else read_captions(path, img_key, caption_key, separator,
+                                                                long_caption_key)
         self.root = Path(path).parent
-        self.rows = [(r[0], r[1], r[2] if long_caption_key else None) for r in rows]
         self.has_long = long_caption_key is not None
-        if not any(text.strip() for _, text, _ in self.rows):
-            raise ConfigError(f"every caption in {path} (column {caption_key!r}) is empty")
-        # fail now, not after 50 unreadable samples in a row: look at a spread of up to 32 image paths
-        probe = self.rows[::max(1, len(self.rows) // 32)][:32]
-        if not any(self._full(p).is_file() for p, _, _ in probe):
-            raise ConfigError(f"{path}: none of {len(probe)} image paths looked at exists (e.g. "
-                              f"{str(self._full(probe[0][0]))!r}); relative paths are read from the CSV's folder")
-
-    def _full(self, img_path: str) -> Path:
-        return Path(img_path) if Path(img_path).is_absolute() else self.root / img_path
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -57,7 +44,7 @@ class CsvCaptions(Dataset):
         img_path, text, long_text = self.rows[index]
         text = clean_text(text)
         long_text = clean_text(long_text, "long caption") if self.has_long else None
-        return decode_image(self._full(img_path)), text, long_text
+        return decode_image(image_path(self.root, img_path)), text, long_text
 
 
 class SyntheticPairs(Dataset):
@@ -73,29 +60,6 @@ class SyntheticPairs(Dataset):
 
     def __getitem__(self, index: int):
         return self.source.sample(index)
-
-
-class CaptionPolicy:
-    """Which caption feeds which loss: ``contrastive`` / ``cls`` in {short, long}, or ``long_ratio`` p: the long
-    caption with probability p, else the short one, for both losses (the paper's Table 5 mixing rows)."""
-
-    def __init__(self, contrastive: str = "short", cls: str = "short", long_ratio: Optional[float] = None):
-        self.contrastive, self.cls, self.long_ratio = contrastive, cls, long_ratio
-
-    @property
-    def needs_long(self) -> bool:
-        return self.long_ratio is not None or "long" in (self.contrastive, self.cls)
-
-    @property
-    def dual(self) -> bool:
-        return self.long_ratio is None and self.contrastive != self.cls
-
-    def pick(self, short: str, long: Optional[str], rng: random.Random) -> Tuple[str, Optional[str]]:
-        """(contrastive caption, class caption or None when it is the same one)."""
-        if self.long_ratio is not None:
-            return (long if rng.random() < self.long_ratio else short), None
-        choose = {"short": short, "long": long}
-        return choose[self.contrastive], (choose[self.cls] if self.dual else None)
 
 
 class SampleEncoder:
@@ -213,74 +177,26 @@ class ResumableSampler(Sampler):
         return iter(mine[self.start:].tolist())
 
 
-def dataset_kind(cfg) -> str:
-    kind = cfg.dataset_type
-    if kind != "auto":
-        return kind
-    if cfg.train_data is None:
-        return "synthetic"
-    if cfg.train_data.endswith((".csv", ".tsv")):
-        return "csv"
-    if ".tar" in cfg.train_data:
-        return "webdataset"
-    raise ConfigError(f"cannot tell the dataset type of {cfg.train_data!r}: set --dataset-type")
-
-
-def upsampling_factors(cfg, n_sources: int) -> Optional[List[float]]:
-    """``--train-data-upsampling-factors 1::2`` -> [1.0, 2.0] (open_clip's meaning: a source's shards are drawn
-    with its factor as weight; needs ``--dataset-resampled``), checked against the sources."""
-    if cfg.train_data_upsampling_factors is None:
-        return None
-    if not cfg.dataset_resampled:
-        raise ConfigError("--train-data-upsampling-factors needs --dataset-resampled (as in open_clip)")
-    try:
-        factors = [float(x) for x in str(cfg.train_data_upsampling_factors).split("::")]
-    except ValueError:
-        raise ConfigError(f"--train-data-upsampling-factors: expected numbers joined with '::', got "
-                          f"{cfg.train_data_upsampling_factors!r}") from None
-    if len(factors) != n_sources:
-        raise ConfigError(f"--train-data-upsampling-factors has {len(factors)} factors for {n_sources} --train-data "
-                          "sources (join both with '::')")
-    if any(f < 0 or not math.isfinite(f) for f in factors) or not any(factors):
-        raise ConfigError(f"--train-data-upsampling-factors must be >= 0 and not all 0, got {factors}")
-    return factors
-
-
 def build_train_dataset(cfg, transform: Callable, tokenizer: Callable, image_size: int, rank: int = 0,
                         world_size: int = 1):
     """The training data named by the config: a map-style dataset (CSV/TSV, synthetic) or a shard stream."""
-    kind = dataset_kind(cfg)
-    policy = CaptionPolicy(cfg.contrastive_caption, cfg.class_caption, cfg.long_caption_ratio)
-    encoder = SampleEncoder(transform, tokenizer, policy, seed=cfg.seed_of_data)
-    if kind == "webdataset":
-        from .webdataset import ShardStream, expand_sources
+    data = check_train_data(cfg)
+    encoder = SampleEncoder(transform, tokenizer, data.policy, seed=cfg.seed_of_data)
+    if data.kind == "webdataset":
+        from .webdataset import ShardStream
 
-        if not cfg.train_data:
-            raise ConfigError("--train-data is required for --dataset-type webdataset")
-        if not cfg.train_num_samples:
-            raise ConfigError("--train-num-samples is required for webdataset shards (samples per epoch)")
-        if policy.needs_long and not cfg.long_caption_key:
-            raise ConfigError("a long caption is asked for: name it with --long-caption-key (e.g. long.txt)")
-        sources = expand_sources(cfg.train_data)
-        weights = upsampling_factors(cfg, len(sources))
-        stream = ShardStream(sources, seed=cfg.seed_of_data, rank=rank, world_size=world_size, workers=cfg.workers,
-                             resampled=cfg.dataset_resampled, weights=weights,
+        stream = ShardStream(data.shards, seed=cfg.seed_of_data, rank=rank, world_size=world_size,
+                             workers=cfg.workers, resampled=cfg.dataset_resampled, weights=data.weights,
                              stall_timeout=cfg.wds_stall_timeout)
-        long_key = cfg.long_caption_key if policy.needs_long else None
+        long_key = cfg.long_caption_key if data.policy.needs_long else None
         return ImageTextStream(stream, encoder, cfg.wds_caption_key, long_key)
-    if kind.startswith("synthetic"):
+    if data.kind.startswith("synthetic"):
         from .families import get_family
 
-        family = get_family(kind)
+        family = get_family(data.kind)
         source = SyntheticPairs(family.dataset(cfg.train_num_samples or 10_000, image_size=image_size,
                                                seed=cfg.seed_of_data))
-    elif kind == "csv":
-        if not cfg.train_data:
-            raise ConfigError("--train-data is required for --dataset-type csv")
-        if policy.needs_long and not cfg.long_caption_key:
-            raise ConfigError("a long caption is asked for: name its column with --long-caption-key")
-        source = CsvCaptions(cfg.train_data, cfg.csv_img_key, cfg.csv_caption_key, cfg.csv_separator,
-                             cfg.long_caption_key)
     else:
-        raise ConfigError(f"unknown dataset type {kind!r}")
+        source = CsvCaptions(cfg.train_data, cfg.csv_img_key, cfg.csv_caption_key, cfg.csv_separator,
+                             cfg.long_caption_key, rows=data.rows)
     return ImageTextDataset(source, encoder)

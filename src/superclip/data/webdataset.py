@@ -43,7 +43,6 @@ position is (draw, offset), as exact and as cheap to resume.
 """
 from __future__ import annotations
 
-import glob
 import io
 import json
 import logging
@@ -53,44 +52,17 @@ import random
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
-from braceexpand import braceexpand
 from torch.utils.data import IterableDataset, get_worker_info
 
-from ..errors import ConfigError, TrainingError
+from ..errors import TrainingError
 from .csv import clean_text
 from .images import decode_image
+from .sources import PIPE, expand_sources, expand_urls  # noqa: F401 (the shard readers' names, kept here)
 from .tars import DEFAULT_STALL_TIMEOUT, Member, compression, decompress, run_command, walk
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp", "tif", "tiff", "bmp", "gif")  # open_clip: the first four
-PIPE = "pipe:"
-
-
-# --- sources
-def expand_sources(pattern: str) -> List[List[str]]:
-    """``a/{0..3}.tar::b/*.tar::pipe:cmd {0..9}`` -> the shard URLs of each ``::`` source; a one-line error
-    naming a source that yields none (a pipe URL is taken as it is: only running it can tell)."""
-    sources = []
-    for n, part in enumerate(pattern.split("::"), start=1):
-        urls: List[str] = []
-        for p in braceexpand(part.strip()):
-            if p.startswith(PIPE):
-                urls.append(p)
-            elif any(c in p for c in "*?["):
-                urls.extend(m for m in sorted(glob.glob(p)) if os.path.isfile(m))
-            elif os.path.isfile(p):
-                urls.append(p)
-        if not urls:
-            which = f"source {n} of {pattern.count('::') + 1} ({part!r})" if "::" in pattern else repr(part)
-            raise ConfigError(f"no shard file matches {which}")
-        sources.append(urls)
-    return sources
-
-
-def expand_urls(pattern: str) -> List[str]:
-    """Every shard URL of ``pattern``, sources in order (see :func:`expand_sources`)."""
-    return [url for source in expand_sources(pattern) for url in source]
 
 
 # --- reading one shard
