@@ -41,6 +41,8 @@ def _run(argv, cwd):
     (["train", "--train-data", "no/{0..3}.tar", "--train-num-samples", "8"], 2, "no shard file matches"),
     (["train", "--model", "NoSuchModel"], 2, "unknown model 'NoSuchModel'"),
     (["train", "--model", "no/such.json"], 2, "model config file not found: no/such.json"),
+    (["demo", "--samples", "1"], 2, "--samples 1 is less than one batch of 32"),
+    (["data", "synth", "--out", "synth", "--image-size", "0"], 2, "--image-size must be >= 1, got 0"),
 ])
 def test_the_command_line_answers_without_importing_torch(tmp_path, argv, rc, says):
     got, heavy, err = _run(argv, tmp_path)

@@ -260,3 +260,49 @@ def test_data_seed_varies_the_data_alone(tmp_path):
     assert all(torch.equal(split[2][k], weights_of_0[2][k]) for k in split[2])
     assert not torch.equal(split[2]["clip.visual.conv1.weight"], data_of_1[2]["clip.visual.conv1.weight"])
     assert TrainConfig(data_seed=None, seed=3).seed_of_data == 3
+
+
+def test_loader_workers_live_across_epochs_and_each_sample_follows_its_epoch(tmp_path, monkeypatch):
+    """A map-style dataset's loader workers now live from epoch to epoch (no fork and start each epoch). Each
+    sample's augmentation must still be drawn for its epoch: every step's images equal a batch built here from
+    (epoch, index) by hand, for the in-process loader and for a worker alike (before persistent workers, the epoch
+    reached a worker only because it was forked anew); and a run stopped in its second epoch resumes equal."""
+    import numpy as np
+
+    import superclip.train.trainer as trainer_module
+    from superclip.data.loader import ResumableSampler
+
+    rng = np.random.default_rng(0)  # 48 px images for a 32 px model: the random crops differ from draw to draw
+    lines = ["filepath\ttitle"]
+    for i in range(64):
+        Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        lines.append(f"{i}.png\ta picture number {i % 7}")
+    (tmp_path / "train.tsv").write_text("\n".join(lines) + "\n")
+    data = dict(dataset_type="csv", train_data=str(tmp_path / "train.tsv"))
+    seen, real = {}, trainer_module.Trainer._step
+
+    def capture(run):
+        def step(self, batch, stop):
+            seen.setdefault(run, []).append(batch[0].clone())
+            return real(self, batch, stop)
+        monkeypatch.setattr(trainer_module.Trainer, "_step", step)
+
+    histories = {}
+    for run, kw in (("inline", {"workers": 0}), ("worker", {"workers": 1}), ("cut", {"workers": 1, "max_steps": 11})):
+        capture(run)
+        histories[run] = Trainer(_cfg(tmp_path, name=run, **data, **kw)).fit()
+    capture("cut")
+    resumed = Trainer(_cfg(tmp_path, name="cut", workers=1, resume="latest", **data))
+    histories["cut"] += resumed.fit()
+    dataset, sampler = resumed.dataset, ResumableSampler(len(resumed.dataset), resumed.cfg.seed_of_data)
+    expected = []
+    for epoch in (0, 1):
+        sampler.set_position(epoch, 0)
+        order = list(sampler)
+        for s in range(8):
+            expected.append(torch.stack([dataset[(epoch, i)][0] for i in order[8 * s:8 * s + 8]]))
+    assert not torch.equal(dataset[(0, order[0])][0], dataset[(1, order[0])][0])  # crops are drawn per epoch
+    for run in ("inline", "worker", "cut"):
+        assert len(seen[run]) == 16 and all(torch.equal(a, b) for a, b in zip(seen[run], expected)), run
+    for a, b in zip(histories["worker"], histories["cut"], strict=True):
+        assert abs(a["loss"] - b["loss"]) <= 1e-6, a["step"]

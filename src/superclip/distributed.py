@@ -89,19 +89,6 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def share_cores_with_workers(workers: int) -> None:
-    """On the CPU, this process's torch threads and its ``workers`` data-loader processes share the machine's
-    cores (divided among torchrun's processes on this machine): torch keeps to what the workers leave, at least
-    one. Left alone, torch takes every core and the workers' decoding fights it: measured on 2 cores with one
-    worker, a tiny model trained 320 samples/s with 2 threads and 384 with 1 (bench/startup.py); the search job's
-    embedding 28 images/s against 43. An ``OMP_NUM_THREADS`` the user set wins (torchrun sets 1 for N > 1)."""
-    if workers <= 0 or "OMP_NUM_THREADS" in os.environ:
-        return
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    per_process = max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
-    torch.set_num_threads(max(1, per_process - workers))
-
-
 def restart_count() -> int:
     """How many times torchrun restarted this job (``--max-restarts``); 0 outside torchrun."""
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0)

@@ -31,8 +31,6 @@ def _cmd_data_synth_sets(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_synth(args: argparse.Namespace) -> int:
-    from ..data.synth_sets import shard_paths, write_shards
-
     splits = (("train", args.train_samples), ("val", args.val_samples), ("test", args.test_samples))
     for flag, value, low in (("--shard-size", args.shard_size, 1), ("--image-size", args.image_size, 1),
                              *((f"--{split}-samples", n, 0) for split, n in splits)):
@@ -44,6 +42,8 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
         raise ConfigError(f"--out: cannot create folder {args.out}: {e.strerror or e}") from None
     if args.compositional or args.masks:
         return _cmd_data_synth_sets(args)
+    from ..data.synth_sets import shard_paths, write_shards
+
     taken = [p for split, n in splits if n for p in shard_paths(args.out, n, split, args.shard_size)
              if p.exists()]
     if taken and not args.overwrite:  # before writing any split

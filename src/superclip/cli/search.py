@@ -45,7 +45,9 @@ def _run_job(args, build: bool) -> int:
             dtype, top_k = manifest["dtype"], manifest["top_k"]
         device = distributed.resolve_device(args.device, distributed.local_rank())
         if device.type == "cpu":
-            distributed.share_cores_with_workers(args.workers)
+            from ..cpu import share_cores_with_workers
+
+            share_cores_with_workers(args.workers)
         net, preprocess, tokenizer, weights, info = load_for_search(model, pretrained, str(device), args.precision,
                                                                     args.cache_dir)
         digest = checkpoint_hash(info.get("path"))

@@ -96,13 +96,15 @@ class ImageTextDataset(Dataset):
     def __len__(self) -> int:
         return len(self.source)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key):
+        """``key``: an index (of ``self.epoch``), or (epoch, index) as :class:`ResumableSampler` hands them out."""
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         error = None
         for skipped in range(_MAX_CONSECUTIVE_FAILURES):
             i = (index + skipped) % len(self.source)
             try:  # any failure of one sample (unreadable, truncated, a decompression bomb, a bad caption...)
                 image, short, long = self.source[i]
-                return (*self.encoder(image, short, long, hash((self.encoder.seed, self.epoch, i))), skipped)
+                return (*self.encoder(image, short, long, hash((self.encoder.seed, epoch, i))), skipped)
             except Exception as e:  # noqa: BLE001 - one sample's failure never stops the run
                 log.warning("skipping unreadable sample %d: %s", i, e)
                 error = e
@@ -157,9 +159,10 @@ class ResumableSampler(Sampler):
     Every rank gets ``len(dataset) // world_size`` samples (the remainder is dropped so batches stay equal).
     """
 
-    def __init__(self, size: int, seed: int, rank: int = 0, world_size: int = 1):
+    def __init__(self, size: int, seed: int, rank: int = 0, world_size: int = 1, with_epoch: bool = False):
         self.size, self.seed, self.rank, self.world_size = size, seed, rank, world_size
         self.epoch, self.start = 0, 0
+        self.with_epoch = with_epoch  # hand out (epoch, index): a dataset's persistent workers learn the epoch
 
     def set_position(self, epoch: int, start: int) -> None:
         self.epoch, self.start = epoch, start
@@ -170,11 +173,11 @@ class ResumableSampler(Sampler):
     def __len__(self) -> int:
         return self.per_rank() - self.start
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         perm = torch.randperm(self.size, generator=g)[: self.per_rank() * self.world_size]
-        mine = perm[self.rank::self.world_size]
-        return iter(mine[self.start:].tolist())
+        mine = perm[self.rank::self.world_size][self.start:].tolist()
+        return iter([(self.epoch, i) for i in mine] if self.with_epoch else mine)
 
 
 def build_train_dataset(cfg, transform: Callable, tokenizer: Callable, image_size: int, rank: int = 0,

@@ -117,7 +117,9 @@ class Trainer:
             raise
 
     def close(self) -> None:
-        """Let go of the run folder (its lock); :meth:`fit` does this when it ends, however it ends."""
+        """Let go of the run folder (its lock) and the loader's workers; :meth:`fit` does this when it ends, however
+        it ends."""
+        self._map_loader = None  # its workers stop with it
         if getattr(self, "run_lock", None) is not None:
             self.run_lock.release()
             self.run_lock = None
@@ -169,6 +171,7 @@ class Trainer:
         elif cfg.torchcompile:
             compile_towers(self.model)  # in place: the text length cropping stays eager, state-dict keys unchanged
 
+        self._map_loader: Optional[DataLoader] = None
         self.progress = Progress()
         # shards: where each of this rank's data-loader workers stands in the epoch ([round, unit, offset]);
         # DataLoader takes whole batches from its workers in turn, so batch k of the epoch came from worker k % W
@@ -242,7 +245,8 @@ class Trainer:
             self.sampler = None
             self.steps_per_epoch = cfg.train_num_samples // (self.step_batch * self.world_size)
         else:
-            self.sampler = ResumableSampler(len(self.dataset), cfg.seed_of_data, self.rank, self.world_size)
+            self.sampler = ResumableSampler(len(self.dataset), cfg.seed_of_data, self.rank, self.world_size,
+                                            with_epoch=True)
             self.steps_per_epoch = self.sampler.per_rank() // self.step_batch
         if self.steps_per_epoch == 0:
             raise ConfigError(f"an epoch of {cfg.train_num_samples or len(self.dataset)} samples is shorter than one "
@@ -279,15 +283,22 @@ class Trainer:
             self.dataset.stream.set_position(p.epoch, self.positions, p.batch_in_epoch % self.n_loader_workers)
         else:
             self.sampler.set_position(p.epoch, p.batch_in_epoch * self.step_batch)
-            self.dataset.epoch = p.epoch
+            if self._map_loader is not None:  # the sampler hands each index out with its epoch: workers go on
+                return self._map_loader
         # its own generator: a DataLoader iterator draws its base seed from the generator it is given, which
-        # would otherwise be the global one that dropout draws from (a resumed run would draw one more time)
-        return DataLoader(self.dataset, batch_size=self.step_batch, sampler=self.sampler, drop_last=True,
-                          num_workers=self.cfg.workers, collate_fn=collate,
-                          generator=torch.Generator().manual_seed(self.cfg.seed_of_data * 1_000_003 + p.epoch),
-                          worker_init_fn=ignore_stop_signals if self.cfg.workers else None,
-                          pin_memory=self.device.type == "cuda", persistent_workers=False,
-                          prefetch_factor=4 if self.cfg.workers else None)
+        # would otherwise be the global one that dropout draws from (a resumed run would draw one more time).
+        # A map-style dataset's workers live from epoch to epoch (~0.25 s an epoch here: a fork and its start):
+        # a sample's augmentation is seeded by (seed, epoch, index), never by the worker, so nothing changes.
+        loader = DataLoader(self.dataset, batch_size=self.step_batch, sampler=self.sampler, drop_last=True,
+                            num_workers=self.cfg.workers, collate_fn=collate,
+                            generator=torch.Generator().manual_seed(self.cfg.seed_of_data * 1_000_003 + p.epoch),
+                            worker_init_fn=ignore_stop_signals if self.cfg.workers else None,
+                            pin_memory=self.device.type == "cuda",
+                            persistent_workers=not self.streaming and self.cfg.workers > 0,
+                            prefetch_factor=4 if self.cfg.workers else None)
+        if not self.streaming:
+            self._map_loader = loader
+        return loader
 
     def _step(self, batch, stop_requested: bool) -> Dict[str, float]:
         images, ids, cls_ids, skipped, position = batch
