@@ -10,10 +10,10 @@ FAULTS = """
 import json, resource, sys, torch
 def faults_per_round():
     for _ in range(3):
-        torch.zeros(4_000_000).add_(1)  # 16 MB, allocated and freed as a training step's (V, D) gradients are
+        torch.zeros(10_000_000).add_(1)  # 40 MB, allocated and freed as a step's (V, D) gradients are
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for _ in range(10):
-        torch.zeros(4_000_000).add_(1)
+        torch.zeros(10_000_000).add_(1)
     return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10
 plain = faults_per_round()
 from superclip.cpu import keep_freed_memory
@@ -26,7 +26,9 @@ print(json.dumps([plain, faults_per_round()]))
 def test_freed_memory_is_reused_without_page_faults():
     proc = subprocess.run([sys.executable, "-c", FAULTS], capture_output=True, text=True, timeout=120)
     plain, kept = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert plain > 1000 and kept < 50, (plain, kept)  # 16 MB is 3,906 pages of 4 KB (1,950 faults measured here)
+    # above glibc's largest dynamic threshold (32 MB) a freed block always goes back to the system: 40 MB are 9,766
+    # pages of 4 KB to fault in again each time (a ViT-B head's weight gradient is 152 MB)
+    assert plain > 5000 and kept < plain / 4, (plain, kept)  # kept: 0 (one run: 977, a single block faulted in)
 
 
 THREADS = """
