@@ -1,9 +1,18 @@
 import copy
 import os
 import shutil
+import tempfile
 
-import pytest
-import torch
+# torch.compile's kernel cache is not keyed by the CPU capability torch runs with: kernels written under
+# ATEN_CPU_CAPABILITY=avx512 and run under avx2 gave a NaN loss in test_torchcompile (measured; a fresh cache gave
+# the eager losses under every setting). `make test` runs the suite and then its arithmetic-sensitive tests under a
+# second setting: one cache per setting. (Set before torch is imported; a cache the user named is kept.)
+_SETTING = "-".join(os.environ.get(k, "native") for k in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA"))
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), f"torchinductor-superclip-{_SETTING}"))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # `make test` runs two pytest workers on CI's two cores: each keeps to one thread (and so do the commands its

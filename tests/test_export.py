@@ -46,6 +46,7 @@ def _inputs(n=3, size=32):
     return torch.randn(n, 3, size, size), torch.randint(0, V - 1, (n, 77))
 
 
+@pytest.mark.arithmetic
 def test_export_folder_loads_in_open_clip_and_superclip_with_the_head(tmp_path):
     model, criterion, ckpt = _trained_checkpoint(tmp_path)
     out = tmp_path / "export"
@@ -95,6 +96,7 @@ def test_tag_on_the_exported_folder_equals_tag_on_the_checkpoint(tmp_path, capsy
     assert capsys.readouterr().out == from_folder and from_folder.count("(") == 3
 
 
+@pytest.mark.arithmetic
 def test_open_clip_folder_without_head_loads_with_a_fresh_head(tmp_path, caplog):
     clip = open_clip.CLIP(**TINY_CFG).eval()  # open_clip's own layout, as open_clip hub repositories hold it
     out = tmp_path / "oc"
@@ -203,6 +205,7 @@ VIT_B16 = {"embed_dim": 512,
 
 
 @pytest.mark.parametrize("cfg", [TINY_CFG, VIT_B16], ids=["tiny", "vit-b-16"])
+@pytest.mark.arithmetic
 def test_transformers_clip_gives_our_embeddings(cfg, tmp_path):
     from transformers import CLIPModel
 
@@ -284,6 +287,7 @@ def test_transformers_tokenizer_only_for_open_clips_bpe(tmp_path):
     assert not write_clip_tokenizer(superclip.build_model(named), tmp_path / "named")
 
 
+@pytest.mark.arithmetic
 def test_onnx_runs_in_onnxruntime_with_our_embeddings(tmp_path):
     import onnxruntime as ort
 

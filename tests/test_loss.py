@@ -9,6 +9,9 @@ from superclip.loss import document_frequency, token_classification_loss
 
 from .conftest import EOT, SOT, V, random_captions
 
+# losses against formulas and other implementations: in make test's second CPU setting too
+pytestmark = pytest.mark.arithmetic
+
 
 class NumpyReference:
     """METHOD.md's formulas transcribed in float64 NumPy with dense (B, V) targets."""

@@ -47,6 +47,7 @@ def test_head_init_matches_method(tiny_cfg):
     assert abs(w.mean().item()) < 1e-3
 
 
+@pytest.mark.arithmetic
 def test_embeddings_equal_plain_open_clip(tiny_cfg):
     model = superclip.build_model(tiny_cfg).eval()
     plain = open_clip.CustomTextCLIP(**tiny_cfg).eval()
@@ -61,6 +62,7 @@ def test_embeddings_equal_plain_open_clip(tiny_cfg):
     assert "token_logits" not in model(images, ids, return_token_logits=False)
 
 
+@pytest.mark.arithmetic
 def test_text_tower_runs_only_to_the_last_end_of_text_with_the_same_features_and_gradients(tiny_cfg):
     model = superclip.build_model(tiny_cfg).train()
     ids = random_captions(6, torch.Generator().manual_seed(1))  # <= 14 tokens incl. SOT and EOT

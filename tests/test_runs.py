@@ -38,6 +38,7 @@ def _diverges_above(monkeypatch, lr: float, from_step: int) -> None:
     monkeypatch.setattr(trainer_module, "train_step", step)
 
 
+@pytest.mark.arithmetic
 def test_guard_stop_at_a_too_high_lr_then_resume_as_it_says_trains_on(tmp_path, capsys, caplog, monkeypatch):
     """--lr 0.05 diverges (made to: above lr 0.01 every step from the 5th is non-finite): steps 5-7 are non-finite
     and the guard stops the run. Its advice (lower --lr, then --resume latest) is followed: the resume names the

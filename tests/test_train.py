@@ -28,6 +28,7 @@ def _cfg(tmp_path, **kw):
 @pytest.mark.parametrize("schedule", [{}, {"lr_scheduler": "const-cooldown", "epochs_cooldown": 1,
                                            "lr_cooldown_end": 1e-4, "lr_cooldown_power": 2.0}, {"data_seed": 5}],
                          ids=["cosine", "const-cooldown", "data-seed"])
+@pytest.mark.arithmetic
 def test_resume_continues_exactly(tmp_path, schedule):
     straight = Trainer(_cfg(tmp_path, name="straight", **schedule)).fit()
     first = Trainer(_cfg(tmp_path, name="resumed", max_steps=5, **schedule)).fit()
@@ -45,6 +46,7 @@ def test_resume_continues_exactly(tmp_path, schedule):
     assert meta["step"] == 16 and meta["epoch"] == 2
 
 
+@pytest.mark.arithmetic
 def test_accumulation_matches_one_big_batch(tmp_path):
     trainer = Trainer(_cfg(tmp_path, batch_size=8))
     model, criterion = trainer.model, trainer.criterion
@@ -231,6 +233,7 @@ def test_optimizer_is_fused_adamw_with_clip_groups_and_matches_reference_loop():
         torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.arithmetic
 def test_torchcompile_trains_like_eager_and_reports_compile_time(tmp_path):
     """--torchcompile compiles the towers and head in place: same losses as eager (to float rounding), the
     first step's time recorded, and checkpoints with the eager model's keys."""

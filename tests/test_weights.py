@@ -77,6 +77,7 @@ def test_superclip_checkpoint_round_trip(tiny_cfg, tmp_path):
     assert torch.equal(stats["cap_fq"], crit.cap_fq) and torch.equal(stats["num_samples"], crit.num_samples)
 
 
+@pytest.mark.arithmetic
 def test_open_clip_weights_load_with_fresh_head(tiny_cfg, tmp_path, caplog):
     clip = open_clip.CLIP(**tiny_cfg).eval()  # open_clip's default (non-custom-text) layout, as released weights
     path = tmp_path / "open_clip.bin"
@@ -90,6 +91,7 @@ def test_open_clip_weights_load_with_fresh_head(tiny_cfg, tmp_path, caplog):
     assert_text_features_match(model, clip.encode_text, ids)
 
 
+@pytest.mark.arithmetic
 def test_export_round_trip_through_open_clip_local_dir(tiny_cfg, tmp_path):
     model = superclip.build_model(tiny_cfg).eval()
     ckpt = tmp_path / "ckpt.pt"
