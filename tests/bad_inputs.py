@@ -476,6 +476,24 @@ CASES: List[Case] = [
         "comp_missing_image.jsonl, line 1: image not found"),
     Case("eval", "--compositional: no such set", lambda ws: _eval(ws, "--compositional", str(ws / "nothing_here")),
          "compositional set not found"),
+    # --- issue 25, elsewhere: one device check for every command (superclip.devices)
+    Case("eval", "--device gpu (no such device type)", lambda ws: _eval(ws, "--zeroshot-data", str(ws / "zs"),
+                                                                       "--device", "gpu"),
+         "--device gpu: unknown device (expected cpu, cuda, cuda:N, mps or xpu[:N])"),
+    Case("embed", "--device cuda:99 (a GPU this machine lacks)", lambda ws: [
+        "embed", "--pretrained", str(ws / "tiny.pt"), str(ws / "img.png"), "--out", str(ws / "e_dev"), "--device",
+        "cuda:99"], "--device cuda:99: "),
+    Case("tag", "--device meta (a device superclip cannot run on)", lambda ws: [
+        "tag", "--pretrained", str(ws / "tiny.pt"), str(ws / "img.png"), "--device", "meta"], "not on 'meta' devices"),
+    Case("classify", "--device cuda:-1", lambda ws: [
+        "classify", "--pretrained", str(ws / "tiny.pt"), str(ws / "img.png"), "--labels", "a,b", "--device",
+        "cuda:-1"], "--device cuda:-1: unknown device"),
+    Case("serve", "--device cuda:99", lambda ws: ["serve", str(ws / "shards"), "--device", "cuda:99"],
+         "--device cuda:99: "),
+    Case("index", "build --device gpu", lambda ws: ["index", "build", str(ws / "zs"), "--out", str(ws / "idx_dev"),
+                                                    "--pretrained", str(ws / "tiny.pt"), "--device", "gpu"],
+         "--device gpu: unknown device"),
+    Case("train", "--device xla", lambda ws: _train(ws, "--device", "xla"), "not on 'xla' devices"),
 ]
 
 

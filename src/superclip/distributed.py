@@ -66,25 +66,6 @@ def check_device(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def resolve_device(spec: Optional[str], local_rank: int) -> torch.device:
-    """The training device: ``spec`` (``cpu``, ``cuda``, ``cuda:N``) or CUDA when available; a bare ``cuda``
-    means this process's own GPU, ``cuda:LOCAL_RANK`` (as torchrun numbers them)."""
-    if not spec:
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise ConfigError(f"--device: unknown device {spec!r} (cpu, cuda, cuda:N)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device {spec}: CUDA is not available on this machine")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-        if device.index >= torch.cuda.device_count():
-            raise ConfigError(f"--device {spec}: this machine has {torch.cuda.device_count()} GPUs")
-    return device
-
-
 def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 

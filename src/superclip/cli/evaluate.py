@@ -48,11 +48,10 @@ def _load(args):
 
     if args.model is None and args.pretrained is None:
         raise ConfigError("name a model (--model) and/or a checkpoint (--pretrained)")
-    import torch
-
+    from ..devices import resolve_device
     from ..evaluate.features import Encoder
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(resolve_device(args.device))
     model, args.stats, _ = load_model(args.model, pretrained=args.pretrained, device=device, cache_dir=args.cache_dir)
     from ..model_check import check_tokenizer_fits
 

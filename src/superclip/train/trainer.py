@@ -18,6 +18,7 @@ from .. import distributed
 from ..config import TrainConfig
 from ..data.loader import ResumableSampler, build_train_dataset, collate
 from ..data.webdataset import expand_sources
+from ..devices import resolve_device
 from ..errors import ConfigError, TrainingError, TrainingInterrupted
 from ..evaluate.data import compositional_items, image_folder, is_shard_pattern
 from ..files import atomic_write_text
@@ -91,7 +92,7 @@ class Trainer:
         model_cfg = model_config(cfg)
         split_model_config(model_cfg)  # a bad model config is one line before anything is made
         check_tokenizer_fits(model_cfg)
-        self.device = distributed.resolve_device(cfg.device, distributed.local_rank())
+        self.device = resolve_device(cfg.device, distributed.local_rank())
         self.rank, self.world_size = distributed.init_from_env(self.device.type)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
