@@ -494,7 +494,32 @@ CASES: List[Case] = [
                                                     "--pretrained", str(ws / "tiny.pt"), "--device", "gpu"],
          "--device gpu: unknown device"),
     Case("train", "--device xla", lambda ws: _train(ws, "--device", "xla"), "not on 'xla' devices"),
+    # --- issue 25, elsewhere: hard-negative sets
+    Case("eval", "--compositional: an id given twice in a SugarCrepe type file", lambda ws: _eval(
+        ws, "--compositional", _type_file(ws, "sc_repeated_id", '{"7": %s, "7": %s}' % (_SC_ITEM, _SC_ITEM)),
+        "--compositional-images", str(ws)), "replace_att.json: id 7 appears 2 times"),
+    Case("eval", "--compositional: a negative that differs only in punctuation", lambda ws: _eval(
+        ws, "--compositional", _put(ws, "comp_punct.jsonl", json.dumps(
+            {"image": "img.png", "positive": "a red square", "negatives": ["a red square."]}).encode())),
+        "line 1: negative caption equals the caption up to case, spacing and punctuation"),
+    Case("eval", "--compositional: caption and negative identical within the 77-token window", lambda ws: _eval(
+        ws, "--compositional", _put(ws, "comp_long.jsonl", json.dumps(
+            {"image": "img.png", "positive": _LONG + " on white", "negatives": [_LONG + " on black"]}).encode())),
+        "has the caption's token ids: both fill the 77-token window"),
+    Case("train", "--compositional-val: a negative the tokenizer reads as its caption", lambda ws: _train(
+        ws, "--compositional-val", _put(ws, "comp_entity.jsonl", json.dumps(
+            {"image": "img.png", "positive": "a red &amp; blue square", "negatives": ["a red & blue square"]}
+        ).encode()), "--val-steps", "1"), "has the caption's token ids: the tokenizer's text cleaning"),
 ]
+
+_SC_ITEM = json.dumps({"filename": "img.png", "caption": "a red square", "negative_caption": "a blue square"})
+_LONG = " ".join(["a red square beside a blue circle"] * 12)  # 84 words
+
+
+def _type_file(ws: Path, folder: str, text: str, kind: str = "replace_att") -> str:
+    (ws / folder).mkdir(exist_ok=True)
+    (ws / folder / f"{kind}.json").write_text(text)
+    return str(ws / folder)
 
 
 # --- issue 21, runs and outputs: files the cases above make when they run

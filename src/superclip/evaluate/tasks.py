@@ -59,8 +59,9 @@ def retrieval_file(encoder: Encoder, preprocess: Callable, tokenizer: Callable, 
 def compositional_set(encoder: Encoder, preprocess: Callable, tokenizer: Callable, path: str,
                       image_root: Optional[str] = None, batch_size: int = 64, progress: Optional[Any] = None) -> Dict:
     """Compositional accuracy per type and overall on a SugarCrepe folder or a JSON/JSONL file
-    (:func:`superclip.evaluate.data.compositional_items`); each image and each distinct text is embedded once."""
-    items = compositional_items(path, image_root)
+    (:func:`superclip.evaluate.data.compositional_items`, its token-tie check with ``tokenizer`` included); each image
+    and each distinct text is embedded once."""
+    items = compositional_items(path, image_root, tokenizer)
     img = embed_images(encoder, preprocess, items.images, batch_size, _updater(progress, len(items.images)))
     texts = list(dict.fromkeys(items.positives + items.negatives))
     row = {t: i for i, t in enumerate(texts)}

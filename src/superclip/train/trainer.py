@@ -153,7 +153,8 @@ class Trainer:
         elif cfg.val_data and not Path(cfg.val_data).is_file():
             raise ConfigError(f"--val-data file not found: {cfg.val_data}")
         if cfg.compositional_val:
-            compositional_items(cfg.compositional_val)  # a missing image or a bad item is an error now
+            # a missing image or a bad item (a negative tokenized as its caption too) is an error now
+            compositional_items(cfg.compositional_val, tokenizer=get_tokenizer(self.model.config))
 
         if self.fsdp:  # before the optimizer: sharding replaces the parameters
             distributed.fsdp_shard(self.model, self.model.transformer_blocks())
