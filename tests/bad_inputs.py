@@ -510,10 +510,24 @@ CASES: List[Case] = [
         ws, "--compositional-val", _put(ws, "comp_entity.jsonl", json.dumps(
             {"image": "img.png", "positive": "a red &amp; blue square", "negatives": ["a red & blue square"]}
         ).encode()), "--val-steps", "1"), "has the caption's token ids: the tokenizer's text cleaning"),
+    Case("eval", "--segmentation-probe: a test split whose masks hold only the ignore index", lambda ws: _eval(
+        ws, "--segmentation-probe-train", str(ws / "seg_ok"), "--segmentation-probe-test", _seg_all_ignored(ws)),
+        "every mask pixel is the ignore index 255: there is nothing to fit or score"),
 ]
 
 _SC_ITEM = json.dumps({"filename": "img.png", "caption": "a red square", "negative_caption": "a blue square"})
 _LONG = " ".join(["a red square beside a blue circle"] * 12)  # 84 words
+
+
+def _seg_all_ignored(ws: Path) -> str:
+    import numpy as np
+
+    folder = ws / "seg_all_ignored"
+    (folder / "annotations").mkdir(parents=True, exist_ok=True)
+    (folder / "images").mkdir(exist_ok=True)
+    (folder / "images" / "a.png").write_bytes(png())
+    Image.fromarray(np.full((36, 36), 255, dtype=np.uint8), mode="L").save(folder / "annotations" / "a.png")
+    return str(folder)
 
 
 def _type_file(ws: Path, folder: str, text: str, kind: str = "replace_att") -> str:

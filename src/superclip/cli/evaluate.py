@@ -169,7 +169,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
             results["metrics"]["segmentation_probe"] = segmentation_probe(
                 args.encoder, preprocess, args.segmentation_probe_train, args.segmentation_probe_test,
                 args.segmentation_classes, args.segmentation_ignore_index, args.batch_size, bar, args.seed)
-    text = json.dumps(results, indent=2)
+    from ..strict_json import dumps
+
+    text = dumps(results, indent=2)
     print(text)
     if args.output:
         from ..files import atomic_write_text

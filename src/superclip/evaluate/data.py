@@ -383,4 +383,7 @@ def segmentation_folder(root: str, n_classes: Optional[int] = None, ignore_index
                 raise ConfigError(f"mask {path}: value {int(mask[bad].max())} is not a class (there are {n_classes}: "
                                   f"0..{n_classes - 1}) and not the ignore index {ignore_index}")
         masks.append(mask)
+    if all(bool((m == ignore_index).all()) for m in masks):  # nothing to fit on or to score: a mIoU of no pixels
+        raise ConfigError(f"{root}: every mask pixel is the ignore index {ignore_index}: there is nothing to fit or "
+                          "score (--segmentation-ignore-index names the value left unscored)")
     return [str(p) for p in images], masks

@@ -15,6 +15,7 @@ from .. import distributed
 from ..config import TrainConfig
 from ..errors import ConfigError, TrainingError
 from ..files import atomic_write_text
+from ..strict_json import dumps
 
 log = logging.getLogger(__name__)
 LOCK_FILE = ".lock"
@@ -168,7 +169,7 @@ def trim_metrics(path: Path, step: int) -> None:
     logged once after any resume."""
     if Path(path).is_file():
         kept = [m for m in read_metrics(path) if m.get("step", 0) <= step]
-        atomic_write_text("".join(json.dumps(m) + "\n" for m in kept), path)
+        atomic_write_text("".join(dumps(m) + "\n" for m in kept), path)
 
 
 def folder_id(folder: Path) -> Optional[tuple]:
@@ -193,6 +194,6 @@ def append_metrics(folder: Path, expected_id: Optional[tuple], record: Dict[str,
     check_folder(folder, expected_id, step)
     try:
         with (Path(folder) / "metrics.jsonl").open("a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(dumps(record) + "\n")
     except OSError as e:
         raise TrainingError(f"cannot append to {Path(folder) / 'metrics.jsonl'}: {e.strerror or e}") from None

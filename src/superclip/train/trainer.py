@@ -3,7 +3,6 @@ checkpoint manager)."""
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import signal
 import time
@@ -26,6 +25,7 @@ from ..loss import SuperCLIPLoss
 from ..model import build_model, compile_towers, get_tokenizer, get_transforms, split_model_config
 from ..model_check import check_tokenizer_fits
 from ..seeding import seed_everything
+from ..strict_json import dumps
 from ..weights import load_into, resolve_pretrained
 from .engine import train_step
 from .evaluation import evaluate_in_training
@@ -320,7 +320,7 @@ class Trainer:
         cfg, p = self.cfg, self.progress
         metrics_file = self.dir / "metrics.jsonl"
         if distributed.is_main_process():
-            atomic_write_text(json.dumps(cfg.to_dict(), indent=2) + "\n", self.dir / "config.json")
+            atomic_write_text(dumps(cfg.to_dict(), indent=2) + "\n", self.dir / "config.json")
             trim_metrics(metrics_file, p.step)
         self._dir_id = folder_id(self.dir)
         self.ddp_model.train()
