@@ -513,6 +513,8 @@ CASES: List[Case] = [
     Case("eval", "--segmentation-probe: a test split whose masks hold only the ignore index", lambda ws: _eval(
         ws, "--segmentation-probe-train", str(ws / "seg_ok"), "--segmentation-probe-test", _seg_all_ignored(ws)),
         "every mask pixel is the ignore index 255: there is nothing to fit or score"),
+    Case("train", "--resume latest without --name", lambda ws: _train(ws, "--resume", "latest"),
+         "--resume latest needs --name"),
 ]
 
 _SC_ITEM = json.dumps({"filename": "img.png", "caption": "a red square", "negative_caption": "a blue square"})

@@ -62,6 +62,34 @@ def settle_name(cfg: TrainConfig) -> None:
     cfg.name = distributed.broadcast_object(name)
 
 
+def check_resume_latest_named(cfg: TrainConfig) -> None:
+    """``--resume latest`` without ``--name`` is refused: every launch would make a new dated folder (before any
+    torchrun restart, which keeps its run's name and resumes it by itself)."""
+    if cfg.resume == "latest" and not cfg.name:
+        raise ConfigError("--resume latest needs --name: without one every launch makes a new dated run folder, so "
+                          "there is never anything to resume; give the run a name, the same on every launch (a "
+                          "torchrun restart continues its own run without --resume)")
+
+
+def nothing_to_resume(cfg: TrainConfig, existed: bool) -> str:
+    """Why ``--resume latest`` found nothing for run ``cfg.name`` (a run folder without a readable checkpoint), and
+    for a name that is new in ``--logs`` the closest name of a run there that has checkpoints (a typo)."""
+    import difflib
+
+    folder = run_dir(cfg)
+    if existed:
+        ckpts = any((folder / "checkpoints").glob("*.pt"))
+        return f"run folder {folder} holds no {'readable ' if ckpts else ''}checkpoint yet"
+    try:
+        runs = sorted(d.name for d in Path(cfg.logs).iterdir() if d.name != cfg.name and
+                      any((d / "checkpoints").glob("*.pt")))
+    except OSError:
+        runs = []
+    close = difflib.get_close_matches(cfg.name, runs, n=1, cutoff=0.6)
+    hint = f" (did you mean --name {close[0]}? it holds checkpoints)" if close else ""
+    return f"there is no run {cfg.name!r} in {cfg.logs} to continue, a new folder was made{hint}"
+
+
 class RunLock:
     """An exclusive lock on a run folder for the life of a run: ``fcntl.lockf`` on ``{run}/.lock``.
 

@@ -31,7 +31,8 @@ from .engine import train_step
 from .evaluation import evaluate_in_training
 from .optim import build_optimizer, build_scheduler
 from .report import Reporters
-from .run_folder import append_metrics, check_folder, check_run_folder, folder_id, run_dir, settle_name, trim_metrics
+from .run_folder import (append_metrics, check_folder, check_resume_latest_named, check_run_folder, folder_id,
+                         nothing_to_resume, run_dir, settle_name, trim_metrics)
 from .run_state import CheckpointManager, StopSignals, describe_changes, ignore_stop_signals, rng_state, set_rng_state
 from .setup import apply_locks, model_config
 
@@ -89,6 +90,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
+        check_resume_latest_named(cfg)
         model_cfg = model_config(cfg)
         split_model_config(model_cfg)  # a bad model config is one line before anything is made
         check_tokenizer_fits(model_cfg)
@@ -110,6 +112,7 @@ class Trainer:
         if distributed.restart_count() > 0 and cfg.resume is None:
             cfg.resume = "latest"
         settle_name(cfg)
+        self._folder_existed = run_dir(cfg).is_dir()
         self.run_lock = check_run_folder(cfg)
         try:
             self._set_up()
@@ -186,6 +189,8 @@ class Trainer:
         self._saved_step: Optional[int] = None  # the step the newest checkpoint holds
         self._nonfinite_in_row = 0
         path = self.checkpoints.resume(cfg.resume)
+        if path is None and cfg.resume == "latest" and distributed.is_main_process():
+            log.warning("--resume latest: %s; training starts at step 0", nothing_to_resume(cfg, self._folder_existed))
         if path is not None:
             self._saved_step = self.progress.step
             log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.progress.step,
