@@ -515,6 +515,17 @@ CASES: List[Case] = [
         "every mask pixel is the ignore index 255: there is nothing to fit or score"),
     Case("train", "--resume latest without --name", lambda ws: _train(ws, "--resume", "latest"),
          "--resume latest needs --name"),
+    Case("data", "synth --compositional --test-samples 0", lambda ws: [
+        "data", "synth", "--out", str(ws / "syn_c0"), "--compositional", "--test-samples", "0"],
+        "--compositional draws its items from the test split: give --test-samples of at least 1"),
+    Case("data", "synth --masks --train-samples 0", lambda ws: [
+        "data", "synth", "--out", str(ws / "syn_m0"), "--masks", "--train-samples", "0"],
+        "--masks writes a train split to fit the probe on and a test split to score it"),
+    Case("data", "synth with every split 0", lambda ws: [
+        "data", "synth", "--out", str(ws / "syn_00"), "--train-samples", "0", "--test-samples", "0"],
+        "nothing to write"),
+    Case("data", "synth --image-size 100000", lambda ws: [
+        "data", "synth", "--out", str(ws / "syn_big"), "--image-size", "100000"], "--image-size must be <= 4096"),
 ]
 
 _SC_ITEM = json.dumps({"filename": "img.png", "caption": "a red square", "negative_caption": "a blue square"})
