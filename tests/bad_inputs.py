@@ -526,7 +526,64 @@ CASES: List[Case] = [
         "nothing to write"),
     Case("data", "synth --image-size 100000", lambda ws: [
         "data", "synth", "--out", str(ws / "syn_big"), "--image-size", "100000"], "--image-size must be <= 4096"),
+    # --- issue 25, hunted: evaluation layouts and flags
+    Case("eval", "Karpathy JSON image without sentences", lambda ws: _eval(ws, "--retrieval-data", _put(
+        ws, "k_nosent.json", b'{"images": [{"filename": "img.png", "split": "test"}]}')),
+        "k_nosent.json, images[0]: expected {filename, sentences: [{raw}], split}"),
+    Case("eval", "retrieval JSON item without a caption", lambda ws: _eval(ws, "--retrieval-data", _put(
+        ws, "k_nocap.json", b'[{"image": "img.png"}]')), "k_nocap.json, item 0: expected {image, caption}"),
+    Case("eval", "retrieval JSON whose images is not a list", lambda ws: _eval(ws, "--retrieval-data", _put(
+        ws, "k_imgstr.json", b'{"images": "img.png"}')), "'images' must be a list"),
+    Case("eval", "retrieval JSON caption that is a number", lambda ws: _eval(ws, "--retrieval-data", _put(
+        ws, "k_capnum.json", b'[{"image": "img.png", "caption": ["a red square", 5]}]')),
+        "item 0: 'caption' must be a non-empty string, got 5"),
+    Case("eval", "--csv-separator of two characters", lambda ws: _eval(
+        ws, "--retrieval-data", str(ws / "train.csv"), "--csv-separator", ";;"),
+        "--csv-separator must be one character"),
+    Case("eval", "--seed beyond 64 bits", lambda ws: _eval(ws, "--zeroshot-data", str(ws / "zs"), "--seed", "1" * 25),
+         "argument --seed: must be an integer between -2**62 and 2**62"),
+    Case("train", "--seed beyond 64 bits", lambda ws: _train(ws, "--seed", "1" * 25),
+         "--seed must be an integer between -2**62 and 2**62"),
+    Case("eval", "zero-shot over one class folder", lambda ws: _eval(ws, "--zeroshot-data", _folders(ws, "zs_one",
+                                                                                                      ["red"])),
+         "class folders: one class only ('red')"),
+    Case("eval", "linear probe over one class folder", lambda ws: _eval(
+        ws, "--linear-probe-train", _folders(ws, "zs_one", ["red"]), "--linear-probe-test",
+        _folders(ws, "zs_one", ["red"])), "holds one class folder ('red')"),
+    Case("eval", "class folders red_car and 'red car' (one class name twice)", lambda ws: _eval(
+        ws, "--zeroshot-data", _folders(ws, "zs_same", ["red_car", "red car"])),
+        "class folders: 'red car' and 'red_car' read the same to the model"),
+    Case("eval", "--classnames naming a class twice in other case", lambda ws: _eval(
+        ws, "--zeroshot-data", str(ws / "zs"), "--classnames", _put(ws, "cn_case.txt", b"Red\nred\n")),
+        "class names: 'Red' and 'red' read the same to the model"),
+    Case("classify", "--labels differing only in case", lambda ws: [
+        "classify", "--pretrained", str(ws / "tiny.pt"), str(ws / "img.png"), "--labels", "Dog,dog,cat"],
+        "--labels: 'Dog' and 'dog' read the same to the model"),
+    Case("eval", "--segmentation-probe: two images sharing one mask name", lambda ws: _eval(
+        ws, "--segmentation-probe-train", _seg_same_stem(ws), "--segmentation-probe-test", str(ws / "seg_ok")),
+        "a.jpg and a.png share the name 'a'"),
+    Case("embed", "--texts file with a blank line between texts", lambda ws: [
+        "embed", "--pretrained", str(ws / "tiny.pt"), "--texts",
+        _put(ws, "texts_gap.txt", b"a red square\n\na blue one\n"), "--out", str(ws / "e_gap")],
+        "texts_gap.txt, line 2 is blank"),
 ]
+
+
+def _folders(ws: Path, name: str, classes: List[str]) -> str:
+    for c in classes:
+        (ws / name / c).mkdir(parents=True, exist_ok=True)
+        (ws / name / c / "0.png").write_bytes(png())
+    return str(ws / name)
+
+
+def _seg_same_stem(ws: Path) -> str:
+    import shutil
+
+    folder = ws / "seg_same_stem"
+    if not folder.exists():
+        shutil.copytree(ws / "seg_ok", folder)
+        Image.open(folder / "images" / "a.png").convert("RGB").save(folder / "images" / "a.jpg")
+    return str(folder)
 
 _SC_ITEM = json.dumps({"filename": "img.png", "caption": "a red square", "negative_caption": "a blue square"})
 _LONG = " ".join(["a red square beside a blue circle"] * 12)  # 84 words

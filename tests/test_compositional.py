@@ -235,3 +235,12 @@ def test_a_negative_with_the_captions_token_ids_is_refused(data, tmp_path, capti
                                           + re.escape(why)):
         compositional_set(Encoder(model), get_transforms(model)[1], tok, str(tmp_path / "t.jsonl"),
                           str(data / "images"))
+
+
+def test_a_null_type_is_the_default_type(data, tmp_path):
+    """``"type": null`` in a JSONL row: main named the type "None" (metrics None_acc, None_n)."""
+    from superclip.evaluate.data import compositional_items
+
+    (tmp_path / "n.jsonl").write_text(json.dumps({"image": "a.png", "positive": "a red circle", "negatives":
+                                                  ["a blue circle"], "type": None}) + "\n")
+    assert compositional_items(str(tmp_path / "n.jsonl"), str(data / "images")).types == ["all"]

@@ -176,3 +176,15 @@ def test_resume_latest_of_a_run_without_checkpoints_says_it_starts_at_step_0(tmp
     rc, out, err = _main(_train_argv(tmp_path, "fresh", "--max-steps", "2", "--resume", "latest"), capsys)
     assert rc == 0 and "trained 2 steps" in out, err
     assert not [w for w in _warnings(caplog) if w.startswith("--resume latest")]
+
+
+def test_a_large_seed_trains(tmp_path, capsys):
+    """--seed 2**62 - 1: the data order's generators take seed * 1_000_003 + epoch, which overflowed torch's 64-bit
+    seed (from a seed of 9.2e12 up, a timestamp's size); main stopped with 'Overflow when unpacking long long', a
+    traceback. Seeds beyond 2**62 are one line (test_bad_inputs)."""
+    from superclip.data.loader import ResumableSampler
+
+    assert sorted(ResumableSampler(8, 20261206123456)) == list(range(8))
+    _cfg(tmp_path)
+    rc, out, err = _main(_train_argv(tmp_path, "big-seed", "--seed", str(2 ** 62 - 1), "--max-steps", "1"), capsys)
+    assert rc == 0 and "trained 1 steps" in out, err

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional
 
 from ..errors import ConfigError
 from .args import positive as _positive
+from .args import seed as seed_type
 
 if TYPE_CHECKING:
     import torch
@@ -150,6 +151,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         te_paths, te_labels, te_classes = image_folder(args.linear_probe_test)
         if tr_classes != te_classes:
             raise ConfigError("--linear-probe-train and --linear-probe-test have different class folders")
+        if len(tr_classes) < 2:
+            raise ConfigError(f"--linear-probe-train {args.linear_probe_train} holds one class folder "
+                              f"({tr_classes[0]!r}): a probe over one class is right on every image; give two or more")
         tr = _images(preprocess, tr_paths, args, "probe train")
         te = _images(preprocess, te_paths, args, "probe test")
         results["metrics"]["linear_probe"] = {
@@ -183,10 +187,25 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _text_lines(path: str) -> List[str]:
+    """``embed --texts``: one text a line, row i of OUT.npy being line i; a blank line inside the file is an
+    error (dropping it would shift every later row against the file's line numbers); blank lines at its end go."""
+    from ..evaluate.data import read_lines
+
+    texts = read_lines(path, "texts")  # the file's checks: found, UTF-8, not empty
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    blank = [n for n, line in enumerate(lines, 1) if not line.strip()]
+    if blank:
+        raise ConfigError(f"--texts {path}, line {blank[0]} is blank ({len(blank)} blank line"
+                          f"{'s' if len(blank) > 1 else ''}): row i of the output is line i, so each line must hold "
+                          "a text; remove the blank lines")
+    return texts
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
     import numpy as np
-
-    from ..evaluate.data import read_lines
 
     if bool(args.images) == bool(args.texts):
         raise ConfigError("give either image files or --texts FILE")
@@ -198,7 +217,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     if existing and not args.overwrite:
         raise ConfigError(f"--out: {' and '.join(existing)} already exist{'s' if len(existing) == 1 else ''}: name "
                           "another --out, or add --overwrite to replace them")
-    ids = list(args.images) if args.images else read_lines(args.texts, "texts")
+    ids = list(args.images) if args.images else _text_lines(args.texts)
     model, preprocess, tokenizer, args.encoder = _load(args)
     feats = _images(preprocess, ids, args, "embed") if args.images else _texts(tokenizer, ids, args)
     buf = io.BytesIO()
@@ -222,7 +241,9 @@ def cmd_classify(args: argparse.Namespace) -> int:
         raise ConfigError("--labels names a label twice")
     _check_templates([args.template])
     model, preprocess, tokenizer, args.encoder = _load(args)
-    from ..evaluate.zero_shot import classifier_weights
+    from ..evaluate.zero_shot import check_classes, classifier_weights
+
+    check_classes(tokenizer, labels, "--labels")
 
     weights = classifier_weights(lambda t: model.encode_text(t), tokenizer, labels, [args.template],
                                  args.encoder.device)
@@ -282,7 +303,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--segmentation-classes", type=_positive, default=None,
                    help="number of classes (default: the largest mask value + 1, the ignore index aside)")
     p.add_argument("--segmentation-ignore-index", type=int, default=255, help="mask value left unscored")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_type, default=0)
     p.add_argument("--output", default=None, help="also write the JSON here")
     p.set_defaults(func=cmd_eval)
 

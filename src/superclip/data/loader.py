@@ -14,6 +14,7 @@ from PIL import Image
 from torch.utils.data import Dataset, IterableDataset, Sampler
 
 from ..errors import ConfigError, TrainingError
+from ..seeding import generator_seed
 from .csv import clean_text, read_columns
 from .images import decode_image
 
@@ -207,7 +208,7 @@ class ResumableSampler(Sampler):
         return self.per_rank() - self.start
 
     def __iter__(self) -> Iterator[int]:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        g = torch.Generator().manual_seed(generator_seed(self.seed * 1_000_003 + self.epoch))
         perm = torch.randperm(self.size, generator=g)[: self.per_rank() * self.world_size]
         mine = perm[self.rank::self.world_size]
         return iter(mine[self.start:].tolist())

@@ -40,7 +40,7 @@ def image_folder(root: str) -> Tuple[List[str], List[int], List[str]]:
     paths, labels = [], []
     for i, name in enumerate(classes):
         for f in sorted((base / name).rglob("*")):
-            if f.suffix.lower() in IMAGE_SUFFIXES:
+            if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file():  # not a FIFO (opening one waits forever)
                 paths.append(str(f))
                 labels.append(i)
     if not classes or not paths:
@@ -139,13 +139,23 @@ def retrieval_pairs(path: str, img_key: str = "filepath", caption_key: str = "ti
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path} is not valid JSON: {e}") from None
         if isinstance(data, dict) and "images" in data:
-            for item in data["images"]:
+            if not isinstance(data["images"], list):
+                raise ConfigError(f"{path}: 'images' must be a list of {{filename, sentences: [{{raw}}], split}}")
+            for n, item in enumerate(data["images"]):
+                where = f"{path}, images[{n}]"
+                if not isinstance(item, dict) or "filename" not in item or not isinstance(item.get("sentences"), list):
+                    raise ConfigError(f"{where}: expected {{filename, sentences: [{{raw}}], split}}")
                 if item.get("split", split) == split:
-                    add(str(Path(item.get("filepath", "")) / item["filename"]), [s["raw"] for s in item["sentences"]])
-        elif isinstance(data, list) and data and "image" in data[0]:
-            for item in data:
+                    texts = [s.get("raw") if isinstance(s, dict) else None for s in item["sentences"]]
+                    add(str(Path(item.get("filepath", "")) / _text(item["filename"], where, "filename")),
+                        [_text(t, f"{where}.sentences", "raw") for t in texts])
+        elif isinstance(data, list) and data and isinstance(data[0], dict) and "image" in data[0]:
+            for n, item in enumerate(data):
+                where = f"{path}, item {n}"
+                if not isinstance(item, dict) or "image" not in item or "caption" not in item:
+                    raise ConfigError(f"{where}: expected {{image, caption}} (caption: a string or a list of them)")
                 texts = item["caption"] if isinstance(item["caption"], list) else [item["caption"]]
-                add(item["image"], texts)
+                add(_text(item["image"], where, "image"), [_text(t, where, "caption") for t in texts])
         else:
             raise ConfigError(f"{path}: unknown JSON layout (expected a list of {{image, caption}} or "
                               "{images: [{filename, sentences}]})")
@@ -236,8 +246,9 @@ def _file_records(path: Path):
         negatives = row["negatives"] if isinstance(row["negatives"], list) else [row["negatives"]]
         if not negatives:
             raise ConfigError(f"{where}: no negatives")
+        kind = row.get("type")
         yield (where, _text(row["image"], where, "image"), _text(row["positive"], where, "positive"),
-               [_text(t, where, "negative") for t in negatives], str(row.get("type", "all")))
+               [_text(t, where, "negative") for t in negatives], "all" if kind is None else str(kind))
 
 
 class _JSONObject(dict):
@@ -368,9 +379,14 @@ def segmentation_folder(root: str, n_classes: Optional[int] = None, ignore_index
     if not (base / "images").is_dir() or not (base / "annotations").is_dir():
         raise ConfigError(f"{root}: expected the folders images/ and annotations/ (images/NAME.jpg, "
                           "annotations/NAME.png)")
-    images = sorted(f for f in (base / "images").iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    images = sorted(f for f in (base / "images").iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
     if not images:
         raise ConfigError(f"{root}/images holds no images")
+    stems = Counter(f.stem for f in images)
+    twice = sorted(f.name for f in images if stems[f.stem] > 1)
+    if twice:  # both would be scored against the one annotations/NAME.png
+        raise ConfigError(f"{root}/images: {' and '.join(twice[:2])} share the name {Path(twice[0]).stem!r}, and so "
+                          "the one mask annotations/" + Path(twice[0]).stem + ".png; keep one")
     masks = []
     for image in images:
         path = base / "annotations" / (image.stem + ".png")

@@ -11,7 +11,7 @@ from .data import compositional_items, image_folder, load_image, retrieval_pairs
 from .dense import dense_probe
 from .features import Encoder, embed_images, embed_texts
 from .retrieval import retrieval_metrics
-from .zero_shot import average_prompts, prompts, zero_shot_metrics
+from .zero_shot import average_prompts, check_classes, prompts, zero_shot_metrics
 
 
 def _updater(progress: Optional[Any], total: int) -> Optional[Callable[[int], None]]:
@@ -32,6 +32,12 @@ def zero_shot_folder(encoder: Encoder, preprocess: Callable, tokenizer: Callable
     names = classnames or [f.replace("_", " ") for f in folders]
     if len(names) != len(folders):
         raise ConfigError(f"{len(names)} class names for {len(folders)} class folders in {root}")
+    from open_clip import IMAGENET_CLASSNAMES
+
+    if list(names) != list(IMAGENET_CLASSNAMES):  # ImageNet's list repeats 'missile' and 'sunglasses' (OpenAI's
+        # curation): every published ImageNet zero-shot figure is over it as it is, ties included
+        check_classes(tokenizer, names, f"{root}: class names" if classnames else f"{root}: class folders",
+                      None if classnames else folders)
     weights = average_prompts(embed_texts(encoder, tokenizer, prompts(names, templates)), len(names))
     feats = embed_images(encoder, preprocess, paths, batch_size, _updater(progress, len(paths)))
     return {**zero_shot_metrics(feats, weights.cpu(), torch.tensor(labels)), "data": root, "n_images": len(paths),

@@ -24,7 +24,7 @@ from ..files import atomic_write_text
 from ..loss import SuperCLIPLoss
 from ..model import build_model, compile_towers, get_tokenizer, get_transforms, split_model_config
 from ..model_check import check_tokenizer_fits
-from ..seeding import seed_everything
+from ..seeding import generator_seed, seed_everything
 from ..strict_json import dumps
 from ..weights import load_into, resolve_pretrained
 from .engine import train_step
@@ -289,9 +289,10 @@ class Trainer:
             self.dataset.epoch = p.epoch
         # its own generator: a DataLoader iterator draws its base seed from the generator it is given, which
         # would otherwise be the global one that dropout draws from (a resumed run would draw one more time)
+        seed = generator_seed(self.cfg.seed_of_data * 1_000_003 + p.epoch)
         return DataLoader(self.dataset, batch_size=self.step_batch, sampler=self.sampler, drop_last=True,
                           num_workers=self.cfg.workers, collate_fn=collate,
-                          generator=torch.Generator().manual_seed(self.cfg.seed_of_data * 1_000_003 + p.epoch),
+                          generator=torch.Generator().manual_seed(seed),
                           worker_init_fn=ignore_stop_signals if self.cfg.workers else None,
                           pin_memory=self.device.type == "cuda", persistent_workers=False,
                           prefetch_factor=4 if self.cfg.workers else None)
