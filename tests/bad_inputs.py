@@ -566,6 +566,11 @@ CASES: List[Case] = [
         "embed", "--pretrained", str(ws / "tiny.pt"), "--texts",
         _put(ws, "texts_gap.txt", b"a red square\n\na blue one\n"), "--out", str(ws / "e_gap")],
         "texts_gap.txt, line 2 is blank"),
+    Case("embed", "--out naming a folder (DIR/)", lambda ws: [
+        "embed", "--pretrained", str(ws / "tiny.pt"), str(ws / "img.png"), "--out", str(ws / "zs") + "/"],
+        "a prefix is expected, not a folder"),
+    Case("train", "--imagenet-val of one class folder (checked before training)", lambda ws: _train(
+        ws, "--imagenet-val", _folders(ws, "zs_one", ["red"])), "class folders: one class only ('red')"),
 ]
 
 

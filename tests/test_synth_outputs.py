@@ -57,7 +57,8 @@ def test_bad_synth_values_are_one_line(tmp_path, capsys, flag, value, message):
     (["--compositional", "--test-samples", "0"],
      "--compositional draws its items from the test split: give --test-samples of at least 1, got 0"),
     (["--masks", "--train-samples", "0"], "--masks writes a train split to fit the probe on and a test split to "
-                                          "score it: give --train-samples and --test-samples of at least 1, got 0 and 4"),
+                                          "score it: give --train-samples and --test-samples of at least 1, got 0 "
+                                          "and 4"),
     (["--masks", "--test-samples", "0"], "got 10 and 0"),
     (["--train-samples", "0", "--test-samples", "0"],
      "nothing to write: --train-samples, --val-samples and --test-samples are all 0"),

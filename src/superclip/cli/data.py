@@ -7,7 +7,6 @@ from pathlib import Path
 
 from ..errors import ConfigError
 
-
 MAX_IMAGE_SIZE = 4096  # 48 MiB an RGB image; a typo of 100000 would ask for 30 GB each
 
 

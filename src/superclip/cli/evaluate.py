@@ -211,6 +211,9 @@ def cmd_embed(args: argparse.Namespace) -> int:
         raise ConfigError("give either image files or --texts FILE")
     from ..files import atomic_write_bytes
 
+    if Path(args.out).name in ("", "..") or args.out.endswith(("/", os.sep)):  # "out/" would write out/.npy: hidden
+        raise ConfigError(f"--out {args.out}: a prefix is expected, not a folder (OUT.npy and OUT.ids.jsonl are "
+                          f"written): e.g. --out {os.path.join(args.out, 'embeddings')}")
     npy, ids_file = Path(args.out + ".npy"), Path(args.out + ".ids.jsonl")
     _writable_output(str(npy), "--out")
     existing = [str(p) for p in (npy, ids_file) if p.exists()]

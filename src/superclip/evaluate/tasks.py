@@ -21,6 +21,22 @@ def _updater(progress: Optional[Any], total: int) -> Optional[Callable[[int], No
     return progress.update
 
 
+def zero_shot_classes(root: str, classnames: Optional[List[str]], tokenizer: Callable):
+    """(image paths, labels, class names) of a zero-shot ImageFolder tree, names defaulting to the folder names
+    (``_`` -> space), checked (:func:`superclip.evaluate.zero_shot.check_classes`) before any image is read."""
+    from open_clip import IMAGENET_CLASSNAMES
+
+    paths, labels, folders = image_folder(root)
+    names = classnames or [f.replace("_", " ") for f in folders]
+    if len(names) != len(folders):
+        raise ConfigError(f"{len(names)} class names for {len(folders)} class folders in {root}")
+    if list(names) != list(IMAGENET_CLASSNAMES):  # ImageNet's list repeats 'missile' and 'sunglasses' (OpenAI's
+        # curation): every published ImageNet zero-shot figure is over it as it is, ties included
+        check_classes(tokenizer, names, f"{root}: class names" if classnames else f"{root}: class folders",
+                      None if classnames else folders)
+    return paths, labels, names
+
+
 def zero_shot_folder(encoder: Encoder, preprocess: Callable, tokenizer: Callable, root: str,
                      classnames: Optional[List[str]], templates: Sequence[str], batch_size: int = 64,
                      progress: Optional[Any] = None) -> Dict:
@@ -28,16 +44,7 @@ def zero_shot_folder(encoder: Encoder, preprocess: Callable, tokenizer: Callable
 
     ``progress``: a tqdm-like bar (``reset(total)``, ``update(n)``), told the number of images once known.
     """
-    paths, labels, folders = image_folder(root)
-    names = classnames or [f.replace("_", " ") for f in folders]
-    if len(names) != len(folders):
-        raise ConfigError(f"{len(names)} class names for {len(folders)} class folders in {root}")
-    from open_clip import IMAGENET_CLASSNAMES
-
-    if list(names) != list(IMAGENET_CLASSNAMES):  # ImageNet's list repeats 'missile' and 'sunglasses' (OpenAI's
-        # curation): every published ImageNet zero-shot figure is over it as it is, ties included
-        check_classes(tokenizer, names, f"{root}: class names" if classnames else f"{root}: class folders",
-                      None if classnames else folders)
+    paths, labels, names = zero_shot_classes(root, classnames, tokenizer)
     weights = average_prompts(embed_texts(encoder, tokenizer, prompts(names, templates)), len(names))
     feats = embed_images(encoder, preprocess, paths, batch_size, _updater(progress, len(paths)))
     return {**zero_shot_metrics(feats, weights.cpu(), torch.tensor(labels)), "data": root, "n_images": len(paths),

@@ -19,7 +19,8 @@ from ..data.loader import ResumableSampler, build_train_dataset, collate
 from ..data.webdataset import expand_sources
 from ..devices import resolve_device
 from ..errors import ConfigError, TrainingError, TrainingInterrupted
-from ..evaluate.data import compositional_items, image_folder, is_shard_pattern
+from ..evaluate.data import compositional_items, is_shard_pattern
+from ..evaluate.tasks import zero_shot_classes
 from ..files import atomic_write_text
 from ..loss import SuperCLIPLoss
 from ..model import build_model, compile_towers, get_tokenizer, get_transforms, split_model_config
@@ -28,7 +29,7 @@ from ..seeding import generator_seed, seed_everything
 from ..strict_json import dumps
 from ..weights import load_into, resolve_pretrained
 from .engine import train_step
-from .evaluation import evaluate_in_training
+from .evaluation import evaluate_in_training, imagenet_names
 from .optim import build_optimizer, build_scheduler
 from .report import Reporters
 from .run_folder import (append_metrics, check_folder, check_resume_latest_named, check_run_folder, folder_id,
@@ -150,7 +151,7 @@ class Trainer:
         self._build_data()
         for folder in (cfg.imagenet_val, cfg.imagenet_v2):  # fail now, not after hours of training
             if folder:
-                image_folder(folder)
+                zero_shot_classes(folder, imagenet_names(folder), get_tokenizer(self.model.config))
         if cfg.val_data and is_shard_pattern(cfg.val_data):
             expand_sources(cfg.val_data)  # a pattern that matches nothing is an error now
         elif cfg.val_data and not Path(cfg.val_data).is_file():
