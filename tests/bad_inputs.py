@@ -571,6 +571,12 @@ CASES: List[Case] = [
         "a prefix is expected, not a folder"),
     Case("train", "--imagenet-val of one class folder (checked before training)", lambda ws: _train(
         ws, "--imagenet-val", _folders(ws, "zs_one", ["red"])), "class folders: one class only ('red')"),
+    Case("eval", "--compositional JSONL that is not UTF-8 (Latin-1)", lambda ws: _eval(ws, "--compositional", _put(
+        ws, "comp_latin1.jsonl", b'{"image": "img.png", "positive": "a caf\xe9", "negatives": ["a bar"]}\n')),
+        "comp_latin1.jsonl is not UTF-8 text (invalid continuation byte at byte 39)"),
+    Case("eval", "retrieval JSON that is not UTF-8 (Latin-1)", lambda ws: _eval(ws, "--retrieval-data", _put(
+        ws, "ret_latin1.json", b'[{"image": "img.png", "caption": "a caf\xe9"}]')),
+        "ret_latin1.json is not UTF-8 text"),
 ]
 
 

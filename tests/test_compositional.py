@@ -182,7 +182,7 @@ def test_a_repeated_sugarcrepe_id_is_refused_naming_it(data, tmp_path):
     """SugarCrepe's ids are the keys of one JSON object; json.loads keeps the last of a repeated key, so on main
     the first item with id 1 was dropped without a word (2 items read of the 3 written)."""
     from superclip.errors import ConfigError
-    from superclip.evaluate.data import compositional_items
+    from superclip.evaluate.hard_negatives import compositional_items
 
     folder = tmp_path / "sc"
     folder.mkdir()
@@ -206,7 +206,7 @@ def test_a_negative_that_differs_only_in_punctuation_is_refused(data, tmp_path, 
     """It states what the caption states; on main it was scored (CLIP's tokenizer keeps punctuation, so the pair
     does not tie) and counted as a win or a loss by chance (a loss for the seeded tiny model)."""
     from superclip.errors import ConfigError
-    from superclip.evaluate.data import compositional_items
+    from superclip.evaluate.hard_negatives import compositional_items
 
     write_jsonl(tmp_path / "p.jsonl", [("replace_att", "a.png", "a red circle", negative)])
     with pytest.raises(ConfigError, match="equals the caption up to case, spacing and punctuation"):
@@ -225,7 +225,7 @@ def test_a_negative_with_the_captions_token_ids_is_refused(data, tmp_path, capti
     """Identical ids give identical embeddings: the item can only tie, and a tie is a loss. On main each of these
     one-item sets was scored, acc 0.0: a silent loss."""
     from superclip.errors import ConfigError
-    from superclip.evaluate.data import compositional_items
+    from superclip.evaluate.hard_negatives import compositional_items
 
     model = superclip.build_model(TINY_CFG).eval()
     tok = get_tokenizer(model.config)
@@ -239,8 +239,24 @@ def test_a_negative_with_the_captions_token_ids_is_refused(data, tmp_path, capti
 
 def test_a_null_type_is_the_default_type(data, tmp_path):
     """``"type": null`` in a JSONL row: main named the type "None" (metrics None_acc, None_n)."""
-    from superclip.evaluate.data import compositional_items
+    from superclip.evaluate.hard_negatives import compositional_items
 
     (tmp_path / "n.jsonl").write_text(json.dumps({"image": "a.png", "positive": "a red circle", "negatives":
                                                   ["a blue circle"], "type": None}) + "\n")
     assert compositional_items(str(tmp_path / "n.jsonl"), str(data / "images")).types == ["all"]
+
+
+def test_files_saved_with_a_byte_order_mark_are_read(data, tmp_path):
+    """Windows Notepad saves UTF-8 with a BOM; main refused such a JSONL, JSON list or SugarCrepe type file
+    ('Unexpected UTF-8 BOM'), and the retrieval JSON too."""
+    from superclip.evaluate.data import retrieval_pairs
+    from superclip.evaluate.hard_negatives import compositional_items
+
+    write_jsonl(tmp_path / "s.jsonl")
+    write_sugarcrepe(tmp_path / "sc")
+    for path in (tmp_path / "s.jsonl", tmp_path / "sc" / "replace_att.json"):
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert len(compositional_items(str(tmp_path / "s.jsonl"), str(data / "images")).positives) == 5
+    assert len(compositional_items(str(tmp_path / "sc"), str(data / "images")).positives) == 5
+    (tmp_path / "r.json").write_bytes(b'\xef\xbb\xbf[{"image": "a.png", "caption": "a red circle"}]')
+    assert retrieval_pairs(str(tmp_path / "r.json"), image_root=str(data / "images"))[1] == ["a red circle"]

@@ -121,7 +121,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     _check_templates(templates)
     classnames = read_lines(args.classnames, "class names") if args.classnames else None
     if args.compositional:  # a bad set fails before the model loads
-        from ..evaluate.data import compositional_items
+        from ..evaluate.hard_negatives import compositional_items
 
         compositional_items(args.compositional, args.compositional_images)
     if args.segmentation_probe_train:  # so does a bad mask
@@ -193,7 +193,7 @@ def _text_lines(path: str) -> List[str]:
     from ..evaluate.data import read_lines
 
     texts = read_lines(path, "texts")  # the file's checks: found, UTF-8, not empty
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
     while lines and not lines[-1].strip():
         lines.pop()
     blank = [n for n, line in enumerate(lines, 1) if not line.strip()]

@@ -7,7 +7,8 @@ import torch
 
 from ..errors import ConfigError
 from .compositional import compositional_metrics
-from .data import compositional_items, image_folder, load_image, retrieval_pairs, segmentation_folder
+from .data import image_folder, load_image, retrieval_pairs, segmentation_folder
+from .hard_negatives import compositional_items
 from .dense import dense_probe
 from .features import Encoder, embed_images, embed_texts
 from .retrieval import retrieval_metrics
@@ -72,8 +73,8 @@ def retrieval_file(encoder: Encoder, preprocess: Callable, tokenizer: Callable, 
 def compositional_set(encoder: Encoder, preprocess: Callable, tokenizer: Callable, path: str,
                       image_root: Optional[str] = None, batch_size: int = 64, progress: Optional[Any] = None) -> Dict:
     """Compositional accuracy per type and overall on a SugarCrepe folder or a JSON/JSONL file
-    (:func:`superclip.evaluate.data.compositional_items`, its token-tie check with ``tokenizer`` included); each image
-    and each distinct text is embedded once."""
+    (:func:`superclip.evaluate.hard_negatives.compositional_items`, its token-tie check with ``tokenizer``
+    included); each image and each distinct text is embedded once."""
     items = compositional_items(path, image_root, tokenizer)
     img = embed_images(encoder, preprocess, items.images, batch_size, _updater(progress, len(items.images)))
     texts = list(dict.fromkeys(items.positives + items.negatives))

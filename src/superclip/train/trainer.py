@@ -19,7 +19,8 @@ from ..data.loader import ResumableSampler, build_train_dataset, collate
 from ..data.webdataset import expand_sources
 from ..devices import resolve_device
 from ..errors import ConfigError, TrainingError, TrainingInterrupted
-from ..evaluate.data import compositional_items, is_shard_pattern
+from ..evaluate.data import is_shard_pattern
+from ..evaluate.hard_negatives import compositional_items
 from ..evaluate.tasks import zero_shot_classes
 from ..files import atomic_write_text
 from ..loss import SuperCLIPLoss
