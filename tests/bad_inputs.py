@@ -476,7 +476,145 @@ CASES: List[Case] = [
         "comp_missing_image.jsonl, line 1: image not found"),
     Case("eval", "--compositional: no such set", lambda ws: _eval(ws, "--compositional", str(ws / "nothing_here")),
          "compositional set not found"),
+    # --- issue 25, elsewhere: one device check for every command (superclip.devices)
+    Case("eval", "--device gpu (no such device type)", lambda ws: _eval(ws, "--zeroshot-data", str(ws / "zs"),
+                                                                       "--device", "gpu"),
+         "--device gpu: unknown device (expected cpu, cuda, cuda:N, mps or xpu[:N])"),
+    Case("embed", "--device cuda:99 (a GPU this machine lacks)", lambda ws: [
+        "embed", "--pretrained", str(ws / "tiny.pt"), str(ws / "img.png"), "--out", str(ws / "e_dev"), "--device",
+        "cuda:99"], "--device cuda:99: "),
+    Case("tag", "--device meta (a device superclip cannot run on)", lambda ws: [
+        "tag", "--pretrained", str(ws / "tiny.pt"), str(ws / "img.png"), "--device", "meta"], "not on 'meta' devices"),
+    Case("classify", "--device cuda:-1", lambda ws: [
+        "classify", "--pretrained", str(ws / "tiny.pt"), str(ws / "img.png"), "--labels", "a,b", "--device",
+        "cuda:-1"], "--device cuda:-1: unknown device"),
+    Case("serve", "--device cuda:99", lambda ws: ["serve", str(ws / "shards"), "--device", "cuda:99"],
+         "--device cuda:99: "),
+    Case("index", "build --device gpu", lambda ws: ["index", "build", str(ws / "zs"), "--out", str(ws / "idx_dev"),
+                                                    "--pretrained", str(ws / "tiny.pt"), "--device", "gpu"],
+         "--device gpu: unknown device"),
+    Case("train", "--device xla", lambda ws: _train(ws, "--device", "xla"), "not on 'xla' devices"),
+    # --- issue 25, elsewhere: hard-negative sets
+    Case("eval", "--compositional: an id given twice in a SugarCrepe type file", lambda ws: _eval(
+        ws, "--compositional", _type_file(ws, "sc_repeated_id", '{"7": %s, "7": %s}' % (_SC_ITEM, _SC_ITEM)),
+        "--compositional-images", str(ws)), "replace_att.json: id 7 appears 2 times"),
+    Case("eval", "--compositional: a negative that differs only in punctuation", lambda ws: _eval(
+        ws, "--compositional", _put(ws, "comp_punct.jsonl", json.dumps(
+            {"image": "img.png", "positive": "a red square", "negatives": ["a red square."]}).encode())),
+        "line 1: negative caption equals the caption up to case, spacing and punctuation"),
+    Case("eval", "--compositional: caption and negative identical within the 77-token window", lambda ws: _eval(
+        ws, "--compositional", _put(ws, "comp_long.jsonl", json.dumps(
+            {"image": "img.png", "positive": _LONG + " on white", "negatives": [_LONG + " on black"]}).encode())),
+        "has the caption's token ids: both fill the 77-token window"),
+    Case("train", "--compositional-val: a negative the tokenizer reads as its caption", lambda ws: _train(
+        ws, "--compositional-val", _put(ws, "comp_entity.jsonl", json.dumps(
+            {"image": "img.png", "positive": "a red &amp; blue square", "negatives": ["a red & blue square"]}
+        ).encode()), "--val-steps", "1"), "has the caption's token ids: the tokenizer's text cleaning"),
+    Case("eval", "--segmentation-probe: a test split whose masks hold only the ignore index", lambda ws: _eval(
+        ws, "--segmentation-probe-train", str(ws / "seg_ok"), "--segmentation-probe-test", _seg_all_ignored(ws)),
+        "every mask pixel is the ignore index 255: there is nothing to fit or score"),
+    Case("train", "--resume latest without --name", lambda ws: _train(ws, "--resume", "latest"),
+         "--resume latest needs --name"),
+    Case("data", "synth --compositional --test-samples 0", lambda ws: [
+        "data", "synth", "--out", str(ws / "syn_c0"), "--compositional", "--test-samples", "0"],
+        "--compositional draws its items from the test split: give --test-samples of at least 1"),
+    Case("data", "synth --masks --train-samples 0", lambda ws: [
+        "data", "synth", "--out", str(ws / "syn_m0"), "--masks", "--train-samples", "0"],
+        "--masks writes a train split to fit the probe on and a test split to score it"),
+    Case("data", "synth with every split 0", lambda ws: [
+        "data", "synth", "--out", str(ws / "syn_00"), "--train-samples", "0", "--test-samples", "0"],
+        "nothing to write"),
+    Case("data", "synth --image-size 100000", lambda ws: [
+        "data", "synth", "--out", str(ws / "syn_big"), "--image-size", "100000"], "--image-size must be <= 4096"),
+    # --- issue 25, hunted: evaluation layouts and flags
+    Case("eval", "Karpathy JSON image without sentences", lambda ws: _eval(ws, "--retrieval-data", _put(
+        ws, "k_nosent.json", b'{"images": [{"filename": "img.png", "split": "test"}]}')),
+        "k_nosent.json, images[0]: expected {filename, sentences: [{raw}], split}"),
+    Case("eval", "retrieval JSON item without a caption", lambda ws: _eval(ws, "--retrieval-data", _put(
+        ws, "k_nocap.json", b'[{"image": "img.png"}]')), "k_nocap.json, item 0: expected {image, caption}"),
+    Case("eval", "retrieval JSON whose images is not a list", lambda ws: _eval(ws, "--retrieval-data", _put(
+        ws, "k_imgstr.json", b'{"images": "img.png"}')), "'images' must be a list"),
+    Case("eval", "retrieval JSON caption that is a number", lambda ws: _eval(ws, "--retrieval-data", _put(
+        ws, "k_capnum.json", b'[{"image": "img.png", "caption": ["a red square", 5]}]')),
+        "item 0: 'caption' must be a non-empty string, got 5"),
+    Case("eval", "--csv-separator of two characters", lambda ws: _eval(
+        ws, "--retrieval-data", str(ws / "train.csv"), "--csv-separator", ";;"),
+        "--csv-separator must be one character"),
+    Case("eval", "--seed beyond 64 bits", lambda ws: _eval(ws, "--zeroshot-data", str(ws / "zs"), "--seed", "1" * 25),
+         "argument --seed: must be an integer between -2**62 and 2**62"),
+    Case("train", "--seed beyond 64 bits", lambda ws: _train(ws, "--seed", "1" * 25),
+         "--seed must be an integer between -2**62 and 2**62"),
+    Case("eval", "zero-shot over one class folder", lambda ws: _eval(ws, "--zeroshot-data", _folders(ws, "zs_one",
+                                                                                                      ["red"])),
+         "class folders: one class only ('red')"),
+    Case("eval", "linear probe over one class folder", lambda ws: _eval(
+        ws, "--linear-probe-train", _folders(ws, "zs_one", ["red"]), "--linear-probe-test",
+        _folders(ws, "zs_one", ["red"])), "holds one class folder ('red')"),
+    Case("eval", "class folders red_car and 'red car' (one class name twice)", lambda ws: _eval(
+        ws, "--zeroshot-data", _folders(ws, "zs_same", ["red_car", "red car"])),
+        "class folders: 'red car' and 'red_car' read the same to the model"),
+    Case("eval", "--classnames naming a class twice in other case", lambda ws: _eval(
+        ws, "--zeroshot-data", str(ws / "zs"), "--classnames", _put(ws, "cn_case.txt", b"Red\nred\n")),
+        "class names: 'Red' and 'red' read the same to the model"),
+    Case("classify", "--labels differing only in case", lambda ws: [
+        "classify", "--pretrained", str(ws / "tiny.pt"), str(ws / "img.png"), "--labels", "Dog,dog,cat"],
+        "--labels: 'Dog' and 'dog' read the same to the model"),
+    Case("eval", "--segmentation-probe: two images sharing one mask name", lambda ws: _eval(
+        ws, "--segmentation-probe-train", _seg_same_stem(ws), "--segmentation-probe-test", str(ws / "seg_ok")),
+        "a.jpg and a.png share the name 'a'"),
+    Case("embed", "--texts file with a blank line between texts", lambda ws: [
+        "embed", "--pretrained", str(ws / "tiny.pt"), "--texts",
+        _put(ws, "texts_gap.txt", b"a red square\n\na blue one\n"), "--out", str(ws / "e_gap")],
+        "texts_gap.txt, line 2 is blank"),
+    Case("embed", "--out naming a folder (DIR/)", lambda ws: [
+        "embed", "--pretrained", str(ws / "tiny.pt"), str(ws / "img.png"), "--out", str(ws / "zs") + "/"],
+        "a prefix is expected, not a folder"),
+    Case("train", "--imagenet-val of one class folder (checked before training)", lambda ws: _train(
+        ws, "--imagenet-val", _folders(ws, "zs_one", ["red"])), "class folders: one class only ('red')"),
+    Case("eval", "--compositional JSONL that is not UTF-8 (Latin-1)", lambda ws: _eval(ws, "--compositional", _put(
+        ws, "comp_latin1.jsonl", b'{"image": "img.png", "positive": "a caf\xe9", "negatives": ["a bar"]}\n')),
+        "comp_latin1.jsonl is not UTF-8 text (invalid continuation byte at byte 39)"),
+    Case("eval", "retrieval JSON that is not UTF-8 (Latin-1)", lambda ws: _eval(ws, "--retrieval-data", _put(
+        ws, "ret_latin1.json", b'[{"image": "img.png", "caption": "a caf\xe9"}]')),
+        "ret_latin1.json is not UTF-8 text"),
 ]
+
+
+def _folders(ws: Path, name: str, classes: List[str]) -> str:
+    for c in classes:
+        (ws / name / c).mkdir(parents=True, exist_ok=True)
+        (ws / name / c / "0.png").write_bytes(png())
+    return str(ws / name)
+
+
+def _seg_same_stem(ws: Path) -> str:
+    import shutil
+
+    folder = ws / "seg_same_stem"
+    if not folder.exists():
+        shutil.copytree(ws / "seg_ok", folder)
+        Image.open(folder / "images" / "a.png").convert("RGB").save(folder / "images" / "a.jpg")
+    return str(folder)
+
+_SC_ITEM = json.dumps({"filename": "img.png", "caption": "a red square", "negative_caption": "a blue square"})
+_LONG = " ".join(["a red square beside a blue circle"] * 12)  # 84 words
+
+
+def _seg_all_ignored(ws: Path) -> str:
+    import numpy as np
+
+    folder = ws / "seg_all_ignored"
+    (folder / "annotations").mkdir(parents=True, exist_ok=True)
+    (folder / "images").mkdir(exist_ok=True)
+    (folder / "images" / "a.png").write_bytes(png())
+    Image.fromarray(np.full((36, 36), 255, dtype=np.uint8), mode="L").save(folder / "annotations" / "a.png")
+    return str(folder)
+
+
+def _type_file(ws: Path, folder: str, text: str, kind: str = "replace_att") -> str:
+    (ws / folder).mkdir(exist_ok=True)
+    (ws / folder / f"{kind}.json").write_text(text)
+    return str(ws / folder)
 
 
 # --- issue 21, runs and outputs: files the cases above make when they run

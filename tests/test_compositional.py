@@ -1,6 +1,7 @@
 """Compositional hard negatives: the metric against SugarCrepe's own comparison (ties included), SugarCrepe's
 layout against the JSON/JSONL layout, and the evaluation on a checkpoint, an exported folder and an hf-hub: name."""
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -170,3 +171,92 @@ def test_new_evaluations_on_checkpoint_folder_and_hub_alike(data, tmp_path, monk
                                                        "add_obj_acc"}
     seg = got["checkpoint"]["segmentation_probe"]
     assert seg["n_classes"] == 6 and seg["n_train"] == 10 and 0 <= seg["miou"] <= 1
+
+
+# --- issue 25: repeated ids, negatives that say the caption's words, negatives the model reads as the caption
+def _item(caption="a red circle", negative="a blue circle", image="a.png"):
+    return json.dumps({"filename": image, "caption": caption, "negative_caption": negative})
+
+
+def test_a_repeated_sugarcrepe_id_is_refused_naming_it(data, tmp_path):
+    """SugarCrepe's ids are the keys of one JSON object; json.loads keeps the last of a repeated key, so on main
+    the first item with id 1 was dropped without a word (2 items read of the 3 written)."""
+    from superclip.errors import ConfigError
+    from superclip.evaluate.hard_negatives import compositional_items
+
+    folder = tmp_path / "sc"
+    folder.mkdir()
+    (folder / "replace_att.json").write_text('{"1": %s, "1": %s, "2": %s}' % (
+        _item(), _item("a green square", "a green circle", "b.png"), _item("a triangle", "a cross", "c.png")))
+    with pytest.raises(ConfigError, match=r"replace_att.json: id 1 appears 2 times; .*give each item its own id"):
+        compositional_items(str(folder), str(data / "images"))
+    # a key given twice inside one item: json kept the second caption
+    (folder / "replace_att.json").write_text('{"1": {"filename": "a.png", "caption": "a red circle", '
+                                             '"caption": "a red square", "negative_caption": "a blue circle"}}')
+    with pytest.raises(ConfigError, match=r"replace_att.json, id 1: key 'caption' appears 2 times in one item"):
+        compositional_items(str(folder), str(data / "images"))
+    (tmp_path / "set.jsonl").write_text('{"image": "a.png", "positive": "a red circle", "negatives": ["a blue '
+                                        'circle"], "negatives": ["a red circle."]}\n')
+    with pytest.raises(ConfigError, match=r"set.jsonl, line 1: key 'negatives' appears 2 times"):
+        compositional_items(str(tmp_path / "set.jsonl"), str(data / "images"))
+
+
+@pytest.mark.parametrize("negative", ["a red circle.", "A red, circle!", "a red-circle", "«a red circle»"])
+def test_a_negative_that_differs_only_in_punctuation_is_refused(data, tmp_path, negative):
+    """It states what the caption states; on main it was scored (CLIP's tokenizer keeps punctuation, so the pair
+    does not tie) and counted as a win or a loss by chance (a loss for the seeded tiny model)."""
+    from superclip.errors import ConfigError
+    from superclip.evaluate.hard_negatives import compositional_items
+
+    write_jsonl(tmp_path / "p.jsonl", [("replace_att", "a.png", "a red circle", negative)])
+    with pytest.raises(ConfigError, match="equals the caption up to case, spacing and punctuation"):
+        compositional_items(str(tmp_path / "p.jsonl"), str(data / "images"))
+
+
+LONG = " ".join(["a red circle beside a blue square"] * 12)  # 84 words: past CLIP's 77-token window
+
+
+@pytest.mark.parametrize("caption,negative,why", [
+    (LONG + " on white", LONG + " on black", "both fill the 77-token window and differ only after it"),
+    ("a red &amp; blue circle", "a red & blue circle", "the tokenizer's text cleaning makes them one text"),
+    ("ﬁne red dots", "fine red dots", "the tokenizer's text cleaning makes them one text"),
+])
+def test_a_negative_with_the_captions_token_ids_is_refused(data, tmp_path, caption, negative, why):
+    """Identical ids give identical embeddings: the item can only tie, and a tie is a loss. On main each of these
+    one-item sets was scored, acc 0.0: a silent loss."""
+    from superclip.errors import ConfigError
+    from superclip.evaluate.hard_negatives import compositional_items
+
+    model = superclip.build_model(TINY_CFG).eval()
+    tok = get_tokenizer(model.config)
+    write_jsonl(tmp_path / "t.jsonl", [("x", "a.png", caption, negative)])
+    compositional_items(str(tmp_path / "t.jsonl"), str(data / "images"))  # the text check lets it through
+    with pytest.raises(ConfigError, match=r"t.jsonl, line 1: the negative caption .* has the caption's token ids: "
+                                          + re.escape(why)):
+        compositional_set(Encoder(model), get_transforms(model)[1], tok, str(tmp_path / "t.jsonl"),
+                          str(data / "images"))
+
+
+def test_a_null_type_is_the_default_type(data, tmp_path):
+    """``"type": null`` in a JSONL row: main named the type "None" (metrics None_acc, None_n)."""
+    from superclip.evaluate.hard_negatives import compositional_items
+
+    (tmp_path / "n.jsonl").write_text(json.dumps({"image": "a.png", "positive": "a red circle", "negatives":
+                                                  ["a blue circle"], "type": None}) + "\n")
+    assert compositional_items(str(tmp_path / "n.jsonl"), str(data / "images")).types == ["all"]
+
+
+def test_files_saved_with_a_byte_order_mark_are_read(data, tmp_path):
+    """Windows Notepad saves UTF-8 with a BOM; main refused such a JSONL, JSON list or SugarCrepe type file
+    ('Unexpected UTF-8 BOM'), and the retrieval JSON too."""
+    from superclip.evaluate.data import retrieval_pairs
+    from superclip.evaluate.hard_negatives import compositional_items
+
+    write_jsonl(tmp_path / "s.jsonl")
+    write_sugarcrepe(tmp_path / "sc")
+    for path in (tmp_path / "s.jsonl", tmp_path / "sc" / "replace_att.json"):
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert len(compositional_items(str(tmp_path / "s.jsonl"), str(data / "images")).positives) == 5
+    assert len(compositional_items(str(tmp_path / "sc"), str(data / "images")).positives) == 5
+    (tmp_path / "r.json").write_bytes(b'\xef\xbb\xbf[{"image": "a.png", "caption": "a red circle"}]')
+    assert retrieval_pairs(str(tmp_path / "r.json"), image_root=str(data / "images"))[1] == ["a red circle"]

@@ -69,3 +69,14 @@ def test_windows_line_ends_and_a_pandas_index_column(tmp_path):
     """pandas' to_csv without index=False adds an unnamed first column; Windows writes CRLF."""
     assert _read(tmp_path, ",filepath,title\r\n0,a.png,a dog\r\n1,b.png,a cat\r\n") == [("a.png", "a dog"),
                                                                                        ("b.png", "a cat")]
+
+
+def test_a_backslash_t_separator_as_typed_in_a_shell_is_a_tab(tmp_path):
+    """open_clip_train users pass --csv-separator "\\t" (the shell keeps the backslash; pandas reads it as a tab).
+    main: train refused it ("must be one character") and eval / index build raised a csv TypeError traceback."""
+    from superclip.config import make_config
+
+    assert make_config({}, {"csv_separator": "\\t"}).csv_separator == "\t"
+    assert _read(tmp_path, "filepath\ttitle\na.png\ta dog, running\n", separator="\\t") == [("a.png", "a dog, running")]
+    with pytest.raises(ConfigError, match="--csv-separator must be one character"):
+        _read(tmp_path, "filepath,title\na.png,x\n", separator=";;")

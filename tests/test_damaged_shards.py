@@ -270,3 +270,18 @@ def test_tiff_bmp_and_gif_images_in_shards_are_read(tmp_path):
         Image.new("RGB", (8, 8), (255, 0, 0)).save(buf, format=fmt)
         image, caption, _ = decode_sample({"__key__": b"k", ext: buf.getvalue(), "txt": b"a red square"}, "txt", None)
         assert image.getpixel((0, 0)) == (255, 0, 0) and caption == "a red square"
+
+
+@pytest.mark.parametrize("command,code", [
+    ("(cat {good}; exit 3) | cat", 3),  # a download that fails inside a pipeline: sh reports cat's 0
+    ("cat {good} | (cat; exit 4)", 4),
+    ("cat {good}; exit 5", 5),
+])
+def test_a_pipe_command_that_fails_after_a_whole_archive_is_a_counted_skip(tmp_path, command, code):
+    """All 8 samples are read, and the failure is one error entry (a counted skip, named in the log). On main
+    a failure before the last command of a pipeline was not reported at all: 8 samples, 0 errors."""
+    good = _write(tmp_path, "good.tar", tar_bytes([f"g{i}" for i in range(8)]))
+    url = "pipe:" + command.format(good=good)
+    with Shard(url, stall_timeout=5.0) as shard:
+        good_keys, bad = read_all(shard)
+    assert len(good_keys) == 8 and bad == [f"shard {url}: the command exited with {code} (skipped)"]

@@ -221,3 +221,16 @@ def test_imagenet_v2_and_val_num_samples_during_training(tmp_path):
     assert val3["n_images"] == 3
     for key in ("image_retrieval_recall@1", "text_retrieval_recall@1"):
         assert logged[f"val/{key}"] == pytest.approx(val3[key])
+
+
+def test_a_fifo_named_like_an_image_is_not_opened(tmp_path):
+    """A FIFO named blue/b.png in a zero-shot folder: main listed it and eval waited on it forever (a 40 s timeout
+    killed it); only regular files are images now."""
+    import os
+
+    from superclip.evaluate.data import image_folder
+
+    _folder(tmp_path / "zs", ["red", "blue"], n=1)
+    os.mkfifo(tmp_path / "zs" / "blue" / "b.png")
+    paths, labels, classes = image_folder(str(tmp_path / "zs"))
+    assert [p.split("/zs/")[1] for p in paths] == ["blue/0.png", "red/0.png"] and labels == [0, 1]

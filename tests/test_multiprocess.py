@@ -272,28 +272,6 @@ def test_a_collective_on_a_device_without_backend_is_refused(tmp_path):
             assert e is not None and "a collective was handed a cpu tensor" in e and "cuda:gloo" in e
 
 
-def test_device_flag_resolves_to_this_process_gpu(monkeypatch):
-    """``--device cuda`` (as --help spells it) means this process's GPU, cuda:LOCAL_RANK; it failed in
-    torch.cuda.set_device before."""
-    from superclip import distributed
-    from superclip.errors import ConfigError
-
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(ConfigError, match="CUDA is not available"):
-        distributed.resolve_device("cuda", 0)
-    assert distributed.resolve_device(None, 0) == torch.device("cpu")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
-    assert distributed.resolve_device("cuda", 2) == torch.device("cuda", 2)
-    assert distributed.resolve_device(None, 3) == torch.device("cuda", 3)
-    assert distributed.resolve_device("cuda:1", 3) == torch.device("cuda", 1)
-    assert distributed.resolve_device("cpu", 3) == torch.device("cpu")
-    with pytest.raises(ConfigError, match="has 4 GPUs"):
-        distributed.resolve_device("cuda:5", 0)
-    with pytest.raises(ConfigError, match="unknown device"):
-        distributed.resolve_device("gpu0", 0)
-
-
 # --- leaving the process group
 def _threads() -> list:
     return sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in os.listdir("/proc/self/task"))

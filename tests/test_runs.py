@@ -154,3 +154,58 @@ def test_two_unnamed_runs_at_the_same_second_get_their_own_folders(tmp_path, mon
         run_folder.settle_name(cfg)
         names.append(cfg.name)
     assert names == ["same-second", "same-second-2"]
+
+
+# --- issue 25: --resume latest without --name, or for a run that has nothing to resume
+def test_resume_latest_without_a_name_is_refused(tmp_path, capsys):
+    """Without --name every launch makes a new dated folder; on main it trained a new run from step 0, exit 0,
+    without a word (and a second launch did the same again)."""
+    _cfg(tmp_path)
+    argv = _train_argv(tmp_path, "x", "--resume", "latest", "--max-steps", "1")
+    del argv[argv.index("--name"):argv.index("--name") + 2]
+    rc, out, err = _main(argv, capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1, err
+    assert "--resume latest needs --name" in err
+    assert not (tmp_path / "logs").exists() or not any((tmp_path / "logs").iterdir())
+
+
+def _warnings(caplog):
+    return [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name.startswith("superclip")]
+
+
+def test_resume_latest_of_a_mistyped_name_says_so_and_names_the_close_run(tmp_path, capsys, caplog):
+    """On main a mistyped --name trained from step 0 without a word."""
+    _cfg(tmp_path)
+    assert _main(_train_argv(tmp_path, "my-run", "--max-steps", "3"), capsys)[0] == 0
+    caplog.clear()
+    rc, out, err = _main(_train_argv(tmp_path, "my-rnu", "--max-steps", "1", "--resume", "latest"), capsys)
+    assert rc == 0 and _warnings(caplog) == [
+        f"--resume latest: there is no run 'my-rnu' in {tmp_path / 'logs'} to continue, a new folder was made (did "
+        "you mean --name my-run? it holds checkpoints); training starts at step 0"], err
+    assert [m["step"] for m in read_metrics(tmp_path / "logs" / "my-rnu" / "metrics.jsonl")] == [1]
+
+
+def test_resume_latest_of_a_run_without_checkpoints_says_it_starts_at_step_0(tmp_path, capsys, caplog):
+    """The same command on every launch (a job script that may be requeued) starts the run the first time, as in
+    open_clip_train, and the start is now said in one line; the next launch resumes without a word."""
+    _cfg(tmp_path)
+    (tmp_path / "logs" / "fresh").mkdir(parents=True)
+    rc, out, err = _main(_train_argv(tmp_path, "fresh", "--max-steps", "1", "--resume", "latest"), capsys)
+    assert rc == 0 and _warnings(caplog) == [f"--resume latest: run folder {tmp_path / 'logs' / 'fresh'} holds no "
+                                             "checkpoint yet; training starts at step 0"], err
+    caplog.clear()
+    rc, out, err = _main(_train_argv(tmp_path, "fresh", "--max-steps", "2", "--resume", "latest"), capsys)
+    assert rc == 0 and "trained 2 steps" in out, err
+    assert not [w for w in _warnings(caplog) if w.startswith("--resume latest")]
+
+
+def test_a_large_seed_trains(tmp_path, capsys):
+    """--seed 2**62 - 1: the data order's generators take seed * 1_000_003 + epoch, which overflowed torch's 64-bit
+    seed (from a seed of 9.2e12 up, a timestamp's size); main stopped with 'Overflow when unpacking long long', a
+    traceback. Seeds beyond 2**62 are one line (test_bad_inputs)."""
+    from superclip.data.loader import ResumableSampler
+
+    assert sorted(ResumableSampler(8, 20261206123456)) == list(range(8))
+    _cfg(tmp_path)
+    rc, out, err = _main(_train_argv(tmp_path, "big-seed", "--seed", str(2 ** 62 - 1), "--max-steps", "1"), capsys)
+    assert rc == 0 and "trained 1 steps" in out, err

@@ -235,8 +235,7 @@ class TrainConfig:
               f"--force-patch-dropout must be in [0, 1), got {self.force_patch_dropout}")
         check(0 < self.wds_stall_timeout < 1e6, f"--wds-stall-timeout must be > 0 seconds (and finite), got "
               f"{self.wds_stall_timeout}")
-        check(self.csv_separator is None or len(self.csv_separator) == 1,
-              f"--csv-separator must be one character (e.g. ',' or a tab), got {self.csv_separator!r}")
+        self.csv_separator = separator_char(self.csv_separator)  # "\\t" as typed in a shell is a tab
         for name in ("contrastive_caption", "class_caption"):
             check(getattr(self, name) in ("short", "long"),
                   f"--{name.replace('_', '-')} must be short or long, got {getattr(self, name)!r}")
@@ -252,6 +251,10 @@ class TrainConfig:
             value = getattr(self, name)
             check(value is None or math.isfinite(value), f"--{name.replace('_', '-')} must be a finite number, "
                   f"got {value}")
+        for name in ("seed", "data_seed"):  # torch's generators take 64 bits; ranks and epochs are added to them
+            value = getattr(self, name)
+            check(value is None or abs(value) < 2 ** 62, f"--{name.replace('_', '-')} must be an integer between "
+                  f"-2**62 and 2**62, got {value}")
         check(self.name is None or (self.name not in (".", "..") and "/" not in self.name and "\\" not in self.name),
               f"--name must be a folder name (the run folder is --logs/NAME), got {self.name!r}")
         if self.siglip:
@@ -313,6 +316,18 @@ def load_yaml(path: str) -> Dict[str, Any]:
         if key.replace("-", "_") not in FIELD_NAMES:
             raise ConfigError(f"unknown key {key!r} in config file {path}")
     return {key.replace("-", "_"): _coerce(key.replace("-", "_"), v) for key, v in data.items()}
+
+
+def separator_char(separator: Optional[str]) -> Optional[str]:
+    """``--csv-separator`` as one character: ``\\t`` as typed in a shell (open_clip_train's ``--csv-separator
+    "\\t"``, which pandas reads as a tab) is a tab; a value of another length is a one-line error."""
+    if separator is None:
+        return None
+    if separator in ("\\t", "tab"):
+        return "\t"
+    if len(separator) != 1:
+        raise ConfigError(f"--csv-separator must be one character (e.g. ',' or a tab), got {separator!r}")
+    return separator
 
 
 def make_config(file_values: Dict[str, Any], overrides: Dict[str, Any]) -> TrainConfig:

@@ -4,7 +4,6 @@ zero-shot task, caption retrieval, the head as a tagger and hard negatives. Retu
 it."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
@@ -19,6 +18,7 @@ from .evaluate.tasks import compositional_set, segmentation_probe
 from .evaluate.zero_shot import classifier_weights, zero_shot_metrics
 from .files import atomic_write_text
 from .model import get_tokenizer, get_transforms
+from .strict_json import dumps
 from .train.run_folder import read_metrics
 from .train.trainer import Trainer
 
@@ -167,7 +167,7 @@ def run_demo(out_dir: Path, steps: int = 150, batch_size: int = 64, seed: int = 
                                 "history": [{k: h[k] for k in ("step", "loss", "contrastive_loss", "class_loss")}
                                             for h in history]}
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(json.dumps(report, indent=2) + "\n", out_dir / "report.json")
+    atomic_write_text(dumps(report, indent=2) + "\n", out_dir / "report.json")
     plot_demo(report, out_dir / "demo.png")
     return report
 
@@ -194,7 +194,7 @@ def run_regimes(out_dir: Path, samples: int = 4800, batches: Sequence[int] = (32
         for name, run in report["regimes"][other]["runs"].items():
             base = report["regimes"][first]["runs"][name]["metrics"]
             report["lost"].setdefault(other, {})[name] = {k: base[k] - v for k, v in run["metrics"].items()}
-    atomic_write_text(json.dumps(report, indent=2) + "\n", out_dir / "report.json")
+    atomic_write_text(dumps(report, indent=2) + "\n", out_dir / "report.json")
     plot_regimes(report, out_dir / "demo.png")
     return report
 

@@ -13,7 +13,7 @@ import gc
 import importlib
 import os
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import torch
 import torch.distributed as dist
@@ -64,25 +64,6 @@ def check_device(tensor: torch.Tensor) -> torch.Tensor:
         raise RuntimeError(f"a collective was handed a {tensor.device.type} tensor, but the process group has "
                            f"backends only for {', '.join(sorted(backends))} ({dist.get_backend_config()})")
     return tensor
-
-
-def resolve_device(spec: Optional[str], local_rank: int) -> torch.device:
-    """The training device: ``spec`` (``cpu``, ``cuda``, ``cuda:N``) or CUDA when available; a bare ``cuda``
-    means this process's own GPU, ``cuda:LOCAL_RANK`` (as torchrun numbers them)."""
-    if not spec:
-        spec = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise ConfigError(f"--device: unknown device {spec!r} (cpu, cuda, cuda:N)") from None
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ConfigError(f"--device {spec}: CUDA is not available on this machine")
-        if device.index is None:
-            device = torch.device("cuda", local_rank)
-        if device.index >= torch.cuda.device_count():
-            raise ConfigError(f"--device {spec}: this machine has {torch.cuda.device_count()} GPUs")
-    return device
 
 
 def local_rank() -> int:

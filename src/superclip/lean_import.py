@@ -10,11 +10,14 @@ a one-line error instead of open_clip's "pip install" advice.
 """
 from __future__ import annotations
 
+import json
 import logging
 import sys
-from typing import Any, Dict, List
+from pathlib import Path
+from typing import Any, Dict, List, Optional
 
 from .errors import ConfigError
+from .model_names import resolve_model_config
 
 log = logging.getLogger(__name__)
 
@@ -53,3 +56,26 @@ def check_buildable(model_cfg: Dict[str, Any]) -> None:
     if missing:
         raise ConfigError(f"this process imported open_clip without {' and '.join(missing)} for another model "
                           "(superclip.lean_import); build this model in a new process")
+
+
+def model_config_hint(model: Optional[str], pretrained: Optional[str]) -> Optional[Dict[str, Any]]:
+    """The tower config a command will build, read without torch or open_clip where it can be: ``--model`` (a
+    name or JSON), a model folder's ``open_clip_config.json``, or the ``CHECKPOINT.json`` that
+    :func:`superclip.save_checkpoint` writes beside every checkpoint. None when only loading would tell (then
+    open_clip is imported whole). Only the towers' library keys are read from it; the checkpoint stays the truth."""
+    if model is not None and not str(model).startswith(("hf-hub:", "local-dir:")):
+        return resolve_model_config(model)
+    where = str(pretrained if model is None else model) if (pretrained or model) else None
+    if where is None or where.startswith("hf-hub:"):
+        return None
+    path = Path(where.removeprefix("local-dir:"))
+    candidates = [path / "open_clip_config.json"] if path.is_dir() else [Path(str(path) + ".json")]
+    for candidate in candidates:
+        try:
+            meta = json.loads(candidate.read_text())
+        except (OSError, ValueError):
+            continue
+        config = meta.get("config") or meta.get("model_cfg") if isinstance(meta, dict) else None
+        if isinstance(config, dict):
+            return config
+    return None

@@ -26,6 +26,7 @@ from . import hub
 from .errors import CheckpointError, ConfigError
 from .files import atomic_torch_save, atomic_write_text
 from .model import ModelCfg, SuperCLIP, build_model, resolve_model_config
+from .strict_json import dumps
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def save_checkpoint(path: os.PathLike, model: SuperCLIP, criterion: torch.nn.Mod
     atomic_torch_save(ckpt, path)
     meta = {"config": model.config, "versions": versions(),
             **{k: v for k, v in state.items() if isinstance(v, (int, float, str, bool, type(None)))}}
-    atomic_write_text(json.dumps(meta, indent=2, default=str) + "\n", Path(str(path) + ".json"))
+    atomic_write_text(dumps(meta, indent=2, default=str) + "\n", Path(str(path) + ".json"))
 
 
 def read_checkpoint(path: os.PathLike) -> dict[str, Any]:

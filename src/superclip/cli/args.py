@@ -25,3 +25,14 @@ def size(value: str) -> int:
     if not m:
         raise argparse.ArgumentTypeError(f"expected a size such as 512M or 4G, got {value!r}")
     return int(float(m.group(1)) * 1024 ** " KMGT".index((m.group(2) or " ").upper()))
+
+
+SEED_LIMIT = 2 ** 62  # torch's generators take 64-bit seeds; runs add ranks and epochs to them
+
+
+def seed(value: str) -> int:
+    """argparse type: an int of magnitude below 2**62 (torch raises an overflow traceback beyond 64 bits)."""
+    n = int(value)
+    if abs(n) >= SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be an integer between -2**62 and 2**62, got {n}")
+    return n

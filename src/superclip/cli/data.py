@@ -7,6 +7,8 @@ from pathlib import Path
 
 from ..errors import ConfigError
 
+MAX_IMAGE_SIZE = 4096  # 48 MiB an RGB image; a typo of 100000 would ask for 30 GB each
+
 
 def _cmd_data_synth_sets(args: argparse.Namespace) -> int:
     from tqdm import tqdm
@@ -14,6 +16,19 @@ def _cmd_data_synth_sets(args: argparse.Namespace) -> int:
     from ..data.synth_sets import write_compositional, write_masks
 
     out = Path(args.out)
+    if args.compositional and args.test_samples < 1:  # its items are test images: 0 writes a set no eval can read
+        raise ConfigError(f"--compositional draws its items from the test split: give --test-samples of at least 1, "
+                          f"got {args.test_samples}")
+    if args.masks and min(args.train_samples, args.test_samples) < 1:
+        raise ConfigError("--masks writes a train split to fit the probe on and a test split to score it: give "
+                          f"--train-samples and --test-samples of at least 1, got {args.train_samples} and "
+                          f"{args.test_samples}")
+    targets = ([out / "compositional"] if args.compositional else []) + \
+        ([out / "masks" / "train", out / "masks" / "test"] if args.masks else [])
+    taken = [t for t in targets if t.is_dir() and any(t.iterdir())]
+    if taken:  # before anything is written: a refusal half-way would leave the sets before it written
+        raise ConfigError(f"{taken[0]} already holds files; remove it or choose another --out (a set is never "
+                          "written over)")
     if args.compositional:
         with tqdm(total=args.test_samples, desc="compositional", disable=not args.progress, file=sys.stderr) as bar:
             counts = write_compositional(str(out / "compositional"), args.family, args.test_samples, args.image_size,
@@ -36,6 +51,11 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
                              *((f"--{split}-samples", n, 0) for split, n in splits)):
         if value < low:
             raise ConfigError(f"{flag} must be >= {low}, got {value}")
+    if args.image_size > MAX_IMAGE_SIZE:
+        raise ConfigError(f"--image-size must be <= {MAX_IMAGE_SIZE}, got {args.image_size} ({args.image_size}^2 RGB "
+                          f"pixels are {3 * args.image_size ** 2 / 2 ** 30:.1f} GiB an image)")
+    if not (args.compositional or args.masks) and not any(n for _, n in splits):
+        raise ConfigError("nothing to write: --train-samples, --val-samples and --test-samples are all 0")
     try:  # before any shard is drawn: a folder that cannot be made is one line
         Path(args.out).mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -54,9 +74,12 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
         if n:
             paths += write_shards(args.out, n, args.image_size, args.seed, split, args.shard_size, args.family,
                                   overwrite=args.overwrite)
-    print(f"wrote {len(paths)} shards to {args.out}; train on them with: superclip train --train-data "
-          f"'{args.out}/train-{{000000..{max(0, -(-args.train_samples // args.shard_size) - 1):06d}}}.tar' "
-          f"--train-num-samples {args.train_samples}")
+    written = ", ".join(f"{split} {n}" for split, n in splits if n)
+    line = f"wrote {len(paths)} shards to {args.out} (samples: {written})"
+    if args.train_samples:  # a command for shards that were written, only
+        line += (f"; train on them with: superclip train --train-data '{args.out}/train-{{000000.."
+                 f"{-(-args.train_samples // args.shard_size) - 1:06d}}}.tar' --train-num-samples {args.train_samples}")
+    print(line)
     return 0
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional
 
 from ..errors import ConfigError
 from .args import positive as _positive
+from .args import seed as seed_type
 
 if TYPE_CHECKING:
     import torch
@@ -48,11 +49,10 @@ def _load(args):
 
     if args.model is None and args.pretrained is None:
         raise ConfigError("name a model (--model) and/or a checkpoint (--pretrained)")
-    import torch
-
+    from ..devices import resolve_device
     from ..evaluate.features import Encoder
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = str(resolve_device(args.device))
     model, args.stats, _ = load_model(args.model, pretrained=args.pretrained, device=device, cache_dir=args.cache_dir)
     from ..model_check import check_tokenizer_fits
 
@@ -121,7 +121,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     _check_templates(templates)
     classnames = read_lines(args.classnames, "class names") if args.classnames else None
     if args.compositional:  # a bad set fails before the model loads
-        from ..evaluate.data import compositional_items
+        from ..evaluate.hard_negatives import compositional_items
 
         compositional_items(args.compositional, args.compositional_images)
     if args.segmentation_probe_train:  # so does a bad mask
@@ -151,6 +151,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         te_paths, te_labels, te_classes = image_folder(args.linear_probe_test)
         if tr_classes != te_classes:
             raise ConfigError("--linear-probe-train and --linear-probe-test have different class folders")
+        if len(tr_classes) < 2:
+            raise ConfigError(f"--linear-probe-train {args.linear_probe_train} holds one class folder "
+                              f"({tr_classes[0]!r}): a probe over one class is right on every image; give two or more")
         tr = _images(preprocess, tr_paths, args, "probe train")
         te = _images(preprocess, te_paths, args, "probe test")
         results["metrics"]["linear_probe"] = {
@@ -170,7 +173,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
             results["metrics"]["segmentation_probe"] = segmentation_probe(
                 args.encoder, preprocess, args.segmentation_probe_train, args.segmentation_probe_test,
                 args.segmentation_classes, args.segmentation_ignore_index, args.batch_size, bar, args.seed)
-    text = json.dumps(results, indent=2)
+    from ..strict_json import dumps
+
+    text = dumps(results, indent=2)
     print(text)
     if args.output:
         from ..files import atomic_write_text
@@ -182,22 +187,40 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _text_lines(path: str) -> List[str]:
+    """``embed --texts``: one text a line, row i of OUT.npy being line i; a blank line inside the file is an
+    error (dropping it would shift every later row against the file's line numbers); blank lines at its end go."""
+    from ..evaluate.data import read_lines
+
+    texts = read_lines(path, "texts")  # the file's checks: found, UTF-8, not empty
+    lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    blank = [n for n, line in enumerate(lines, 1) if not line.strip()]
+    if blank:
+        raise ConfigError(f"--texts {path}, line {blank[0]} is blank ({len(blank)} blank line"
+                          f"{'s' if len(blank) > 1 else ''}): row i of the output is line i, so each line must hold "
+                          "a text; remove the blank lines")
+    return texts
+
+
 def cmd_embed(args: argparse.Namespace) -> int:
     import numpy as np
-
-    from ..evaluate.data import read_lines
 
     if bool(args.images) == bool(args.texts):
         raise ConfigError("give either image files or --texts FILE")
     from ..files import atomic_write_bytes
 
+    if Path(args.out).name in ("", "..") or args.out.endswith(("/", os.sep)):  # "out/" would write out/.npy: hidden
+        raise ConfigError(f"--out {args.out}: a prefix is expected, not a folder (OUT.npy and OUT.ids.jsonl are "
+                          f"written): e.g. --out {os.path.join(args.out, 'embeddings')}")
     npy, ids_file = Path(args.out + ".npy"), Path(args.out + ".ids.jsonl")
     _writable_output(str(npy), "--out")
     existing = [str(p) for p in (npy, ids_file) if p.exists()]
     if existing and not args.overwrite:
         raise ConfigError(f"--out: {' and '.join(existing)} already exist{'s' if len(existing) == 1 else ''}: name "
                           "another --out, or add --overwrite to replace them")
-    ids = list(args.images) if args.images else read_lines(args.texts, "texts")
+    ids = list(args.images) if args.images else _text_lines(args.texts)
     model, preprocess, tokenizer, args.encoder = _load(args)
     feats = _images(preprocess, ids, args, "embed") if args.images else _texts(tokenizer, ids, args)
     buf = io.BytesIO()
@@ -221,7 +244,9 @@ def cmd_classify(args: argparse.Namespace) -> int:
         raise ConfigError("--labels names a label twice")
     _check_templates([args.template])
     model, preprocess, tokenizer, args.encoder = _load(args)
-    from ..evaluate.zero_shot import classifier_weights
+    from ..evaluate.zero_shot import check_classes, classifier_weights
+
+    check_classes(tokenizer, labels, "--labels")
 
     weights = classifier_weights(lambda t: model.encode_text(t), tokenizer, labels, [args.template],
                                  args.encoder.device)
@@ -281,7 +306,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--segmentation-classes", type=_positive, default=None,
                    help="number of classes (default: the largest mask value + 1, the ignore index aside)")
     p.add_argument("--segmentation-ignore-index", type=int, default=255, help="mask value left unscored")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_type, default=0)
     p.add_argument("--output", default=None, help="also write the JSON here")
     p.set_defaults(func=cmd_eval)
 

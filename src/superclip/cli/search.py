@@ -21,6 +21,7 @@ def _run_job(args, build: bool) -> int:
     from tqdm import tqdm
 
     from .. import distributed
+    from ..devices import resolve_device
     from ..search.collection import checkpoint_hash, finish, start
     from ..search.job import Embedder, load_for_search
     from ..search.layout import FolderLock, Layout
@@ -34,7 +35,8 @@ def _run_job(args, build: bool) -> int:
             raise ConfigError(f"{layout.root} is not empty and holds no index: name a new folder")
     elif not layout.root.is_dir():
         raise layout.no_index()
-    rank, _ = distributed.init_from_env("cuda" if args.device and args.device.startswith("cuda") else "cpu")
+    device = resolve_device(args.device, distributed.local_rank())  # before the lock: a bad one leaves no folder
+    rank, _ = distributed.init_from_env(device.type)
     lock = None
     try:
         if rank == 0:  # the lock before the manifest is read: a build or add may be writing it
@@ -43,7 +45,6 @@ def _run_job(args, build: bool) -> int:
             manifest = layout.read_manifest()
             model, pretrained = manifest["model"], manifest["pretrained"]
             dtype, top_k = manifest["dtype"], manifest["top_k"]
-        device = distributed.resolve_device(args.device, distributed.local_rank())
         if device.type == "cpu":
             from ..cpu import share_cores_with_workers
 
@@ -112,9 +113,11 @@ def cmd_optimize(args) -> int:
 def cmd_serve(args) -> int:
     import uvicorn
 
+    from ..devices import resolve_device
     from ..search.server import ServeOptions, create_app
 
-    app = create_app(args.dir, ServeOptions(device=args.device, max_upload_bytes=args.max_upload,
+    device = str(resolve_device(args.device))
+    app = create_app(args.dir, ServeOptions(device=device, max_upload_bytes=args.max_upload,
                                             cors_origins=args.cors_origin or []))
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"superclip serve: listening on {args.host}: anyone who can reach it can search {args.dir} and see "

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from ..errors import ConfigError
+from ..strict_json import dumps
 
 
 def _cmd_flops(args: argparse.Namespace) -> int:
@@ -20,7 +20,7 @@ def _cmd_flops(args: argparse.Namespace) -> int:
         print(f"  total   {t['total_gmacs']:10.3f}   (+{t['attention_gmacs']:.3f} in attention score/value "
               "matmuls, not counted by the paper's convention)")
         if args.json:
-            print(json.dumps({"model": name, **t}))
+            print(dumps({"model": name, **t}))
     return 0
 
 

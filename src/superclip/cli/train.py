@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from .args import at_least
+from .args import seed as seed_type
 
 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
@@ -176,7 +177,7 @@ def add_parsers(sub) -> None:
                         "of 'lost')")
     p.add_argument("--lr", type=float, default=DEMO_LR, help="peak learning rate (default %(default)g: where the "
                                                              "outcome does not hinge on the seed; see docs/demo.md)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=seed_type, default=0)
     p.add_argument("--eval-samples", type=at_least(1), default=500, help="test images per task")
     p.add_argument("--out", default=None, help="run folder (default runs/demo-DATE-TIME)")
     p.add_argument("--family", default=DEMO_FAMILY, choices=["scenes", "textures"],

@@ -15,6 +15,7 @@ import csv
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from ..config import separator_char
 from ..errors import ConfigError
 
 
@@ -50,7 +51,7 @@ def read_columns(path: str, columns: Dict[str, str], separator: Optional[str] = 
         header_line = f.readline()
         if not header_line.strip():
             raise ConfigError(f"CSV file {path} is empty (expected a header line naming its columns)")
-        sep = separator or detect_separator(header_line)
+        sep = separator_char(separator) or detect_separator(header_line)
         f.seek(0)
         reader = csv.reader(f, delimiter=sep)
         line, start = 0, 1

@@ -13,6 +13,7 @@ from PIL import Image
 from torch.utils.data import Dataset, IterableDataset, Sampler
 
 from ..errors import TrainingError
+from ..seeding import generator_seed
 from .csv import clean_text, image_path, read_captions
 from .images import decode_image
 from .sources import CaptionPolicy, check_train_data  # noqa: F401 (CaptionPolicy: its old home)
@@ -174,7 +175,7 @@ class ResumableSampler(Sampler):
         return self.per_rank() - self.start
 
     def __iter__(self) -> Iterator:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        g = torch.Generator().manual_seed(generator_seed(self.seed * 1_000_003 + self.epoch))
         perm = torch.randperm(self.size, generator=g)[: self.per_rank() * self.world_size]
         mine = perm[self.rank::self.world_size][self.start:].tolist()
         return iter([(self.epoch, i) for i in mine] if self.with_epoch else mine)

@@ -11,7 +11,9 @@ pipe while the reader waits for it to exit. Here:
   a valid checksum); zero blocks followed by more data are a second archive, read on.
 - :func:`run_command` always drains the command's stdout and stderr until it ends, kills it (its whole process
   group) when no byte came for ``stall_timeout`` seconds or when what it writes is not a tar archive, and
-  returns what it wrote with what went wrong.
+  returns what it wrote with what went wrong. It runs under ``bash -o pipefail`` where bash exists, so a failed
+  download inside a pipeline (``aws s3 cp ... - | cat``) is a failure too: ``sh`` (dash on Debian) has no
+  ``pipefail`` and reports the exit status of the last command only.
 - :func:`decompress` reads gzip / bzip2 / xz archives (``.tar.gz`` shards, as webdataset does), keeping what
   decompressed before a damaged or cut stream.
 """
@@ -22,6 +24,7 @@ import io
 import lzma
 import os
 import select
+import shutil
 import signal
 import subprocess
 import tarfile
@@ -278,8 +281,10 @@ def run_command(command: str, stall_timeout: float = DEFAULT_STALL_TIMEOUT) -> T
     output is not a tar archive (after the first block), or when it still runs ``stall_timeout`` seconds
     after closing its stdout.
     """
-    proc = subprocess.Popen(command, shell=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
+    bash = shutil.which("bash")
+    argv = [bash, "-o", "pipefail", "-c", command] if bash else ["/bin/sh", "-c", command]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
     out, err = bytearray(), bytearray()
     streams = {proc.stdout.fileno(): out, proc.stderr.fileno(): err}
     problem, checked = None, False

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from collections import Counter
 from pathlib import Path
 from typing import List, Optional, Tuple, Union
 
@@ -38,7 +38,7 @@ def image_folder(root: str) -> Tuple[List[str], List[int], List[str]]:
     paths, labels = [], []
     for i, name in enumerate(classes):
         for f in sorted((base / name).rglob("*")):
-            if f.suffix.lower() in IMAGE_SUFFIXES:
+            if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file():  # not a FIFO (opening one waits forever)
                 paths.append(str(f))
                 labels.append(i)
     if not classes or not paths:
@@ -55,12 +55,27 @@ def read_lines(path: str, what: str) -> List[str]:
     if not p.is_file():
         raise ConfigError(f"{what} file not found: {path}")
     try:
-        lines = [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+        lines = [line.strip() for line in p.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
     except UnicodeDecodeError as e:
         raise ConfigError(f"{what} file {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     if not lines:
         raise ConfigError(f"{what} file {path} is empty")
     return lines
+
+
+def text_value(value, where: str, key: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{where}: {key!r} must be a non-empty string, got {value!r}")
+    return value
+
+
+def read_utf8(path: Path) -> str:
+    """The text of a JSON / JSONL file: UTF-8, a leading byte-order mark (Windows Notepad's) dropped; other
+    bytes are a one-line error naming the offset."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 def is_shard_pattern(path: str) -> bool:
@@ -133,17 +148,27 @@ def retrieval_pairs(path: str, img_key: str = "filepath", caption_key: str = "ti
             add(image, texts)
     elif suffix == ".json":
         try:
-            data = json.loads(p.read_text())
+            data = json.loads(read_utf8(p))
         except json.JSONDecodeError as e:
             raise ConfigError(f"{path} is not valid JSON: {e}") from None
         if isinstance(data, dict) and "images" in data:
-            for item in data["images"]:
+            if not isinstance(data["images"], list):
+                raise ConfigError(f"{path}: 'images' must be a list of {{filename, sentences: [{{raw}}], split}}")
+            for n, item in enumerate(data["images"]):
+                where = f"{path}, images[{n}]"
+                if not isinstance(item, dict) or "filename" not in item or not isinstance(item.get("sentences"), list):
+                    raise ConfigError(f"{where}: expected {{filename, sentences: [{{raw}}], split}}")
                 if item.get("split", split) == split:
-                    add(str(Path(item.get("filepath", "")) / item["filename"]), [s["raw"] for s in item["sentences"]])
-        elif isinstance(data, list) and data and "image" in data[0]:
-            for item in data:
+                    texts = [s.get("raw") if isinstance(s, dict) else None for s in item["sentences"]]
+                    add(str(Path(item.get("filepath", "")) / text_value(item["filename"], where, "filename")),
+                        [text_value(t, f"{where}.sentences", "raw") for t in texts])
+        elif isinstance(data, list) and data and isinstance(data[0], dict) and "image" in data[0]:
+            for n, item in enumerate(data):
+                where = f"{path}, item {n}"
+                if not isinstance(item, dict) or "image" not in item or "caption" not in item:
+                    raise ConfigError(f"{where}: expected {{image, caption}} (caption: a string or a list of them)")
                 texts = item["caption"] if isinstance(item["caption"], list) else [item["caption"]]
-                add(item["image"], texts)
+                add(text_value(item["image"], where, "image"), [text_value(t, where, "caption") for t in texts])
         else:
             raise ConfigError(f"{path}: unknown JSON layout (expected a list of {{image, caption}} or "
                               "{images: [{filename, sentences}]})")
@@ -153,126 +178,6 @@ def retrieval_pairs(path: str, img_key: str = "filepath", caption_key: str = "ti
     if not captions:
         raise ConfigError(f"{path} holds no image-caption pairs" + (f" in split {split!r}" if suffix == ".json" else ""))
     return images, captions, owner
-
-
-# --- compositional hard negatives (SugarCrepe's layout, or one JSON / JSONL file) ---
-
-SUGARCREPE_TYPES = ("add_att", "add_obj", "replace_att", "replace_obj", "replace_rel", "swap_att", "swap_obj")
-
-
-@dataclass
-class CompositionalItems:
-    """Items of a compositional set: item i is image ``images[image_of[i]]``, caption ``positives[i]``, type
-    ``types[i]``; negative j belongs to item ``negative_owner[j]``. Images are listed once however many items
-    share them."""
-
-    images: List[str] = field(default_factory=list)
-    image_of: List[int] = field(default_factory=list)
-    positives: List[str] = field(default_factory=list)
-    types: List[str] = field(default_factory=list)
-    negatives: List[str] = field(default_factory=list)
-    negative_owner: List[int] = field(default_factory=list)
-
-
-def _text(value, where: str, key: str) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{where}: {key!r} must be a non-empty string, got {value!r}")
-    return value
-
-
-def _sugarcrepe_records(folder: Path):
-    """(where, image, caption, [negative], type) from every ``TYPE.json`` of ``folder`` (SugarCrepe's files:
-    ``{id: {"filename", "caption", "negative_caption"}}``)."""
-    files = sorted(f for f in folder.glob("*.json") if f.is_file())
-    if not files:
-        raise ConfigError(f"{folder} holds no type files (expected SugarCrepe's TYPE.json, e.g. "
-                          f"{', '.join(SUGARCREPE_TYPES[:3])}, ...)")
-    for f in files:
-        data = _load_json(f)
-        if not isinstance(data, dict):
-            raise ConfigError(f"{f}: expected SugarCrepe's {{id: {{filename, caption, negative_caption}}}}")
-        if not data:
-            raise ConfigError(f"{f}: empty type file (no items)")
-        for key, item in data.items():
-            where = f"{f}, id {key}"
-            if not isinstance(item, dict) or any(k not in item for k in ("filename", "caption", "negative_caption")):
-                raise ConfigError(f"{where}: expected keys filename, caption, negative_caption")
-            yield (where, _text(item["filename"], where, "filename"), _text(item["caption"], where, "caption"),
-                   [_text(item["negative_caption"], where, "negative_caption")], f.stem)
-
-
-def _file_records(path: Path):
-    """(where, image, positive, negatives, type) from a JSON list or JSONL lines of ``{image, positive,
-    negatives: [...], type}`` (``negatives`` may be one string; ``type`` defaults to ``all``)."""
-    if path.suffix.lower() == ".jsonl":
-        lines = [(n, line) for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
-        rows = []
-        for n, line in lines:
-            try:
-                rows.append((f"{path}, line {n}", json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{path}, line {n}: not valid JSON: {e}") from None
-    else:
-        data = _load_json(path)
-        if not isinstance(data, list):
-            raise ConfigError(f"{path}: expected a list of {{image, positive, negatives, type}}")
-        rows = [(f"{path}, item {i}", row) for i, row in enumerate(data)]
-    if not rows:
-        raise ConfigError(f"{path}: empty (no items)")
-    for where, row in rows:
-        if not isinstance(row, dict) or any(k not in row for k in ("image", "positive", "negatives")):
-            raise ConfigError(f"{where}: expected keys image, positive, negatives (and type)")
-        negatives = row["negatives"] if isinstance(row["negatives"], list) else [row["negatives"]]
-        if not negatives:
-            raise ConfigError(f"{where}: no negatives")
-        yield (where, _text(row["image"], where, "image"), _text(row["positive"], where, "positive"),
-               [_text(t, where, "negative") for t in negatives], str(row.get("type", "all")))
-
-
-def _load_json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{path} is not valid JSON: {e}") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
-
-
-def compositional_items(path: str, image_root: Optional[str] = None) -> CompositionalItems:
-    """Read a compositional set: a folder in SugarCrepe's layout (one ``TYPE.json`` per type, the type named by
-    the file) or one ``.json`` / ``.jsonl`` file of ``{image, positive, negatives, type}``. Relative image paths
-    are taken from ``image_root``, else the folder (the file's folder). Every image must exist, and no negative
-    may equal its caption (up to case and spacing: it could only tie, and a tie is never a win)."""
-    p = Path(path)
-    if p.is_dir():
-        records = _sugarcrepe_records(p)
-    elif p.is_file():
-        if p.suffix.lower() not in (".json", ".jsonl"):
-            raise ConfigError(f"{path}: expected a SugarCrepe folder, a .json or a .jsonl file")
-        records = _file_records(p)
-    else:
-        raise ConfigError(f"compositional set not found: {path}")
-    root = Path(image_root) if image_root else (p if p.is_dir() else p.parent)
-    if not root.is_dir():
-        raise ConfigError(f"image folder not found: {root}")
-    out, index = CompositionalItems(), {}
-    for where, image, positive, negatives, kind in records:
-        full = image if Path(image).is_absolute() else str(root / image)
-        if full not in index:
-            if not Path(full).is_file():
-                raise ConfigError(f"{where}: image not found: {full}")
-            index[full] = len(out.images)
-            out.images.append(full)
-        for negative in negatives:
-            if " ".join(negative.lower().split()) == " ".join(positive.lower().split()):
-                raise ConfigError(f"{where}: negative caption equals the caption ({positive!r}); it can only tie "
-                                  "and a tie is not a win: fix or remove the item")
-            out.negatives.append(negative)
-            out.negative_owner.append(len(out.positives))
-        out.image_of.append(index[full])
-        out.positives.append(positive)
-        out.types.append(kind)
-    return out
 
 
 # --- segmentation: images + index-PNG masks (ADE20K / VOC layout) ---
@@ -301,9 +206,14 @@ def segmentation_folder(root: str, n_classes: Optional[int] = None, ignore_index
     if not (base / "images").is_dir() or not (base / "annotations").is_dir():
         raise ConfigError(f"{root}: expected the folders images/ and annotations/ (images/NAME.jpg, "
                           "annotations/NAME.png)")
-    images = sorted(f for f in (base / "images").iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    images = sorted(f for f in (base / "images").iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
     if not images:
         raise ConfigError(f"{root}/images holds no images")
+    stems = Counter(f.stem for f in images)
+    twice = sorted(f.name for f in images if stems[f.stem] > 1)
+    if twice:  # both would be scored against the one annotations/NAME.png
+        raise ConfigError(f"{root}/images: {' and '.join(twice[:2])} share the name {Path(twice[0]).stem!r}, and so "
+                          "the one mask annotations/" + Path(twice[0]).stem + ".png; keep one")
     masks = []
     for image in images:
         path = base / "annotations" / (image.stem + ".png")
@@ -316,4 +226,7 @@ def segmentation_folder(root: str, n_classes: Optional[int] = None, ignore_index
                 raise ConfigError(f"mask {path}: value {int(mask[bad].max())} is not a class (there are {n_classes}: "
                                   f"0..{n_classes - 1}) and not the ignore index {ignore_index}")
         masks.append(mask)
+    if all(bool((m == ignore_index).all()) for m in masks):  # nothing to fit on or to score: a mIoU of no pixels
+        raise ConfigError(f"{root}: every mask pixel is the ignore index {ignore_index}: there is nothing to fit or "
+                          "score (--segmentation-ignore-index names the value left unscored)")
     return [str(p) for p in images], masks

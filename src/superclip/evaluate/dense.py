@@ -26,11 +26,16 @@ def confusion_matrix(pred: torch.Tensor, target: torch.Tensor, n_classes: int, i
     return torch.bincount(t * n_classes + p, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
 
 
-def segmentation_metrics(confusion: torch.Tensor) -> Dict[str, float]:
+def segmentation_metrics(confusion: torch.Tensor) -> Dict[str, Optional[float]]:
     """``miou``: the mean over classes of intersection / union, classes with an empty union (neither in the
     masks nor predicted) left out, as mmsegmentation does; ``pixel_acc``: correct / scored pixels;
-    ``mean_class_acc``: mean per-class recall over the classes present."""
+    ``mean_class_acc``: mean per-class recall over the classes present. With no scored pixel all three are None
+    and ``null_reasons`` says so (a mean over nothing is no number; NaN would not be JSON)."""
     c = confusion.double()
+    if c.sum() == 0:
+        why = "no pixel is scored (every one is the ignore index)"
+        return {"miou": None, "pixel_acc": None, "mean_class_acc": None,
+                "null_reasons": {k: why for k in ("miou", "pixel_acc", "mean_class_acc")}}
     inter = c.diag()
     union = c.sum(0) + c.sum(1) - inter
     present = c.sum(1) > 0
@@ -109,7 +114,8 @@ def dense_probe(train_tokens: torch.Tensor, train_masks: torch.Tensor, test_toke
         for wd in weight_decays:
             clf = fit_dense_probe(train_tokens[fit], train_masks[fit], n_classes, ignore_index, wd, max_iter)
             pred = predict(clf, train_tokens[val], train_masks.shape[1:])
-            scores[wd] = segmentation_metrics(confusion_matrix(pred, train_masks[val], n_classes, ignore_index))["miou"]
+            miou = segmentation_metrics(confusion_matrix(pred, train_masks[val], n_classes, ignore_index))["miou"]
+            scores[wd] = -1.0 if miou is None else miou  # held-out images without a scored pixel: a tie
         best = max(weight_decays, key=lambda wd: (scores[wd], wd))
     clf = fit_dense_probe(train_tokens, train_masks, n_classes, ignore_index, best, max_iter)
     conf = confusion_matrix(predict(clf, test_tokens, size), test_masks, n_classes, ignore_index)

@@ -7,11 +7,12 @@ import torch
 
 from ..errors import ConfigError
 from .compositional import compositional_metrics
-from .data import compositional_items, image_folder, load_image, retrieval_pairs, segmentation_folder
+from .data import image_folder, load_image, retrieval_pairs, segmentation_folder
+from .hard_negatives import compositional_items
 from .dense import dense_probe
 from .features import Encoder, embed_images, embed_texts
 from .retrieval import retrieval_metrics
-from .zero_shot import average_prompts, prompts, zero_shot_metrics
+from .zero_shot import average_prompts, check_classes, prompts, zero_shot_metrics
 
 
 def _updater(progress: Optional[Any], total: int) -> Optional[Callable[[int], None]]:
@@ -21,6 +22,22 @@ def _updater(progress: Optional[Any], total: int) -> Optional[Callable[[int], No
     return progress.update
 
 
+def zero_shot_classes(root: str, classnames: Optional[List[str]], tokenizer: Callable):
+    """(image paths, labels, class names) of a zero-shot ImageFolder tree, names defaulting to the folder names
+    (``_`` -> space), checked (:func:`superclip.evaluate.zero_shot.check_classes`) before any image is read."""
+    from open_clip import IMAGENET_CLASSNAMES
+
+    paths, labels, folders = image_folder(root)
+    names = classnames or [f.replace("_", " ") for f in folders]
+    if len(names) != len(folders):
+        raise ConfigError(f"{len(names)} class names for {len(folders)} class folders in {root}")
+    if list(names) != list(IMAGENET_CLASSNAMES):  # ImageNet's list repeats 'missile' and 'sunglasses' (OpenAI's
+        # curation): every published ImageNet zero-shot figure is over it as it is, ties included
+        check_classes(tokenizer, names, f"{root}: class names" if classnames else f"{root}: class folders",
+                      None if classnames else folders)
+    return paths, labels, names
+
+
 def zero_shot_folder(encoder: Encoder, preprocess: Callable, tokenizer: Callable, root: str,
                      classnames: Optional[List[str]], templates: Sequence[str], batch_size: int = 64,
                      progress: Optional[Any] = None) -> Dict:
@@ -28,10 +45,7 @@ def zero_shot_folder(encoder: Encoder, preprocess: Callable, tokenizer: Callable
 
     ``progress``: a tqdm-like bar (``reset(total)``, ``update(n)``), told the number of images once known.
     """
-    paths, labels, folders = image_folder(root)
-    names = classnames or [f.replace("_", " ") for f in folders]
-    if len(names) != len(folders):
-        raise ConfigError(f"{len(names)} class names for {len(folders)} class folders in {root}")
+    paths, labels, names = zero_shot_classes(root, classnames, tokenizer)
     weights = average_prompts(embed_texts(encoder, tokenizer, prompts(names, templates)), len(names))
     feats = embed_images(encoder, preprocess, paths, batch_size, _updater(progress, len(paths)))
     return {**zero_shot_metrics(feats, weights.cpu(), torch.tensor(labels)), "data": root, "n_images": len(paths),
@@ -59,8 +73,9 @@ def retrieval_file(encoder: Encoder, preprocess: Callable, tokenizer: Callable, 
 def compositional_set(encoder: Encoder, preprocess: Callable, tokenizer: Callable, path: str,
                       image_root: Optional[str] = None, batch_size: int = 64, progress: Optional[Any] = None) -> Dict:
     """Compositional accuracy per type and overall on a SugarCrepe folder or a JSON/JSONL file
-    (:func:`superclip.evaluate.data.compositional_items`); each image and each distinct text is embedded once."""
-    items = compositional_items(path, image_root)
+    (:func:`superclip.evaluate.hard_negatives.compositional_items`, its token-tie check with ``tokenizer``
+    included); each image and each distinct text is embedded once."""
+    items = compositional_items(path, image_root, tokenizer)
     img = embed_images(encoder, preprocess, items.images, batch_size, _updater(progress, len(items.images)))
     texts = list(dict.fromkeys(items.positives + items.negatives))
     row = {t: i for i, t in enumerate(texts)}

@@ -12,6 +12,29 @@ def prompts(classnames: Sequence[str], templates: Sequence[str]) -> List[str]:
     return [t.format(c=name) for name in classnames for t in templates]
 
 
+def check_classes(tokenizer: Callable, classnames: Sequence[str], what: str = "classes",
+                  shown: Optional[Sequence[str]] = None) -> None:
+    """A one-line error unless there are two classes or more and no two names read the same to the text tower
+    (equal token ids: ``Dog`` and ``dog``, ``red_car`` and ``red car`` as folder names, a name given twice), which
+    makes every prompt of the two equal. Such classes get equal weights, so their scores tie on every image and
+    the first always wins: the other can never be predicted. One class is right on every image, whatever the
+    model. ``what`` starts the message, ``shown`` names the classes there (default: the names)."""
+    from ..errors import ConfigError
+
+    shown = list(shown or classnames)
+    if len(classnames) < 2:
+        raise ConfigError(f"{what}: one class only ({', '.join(map(repr, shown))}): a classifier over one class is "
+                          "right on every image whatever the model; give two classes or more")
+    ids = torch.as_tensor(tokenizer(list(classnames)))
+    seen: Dict[bytes, int] = {}
+    for i, row in enumerate(ids):
+        j = seen.setdefault(row.numpy().tobytes(), i)
+        if j != i:
+            raise ConfigError(f"{what}: {shown[j]!r} and {shown[i]!r} read the same to the model (equal token ids, "
+                              "so equal prompts): their scores would tie on every image and the first would always "
+                              "win; rename or merge them")
+
+
 def average_prompts(prompt_features: torch.Tensor, n_classes: int) -> torch.Tensor:
     """(C x T, D) prompt embeddings, class by class -> (C, D) class embeddings: normalised, averaged over a
     class's T prompts and normalised again (the CLIP recipe)."""

@@ -24,6 +24,7 @@ from .. import hub
 from ..errors import ConfigError
 from ..files import atomic_write, atomic_write_text
 from ..model import SuperCLIP, openclip_config
+from ..strict_json import dumps
 from ..weights import versions
 
 log = logging.getLogger(__name__)
@@ -109,7 +110,7 @@ def export_folder(model: SuperCLIP, out_dir, stats: dict[str, torch.Tensor] | No
         weights = _safetensors_bytes(model.clip.state_dict())
         atomic_write(out / hub.FOLDER_WEIGHTS[0], lambda f: f.write(weights))
         write_head(model, out, stats)
-        atomic_write_text(json.dumps(config, indent=2) + "\n", out / hub.FOLDER_CONFIG)
+        atomic_write_text(dumps(config, indent=2) + "\n", out / hub.FOLDER_CONFIG)
         atomic_write_text(_card(model, name or out.resolve().name, train, metrics, bool(stats)), out / "README.md")
     except OSError as e:
         raise ConfigError(f"cannot write to {out}: {e.strerror or e}") from None

@@ -6,7 +6,6 @@ beside them has what a runtime needs to use them: preprocessing, context length,
 from __future__ import annotations
 
 import copy
-import json
 import logging
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..model import SuperCLIP
+from ..strict_json import dumps
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def export_onnx(model: SuperCLIP, out_dir, opset: int = 18) -> Path:
                 "logit_scale": float(model.logit_scale.detach().exp().reshape(())),
                 "logit_bias": None if model.logit_bias is None else float(model.logit_bias.detach().reshape(())),
                 "preprocess_cfg": open_clip.get_model_preprocess_cfg(model.clip), "config": model.config}
-        (out / "onnx.json").write_text(json.dumps(meta, indent=2) + "\n")
+        (out / "onnx.json").write_text(dumps(meta, indent=2) + "\n")
     except OSError as e:
         raise ConfigError(f"cannot write to {out}: {e.strerror or e}") from None
     return out

@@ -6,7 +6,7 @@ a one-process evaluation's. Metric names as open_clip_train logs them (``imagene
 clip_benchmark names retrieval (``val/image_retrieval_recall@1``)."""
 from __future__ import annotations
 
-from typing import Dict
+from typing import Dict, List, Optional
 
 import torch
 
@@ -17,9 +17,16 @@ from ..model import get_tokenizer, get_transforms
 
 
 @torch.no_grad()
+def imagenet_names(folder: str) -> Optional[List[str]]:
+    """ImageNet's own class names for a 1000-class tree; None (its folder names) for any other ImageFolder."""
+    from open_clip import IMAGENET_CLASSNAMES
+
+    return list(IMAGENET_CLASSNAMES) if len(image_folder(folder)[2]) == 1000 else None
+
+
 def evaluate_in_training(model, cfg, device, zeroshot: bool, val: bool) -> Dict[str, float]:
     """Every rank calls this with the same arguments (``model``: the training module, FSDP2-sharded or not)."""
-    from open_clip import IMAGENET_CLASSNAMES, OPENAI_IMAGENET_TEMPLATES
+    from open_clip import OPENAI_IMAGENET_TEMPLATES
 
     was_training = model.training
     model.eval()
@@ -32,7 +39,7 @@ def evaluate_in_training(model, cfg, device, zeroshot: bool, val: bool) -> Dict[
             if not (zeroshot and folder):
                 continue
             # ImageNet's own class names for a 1000-class tree; any other ImageFolder uses its folder names
-            names = list(IMAGENET_CLASSNAMES) if len(image_folder(folder)[2]) == 1000 else None
+            names = imagenet_names(folder)
             m = zero_shot_folder(encoder, preprocess, tokenizer, folder, names,
                                  [t("{c}") for t in OPENAI_IMAGENET_TEMPLATES], cfg.batch_size)
             out[f"{key}-zeroshot-val-top1"] = m["acc1"]

@@ -15,6 +15,7 @@ from .. import distributed
 from ..config import TrainConfig
 from ..errors import ConfigError, TrainingError
 from ..files import atomic_write_text
+from ..strict_json import dumps
 
 log = logging.getLogger(__name__)
 LOCK_FILE = ".lock"
@@ -59,6 +60,34 @@ def settle_name(cfg: TrainConfig) -> None:
             except OSError:
                 pass  # an unwritable --logs is reported by check_run_folder, in one line
     cfg.name = distributed.broadcast_object(name)
+
+
+def check_resume_latest_named(cfg: TrainConfig) -> None:
+    """``--resume latest`` without ``--name`` is refused: every launch would make a new dated folder (before any
+    torchrun restart, which keeps its run's name and resumes it by itself)."""
+    if cfg.resume == "latest" and not cfg.name:
+        raise ConfigError("--resume latest needs --name: without one every launch makes a new dated run folder, so "
+                          "there is never anything to resume; give the run a name, the same on every launch (a "
+                          "torchrun restart continues its own run without --resume)")
+
+
+def nothing_to_resume(cfg: TrainConfig, existed: bool) -> str:
+    """Why ``--resume latest`` found nothing for run ``cfg.name`` (a run folder without a readable checkpoint), and
+    for a name that is new in ``--logs`` the closest name of a run there that has checkpoints (a typo)."""
+    import difflib
+
+    folder = run_dir(cfg)
+    if existed:
+        ckpts = any((folder / "checkpoints").glob("*.pt"))
+        return f"run folder {folder} holds no {'readable ' if ckpts else ''}checkpoint yet"
+    try:
+        runs = sorted(d.name for d in Path(cfg.logs).iterdir() if d.name != cfg.name and
+                      any((d / "checkpoints").glob("*.pt")))
+    except OSError:
+        runs = []
+    close = difflib.get_close_matches(cfg.name, runs, n=1, cutoff=0.6)
+    hint = f" (did you mean --name {close[0]}? it holds checkpoints)" if close else ""
+    return f"there is no run {cfg.name!r} in {cfg.logs} to continue, a new folder was made{hint}"
 
 
 class RunLock:
@@ -168,7 +197,7 @@ def trim_metrics(path: Path, step: int) -> None:
     logged once after any resume."""
     if Path(path).is_file():
         kept = [m for m in read_metrics(path) if m.get("step", 0) <= step]
-        atomic_write_text("".join(json.dumps(m) + "\n" for m in kept), path)
+        atomic_write_text("".join(dumps(m) + "\n" for m in kept), path)
 
 
 def folder_id(folder: Path) -> Optional[tuple]:
@@ -193,6 +222,6 @@ def append_metrics(folder: Path, expected_id: Optional[tuple], record: Dict[str,
     check_folder(folder, expected_id, step)
     try:
         with (Path(folder) / "metrics.jsonl").open("a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(dumps(record) + "\n")
     except OSError as e:
         raise TrainingError(f"cannot append to {Path(folder) / 'metrics.jsonl'}: {e.strerror or e}") from None

@@ -3,7 +3,6 @@ checkpoint manager)."""
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import signal
 import time
@@ -18,19 +17,24 @@ from .. import distributed
 from ..config import TrainConfig
 from ..data.loader import ResumableSampler, build_train_dataset, collate
 from ..data.webdataset import expand_sources
+from ..devices import resolve_device
 from ..errors import ConfigError, TrainingError, TrainingInterrupted
-from ..evaluate.data import compositional_items, image_folder, is_shard_pattern
+from ..evaluate.data import is_shard_pattern
+from ..evaluate.hard_negatives import compositional_items
+from ..evaluate.tasks import zero_shot_classes
 from ..files import atomic_write_text
 from ..loss import SuperCLIPLoss
 from ..model import build_model, compile_towers, get_tokenizer, get_transforms, split_model_config
 from ..model_check import check_tokenizer_fits
-from ..seeding import seed_everything
+from ..seeding import generator_seed, seed_everything
+from ..strict_json import dumps
 from ..weights import load_into, resolve_pretrained
 from .engine import train_step
-from .evaluation import evaluate_in_training
+from .evaluation import evaluate_in_training, imagenet_names
 from .optim import build_optimizer, build_scheduler
 from .report import Reporters
-from .run_folder import append_metrics, check_folder, check_run_folder, folder_id, run_dir, settle_name, trim_metrics
+from .run_folder import (append_metrics, check_folder, check_resume_latest_named, check_run_folder, folder_id,
+                         nothing_to_resume, run_dir, settle_name, trim_metrics)
 from .run_state import CheckpointManager, StopSignals, describe_changes, ignore_stop_signals, rng_state, set_rng_state
 from .setup import apply_locks, model_config
 
@@ -88,10 +92,11 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
+        check_resume_latest_named(cfg)
         model_cfg = model_config(cfg)
         split_model_config(model_cfg)  # a bad model config is one line before anything is made
         check_tokenizer_fits(model_cfg)
-        self.device = distributed.resolve_device(cfg.device, distributed.local_rank())
+        self.device = resolve_device(cfg.device, distributed.local_rank())
         self.rank, self.world_size = distributed.init_from_env(self.device.type)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
@@ -109,6 +114,7 @@ class Trainer:
         if distributed.restart_count() > 0 and cfg.resume is None:
             cfg.resume = "latest"
         settle_name(cfg)
+        self._folder_existed = run_dir(cfg).is_dir()
         self.run_lock = check_run_folder(cfg)
         try:
             self._set_up()
@@ -148,13 +154,14 @@ class Trainer:
         self._build_data()
         for folder in (cfg.imagenet_val, cfg.imagenet_v2):  # fail now, not after hours of training
             if folder:
-                image_folder(folder)
+                zero_shot_classes(folder, imagenet_names(folder), get_tokenizer(self.model.config))
         if cfg.val_data and is_shard_pattern(cfg.val_data):
             expand_sources(cfg.val_data)  # a pattern that matches nothing is an error now
         elif cfg.val_data and not Path(cfg.val_data).is_file():
             raise ConfigError(f"--val-data file not found: {cfg.val_data}")
         if cfg.compositional_val:
-            compositional_items(cfg.compositional_val)  # a missing image or a bad item is an error now
+            # a missing image or a bad item (a negative tokenized as its caption too) is an error now
+            compositional_items(cfg.compositional_val, tokenizer=get_tokenizer(self.model.config))
 
         if self.fsdp:  # before the optimizer: sharding replaces the parameters
             distributed.fsdp_shard(self.model, self.model.transformer_blocks())
@@ -187,6 +194,8 @@ class Trainer:
         self._saved_step: Optional[int] = None  # the step the newest checkpoint holds
         self._nonfinite_in_row = 0
         path = self.checkpoints.resume(cfg.resume)
+        if path is None and cfg.resume == "latest" and distributed.is_main_process():
+            log.warning("--resume latest: %s; training starts at step 0", nothing_to_resume(cfg, self._folder_existed))
         if path is not None:
             self._saved_step = self.progress.step
             log.info("resumed from %s at step %d (epoch %d, batch %d)", path, self.progress.step,
@@ -289,9 +298,10 @@ class Trainer:
         # would otherwise be the global one that dropout draws from (a resumed run would draw one more time).
         # A map-style dataset's workers live from epoch to epoch (~0.25 s an epoch here: a fork and its start):
         # a sample's augmentation is seeded by (seed, epoch, index), never by the worker, so nothing changes.
+        seed = generator_seed(self.cfg.seed_of_data * 1_000_003 + p.epoch)
         loader = DataLoader(self.dataset, batch_size=self.step_batch, sampler=self.sampler, drop_last=True,
                             num_workers=self.cfg.workers, collate_fn=collate,
-                            generator=torch.Generator().manual_seed(self.cfg.seed_of_data * 1_000_003 + p.epoch),
+                            generator=torch.Generator().manual_seed(seed),
                             worker_init_fn=ignore_stop_signals if self.cfg.workers else None,
                             pin_memory=self.device.type == "cuda",
                             persistent_workers=not self.streaming and self.cfg.workers > 0,
@@ -329,7 +339,7 @@ class Trainer:
         cfg, p = self.cfg, self.progress
         metrics_file = self.dir / "metrics.jsonl"
         if distributed.is_main_process():
-            atomic_write_text(json.dumps(cfg.to_dict(), indent=2) + "\n", self.dir / "config.json")
+            atomic_write_text(dumps(cfg.to_dict(), indent=2) + "\n", self.dir / "config.json")
             trim_metrics(metrics_file, p.step)
         self._dir_id = folder_id(self.dir)
         self.ddp_model.train()
