@@ -9,7 +9,6 @@ reaches training.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import shutil
@@ -21,6 +20,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from ..config import ICONIFY_VERSION
 from ..errors import ConfigError
+from ..files import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -82,14 +82,6 @@ def left_out_by_default(prefix: str, info: Dict) -> Optional[str]:
     return None
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def expected_sha256(version: str, given: Optional[str]) -> str:
     """The sha256 a tarball of ``version`` must have: ``given``, else the one known for the pinned version."""
     if given:
@@ -101,7 +93,7 @@ def expected_sha256(version: str, given: Optional[str]) -> str:
 
 
 def check_sha256(path: Path, expected: str) -> str:
-    digest = sha256_file(path)
+    digest = file_sha256(path)
     if digest != expected:
         raise ConfigError(f"{path} has sha256 {digest}, expected {expected}: not the pinned {PACKAGE} tarball "
                           "(a different version, a damaged download, or --sha256 is wrong)")
