@@ -15,6 +15,7 @@ either absent or whole. Every draw is seeded: the same package, options and seed
 from __future__ import annotations
 
 import fcntl
+import io
 import json
 import logging
 import random
@@ -71,8 +72,6 @@ def _stage(progress: Progress, name: str, total: int) -> Callable[[int], None]:
 
 
 def _tar_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    import io
-
     info = tarfile.TarInfo(name)
     info.size = len(data)
     tar.addfile(info, io.BytesIO(data))
