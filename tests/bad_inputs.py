@@ -98,7 +98,21 @@ def workspace(root: Path) -> Path:
     (root / "a_file").write_text("x")
     compositional_files(root)
     segmentation_files(root)
+    icon_files(root)
     return root
+
+
+def icon_files(root: Path) -> None:
+    """The IconifyJSON fixture packed as an npm tarball (icons.tgz) and its sha256 (icons.sha256)."""
+    from .iconify_fixture import pack
+
+    _, sha = pack(root / "icons.tgz")
+    (root / "icons.sha256").write_text(sha)
+
+
+def _icons(ws: Path, out: str, *extra: str, checked: bool = True) -> List[str]:
+    sha = ["--sha256", (ws / "icons.sha256").read_text()] if checked else []
+    return ["data", "icons", "--out", str(ws / out), "--tarball", str(ws / "icons.tgz"), *sha, "--no-progress", *extra]
 
 
 def segmentation_files(root: Path) -> None:
@@ -577,6 +591,25 @@ CASES: List[Case] = [
     Case("eval", "retrieval JSON that is not UTF-8 (Latin-1)", lambda ws: _eval(ws, "--retrieval-data", _put(
         ws, "ret_latin1.json", b'[{"image": "img.png", "caption": "a caf\xe9"}]')),
         "ret_latin1.json is not UTF-8 text"),
+    # --- superclip data icons (tests/test_icons.py builds the corpus itself)
+    Case("data icons", "npm registry unreachable", lambda ws: [
+        "data", "icons", "--out", str(ws / "ic_npm"), "--registry", "http://127.0.0.1:9/", "--fetch-retries", "0",
+        "--no-progress"], "could not fetch @iconify/json@2.2.553"),
+    Case("data icons", "a tarball whose sha256 is not the pinned one", lambda ws: _icons(ws, "ic_sha", checked=False),
+         "expected acf23ea102e682c28c367f76d44caa60b90365570201304358891386d52393a1"),
+    Case("data icons", "--tarball that does not exist", lambda ws: [
+        "data", "icons", "--out", str(ws / "ic_none"), "--tarball", str(ws / "none.tgz")], "file not found"),
+    Case("data icons", "a version whose sha256 is not known", lambda ws: [
+        "data", "icons", "--out", str(ws / "ic_v"), "--iconify-version", "9.9.9"], "no known sha256"),
+    Case("data icons", "a set name that does not exist", lambda ws: _icons(ws, "ic_set", "--sets", "no-such-set"),
+         "--sets: no icon set 'no-such-set'"),
+    Case("data icons", "an emoji set named", lambda ws: _icons(ws, "ic_emoji", "--held-out", "fx-moji"),
+         "'fx-moji' is an emoji set"),
+    Case("data icons", "a set both trained on and held out", lambda ws: _icons(
+        ws, "ic_both", "--sets", "fx-line", "--held-out", "fx-line"), "'fx-line' is held out"),
+    Case("data icons", "--out that holds other files", lambda ws: _icons(ws, "zs"), "already exists and is not empty"),
+    Case("data icons", "--max-per-set 0", lambda ws: _icons(ws, "ic_0", "--max-per-set", "0"),
+         "--max-per-set must be >= 1, got 0"),
 ]
 
 

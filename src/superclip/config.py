@@ -21,6 +21,8 @@ DEMO_LR = 5e-4
 # The demo's family: at DEMO_LR SuperCLIP is ahead on the textures' fine-grained ink+pattern task in every one of 5
 # seeds at batch 8, while on the scenes the two models are level (docs/demo.md).
 DEMO_FAMILY = "textures"
+# `superclip data icons`: the @iconify/json version fetched by default (its tarball's sha256 is in data/iconify.py)
+ICONIFY_VERSION = "2.2.553"
 
 PRECISIONS = ("fp32", "amp", "amp_bf16", "amp_bfloat16", "bf16", "fp16", "pure_bf16", "pure_fp16")
 DATASET_TYPES = ("auto", "csv", "synthetic", "synthetic-scenes", "synthetic-textures", "webdataset")

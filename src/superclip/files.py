@@ -3,6 +3,7 @@ run) sees the old file or the whole new one, never a half-written one, also afte
 command that writes a file a user keeps goes through here (checkpoints, run files, exports, embeddings, indexes)."""
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 import time
@@ -70,3 +71,12 @@ def atomic_write_text(text: str, path: os.PathLike) -> None:
 
 def atomic_write_bytes(data: bytes, path: os.PathLike) -> None:
     atomic_write(path, lambda f: f.write(data))
+
+
+def file_sha256(path: os.PathLike) -> str:
+    """The sha256 of a file's bytes, read 1 MiB at a time."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

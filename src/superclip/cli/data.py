@@ -1,4 +1,5 @@
-"""``superclip data synth``: the synthetic families as shards, hard-negative sets and masks."""
+"""``superclip data synth``: the synthetic families as shards, hard-negative sets and masks; ``superclip data
+icons``: a corpus of real drawings from the npm package @iconify/json."""
 from __future__ import annotations
 
 import argparse
@@ -83,6 +84,52 @@ def _cmd_data_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_icons(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..data.icon_corpus import CorpusOptions, build_corpus
+
+    opts = CorpusOptions(**{k: getattr(args, k) for k in CorpusOptions.__dataclass_fields__})
+    for key, low in (("image_size", 8), ("max_per_set", 1), ("shard_size", 1), ("zeroshot_classes", 2),
+                     ("zeroshot_per_class", 1), ("retrieval_items", 2), ("compositional_per_type", 1),
+                     ("dense_classes", 1), ("dense_train", 1), ("dense_test", 1)):
+        if getattr(opts, key) < low:
+            raise ConfigError(f"--{key.replace('_', '-')} must be >= {low}, got {getattr(opts, key)}")
+    if args.fetch_retries is not None and args.fetch_retries < 0:
+        raise ConfigError(f"--fetch-retries must be >= 0, got {args.fetch_retries}")
+    bars = []
+
+    def progress(stage: str, total: int):
+        if bars:
+            bars.pop().close()
+        bars.append(tqdm(total=total, desc=stage, disable=not args.progress, file=sys.stderr))
+        return bars[-1].update
+
+    try:
+        m = build_corpus(Path(args.out), args.tarball, args.iconify_version, args.sha256, args.registry,
+                         args.fetch_retries, args.sets, args.held_out, opts, progress)
+    finally:
+        if bars:
+            bars.pop().close()
+    out = Path(args.out)
+    if m["skipped"]:
+        named = ", ".join(f"{s['icon']} ({s['reason']})" for s in m["skipped"][:3])
+        more = f" and {len(m['skipped']) - 3} more" if len(m["skipped"]) > 3 else ""
+        print(f"skipped {len(m['skipped'])} icons that did not render: {named}{more} (all in {out}/manifest.json)")
+    print(f"wrote {out}: {m['train_samples']} training icons from {len(m['train_sets'])} sets in {len(m['shards'])} "
+          f"shards; held out {len(m['held_out_sets'])} sets: zero-shot {len(m['zeroshot'])} classes "
+          f"({sum(m['zeroshot'].values())} images), retrieval {m['retrieval_items']}, hard negatives "
+          + ", ".join(f"{k} {n}" for k, n in m["compositional"].items())
+          + f", dense {len(m['dense_classes'])} classes; licences in {out}/LICENSES")
+    last = max(0, len(m["shards"]) - 1)
+    print(f"train: superclip train --train-data '{out}/train-{{000000..{last:06d}}}.tar' --train-num-samples "
+          f"{m['train_samples']} --dataset-type webdataset")
+    print(f"evaluate: superclip eval --pretrained CKPT --zeroshot-data {out}/zeroshot --templates "
+          f"{out}/zeroshot/templates.txt --retrieval-data {out}/retrieval/retrieval.csv --compositional "
+          f"{out}/compositional --segmentation-probe-train {out}/dense/train --segmentation-probe-test {out}/dense/test")
+    return 0
+
+
 def add_parsers(sub) -> None:
     p = sub.add_parser("data", help="data tools")
     data_sub = p.add_subparsers(dest="data_command", required=True)
@@ -105,3 +152,36 @@ def add_parsers(sub) -> None:
                         "--test-samples; superclip eval --segmentation-probe-train/-test)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.set_defaults(func=_cmd_data_synth)
+    _add_icons_parser(data_sub)
+
+
+def _add_icons_parser(data_sub) -> None:
+    from ..config import ICONIFY_VERSION
+
+    p = data_sub.add_parser("icons", help="an icon corpus from the npm package @iconify/json: training shards, held-out "
+                                          "zero-shot / retrieval / hard-negative / dense sets, LICENSES")
+    p.add_argument("--out", required=True, help="output folder (absent or empty; written whole or not at all)")
+    p.add_argument("--tarball", default=None, help="a @iconify/json tarball you already have (else fetched with npm)")
+    p.add_argument("--iconify-version", default=ICONIFY_VERSION, help="the @iconify/json version to fetch")
+    p.add_argument("--sha256", default=None,
+                   help="the tarball's expected sha256 (default: the one known for the pinned version)")
+    p.add_argument("--registry", default=None, help="npm registry URL (npm's --registry)")
+    p.add_argument("--fetch-retries", type=int, default=None, help="npm's --fetch-retries")
+    p.add_argument("--sets", nargs="+", default=None, metavar="PREFIX",
+                   help="training sets (default: every usable set not held out; emoji sets are never used)")
+    p.add_argument("--held-out", nargs="+", default=None, metavar="PREFIX",
+                   help="held-out sets, with every set of the same author (default: tabler ph ri bi carbon iconoir "
+                        "heroicons mingcute)")
+    p.add_argument("--max-per-set", type=int, default=500, help="training icons drawn from each training set")
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shard-size", type=int, default=1000)
+    p.add_argument("--zeroshot-classes", type=int, default=30, help="concepts of the zero-shot set")
+    p.add_argument("--zeroshot-per-class", type=int, default=40)
+    p.add_argument("--retrieval-items", type=int, default=1000)
+    p.add_argument("--compositional-per-type", type=int, default=300, help="hard negatives per type")
+    p.add_argument("--dense-classes", type=int, default=10, help="concept classes of the dense set's masks")
+    p.add_argument("--dense-train", type=int, default=300, help="dense scenes to fit the probe on")
+    p.add_argument("--dense-test", type=int, default=100, help="dense scenes to score it on")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    p.set_defaults(func=_cmd_data_icons)

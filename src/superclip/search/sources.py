@@ -8,13 +8,13 @@ part is embedded).
 """
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 from typing import Dict, List, Optional
 
 from ..data.csv import read_columns
 from ..errors import ConfigError
+from ..files import file_sha256  # noqa: F401 - the search modules import it from here
 from ..evaluate.data import IMAGE_SUFFIXES, is_shard_pattern
 
 
@@ -82,14 +82,6 @@ def plan_parts(sources: List[str], part_size: int, csv_img_key: str = "filepath"
         seen.update(new)
     plans = [{"files": files[s:s + part_size]} for s in range(0, len(files), part_size)]
     return plans + [{"shard": u} for u in shards]
-
-
-def file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def shard_identity(url: str) -> str:
