@@ -182,18 +182,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def _utf8(name: str) -> bool:
-    try:
-        name.encode("utf-8")
-        return True
-    except UnicodeEncodeError:
-        return False
-
-
 def cmd_embed(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..evaluate.data import read_lines
+    from ..search.names import is_utf8
 
     if bool(args.images) == bool(args.texts):
         raise ConfigError("give either image files or --texts FILE")
@@ -212,7 +205,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     np.save(buf, feats.numpy())
     # one JSON string a line: a file name holding a newline stays one line (row i of OUT.npy is line i); a name that
     # is not UTF-8 keeps its bytes as \udcXX escapes (os.fsencode(json.loads(line)) gives them back)
-    ids_text = "".join(json.dumps(i, ensure_ascii=not _utf8(i)) + "\n" for i in ids)
+    ids_text = "".join(json.dumps(i, ensure_ascii=not is_utf8(i)) + "\n" for i in ids)
     try:  # the ids first: an interrupted write never leaves a .npy whose rows are not named
         atomic_write_bytes(ids_text.encode(), ids_file)
         atomic_write_bytes(buf.getvalue(), npy)

@@ -301,24 +301,20 @@ def add_parsers(sub) -> None:
     q.add_argument("sources", nargs="+", metavar="SOURCE")
     _model_flags(q, build=False)
     q.set_defaults(func=cmd_add)
-    q = isub.add_parser("remove", help="remove items by id or path (a file, a folder, a shard, URL#KEY) and exclude "
-                                       "them from later adds")
-    q.add_argument("dir", metavar="DIR")
-    q.add_argument("targets", nargs="+", metavar="ID_OR_PATH")
-    q.set_defaults(func=cmd_remove)
-    q = isub.add_parser("restore", help="undo a removal's exclusion (by the path or id removed): the next add takes "
-                                        "those files again")
-    q.add_argument("dir", metavar="DIR")
-    q.add_argument("targets", nargs="+", metavar="ID_OR_PATH")
-    q.set_defaults(func=cmd_restore)
-    q = isub.add_parser("excluded", help="list the exclusions (path or id, when) that later adds honour")
-    q.add_argument("dir", metavar="DIR")
-    q.set_defaults(func=cmd_excluded)
-    q = isub.add_parser("stats", help="items per source, files not indexed by reason, exclusions, changed since "
-                                      "indexed")
-    q.add_argument("dir", metavar="DIR")
-    q.add_argument("--json", action="store_true", help="one JSON object")
-    q.set_defaults(func=cmd_stats)
+    for name, func, targets, text in (
+            ("remove", cmd_remove, True, "remove items by id or path (a file, a folder, a shard, URL#KEY) and exclude "
+                                         "them from later adds"),
+            ("restore", cmd_restore, True, "undo a removal's exclusion (by the path or id removed): the next add "
+                                           "takes those files again"),
+            ("excluded", cmd_excluded, False, "list the exclusions (path or id, when) that later adds honour"),
+            ("stats", cmd_stats, False, "items per source, files not indexed by reason, exclusions, changed since "
+                                        "indexed")):
+        q = isub.add_parser(name, help=text)
+        q.add_argument("dir", metavar="DIR")
+        if targets:
+            q.add_argument("targets", nargs="+", metavar="ID_OR_PATH")
+        q.set_defaults(func=func)
+    q.add_argument("--json", action="store_true", help="one JSON object")  # stats
     q = isub.add_parser("relink", help="point the index at its checkpoint's new place (same sha256)")
     q.add_argument("dir", metavar="DIR")
     q.add_argument("--pretrained", required=True, help="the checkpoint's new path")

@@ -123,11 +123,14 @@ class Catalog:
                 raise
         return ids
 
-    def mark_deleted(self, ids: Iterable[int]) -> int:
-        """Flag ``ids`` deleted (one transaction); returns how many live items that removed."""
-        ids = list(ids)
+    def mark_deleted(self, ids: Iterable[int], exclusions: Sequence[Tuple[str, Optional[int]]] = ()) -> int:
+        """Flag ``ids`` deleted and record ``exclusions`` (target path, item id or None: :meth:`exclusion_test`),
+        in one transaction; returns how many live items that removed."""
+        ids, now = list(ids), time.time()
         with self.lock:
             self.db.execute("BEGIN IMMEDIATE")
+            self.db.executemany("INSERT OR REPLACE INTO exclusions (target, item, made) VALUES (?, ?, ?)",
+                                [(to_db(t), i, now) for t, i in exclusions])
             n = 0
             for s in range(0, len(ids), 500):
                 chunk = ids[s:s + 500]
@@ -218,7 +221,8 @@ class Catalog:
         return sorted(counts.items(), key=lambda x: (-x[1], x[0]))[:limit]
 
     # --- what is not indexed: skipped files and exclusions
-    def record_scan(self, folders: Sequence[str], files: Iterable[str], skipped: Sequence[Tuple[str, str, str]]) -> None:
+    def record_scan(self, folders: Sequence[str], files: Iterable[str],
+                    skipped: Sequence[Tuple[str, str, str]]) -> None:
         """Replace what was skipped under ``folders`` by what a new scan of them found (``skipped``: path, reason,
         detail); an unreadable image stays listed while the scan still finds it (``files``)."""
         present = {os.fsencode(p) for p in files}
@@ -247,23 +251,6 @@ class Catalog:
         """(target path, item id it was removed by or None, when) of every exclusion, by target."""
         rows = [(from_db(t), i, m) for t, i, m in self._all("SELECT target, item, made FROM exclusions")]
         return sorted(rows, key=lambda r: os.fsencode(r[0]))
-
-    def exclude(self, targets: Sequence[Tuple[str, Optional[int]]], ids: Sequence[int]) -> int:
-        """Record exclusions (target path, item id or None) and flag ``ids`` deleted, in one transaction; returns how
-        many live items that removed."""
-        now = time.time()
-        with self.lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            self.db.executemany("INSERT OR REPLACE INTO exclusions (target, item, made) VALUES (?, ?, ?)",
-                                [(to_db(t), i, now) for t, i in targets])
-            n = 0
-            ids = list(ids)
-            for s in range(0, len(ids), 500):
-                chunk = ids[s:s + 500]
-                n += self.db.execute(f"UPDATE items SET deleted = 1 WHERE deleted = 0 AND id IN "
-                                     f"({','.join('?' * len(chunk))})", chunk).rowcount
-            self.db.execute("COMMIT")
-        return n
 
     def unexclude(self, target: Optional[str] = None, item: Optional[int] = None) -> int:
         """Forget the exclusion of ``target`` (a path) or made by removing ``item``; returns how many it forgot.

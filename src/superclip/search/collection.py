@@ -20,7 +20,6 @@ import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
@@ -32,7 +31,7 @@ from . import parts
 from .catalog import Catalog
 from .layout import FORMAT, VERSION, FolderLock, Layout, kill_point, write_bytes, write_json
 from .names import tsv_field
-from .sources import REASONS, Scan, checkpoint_hash, file_sha256, plan_parts, resolve, shard_identity, shard_urls, source_kind
+from .sources import REASONS, Scan, file_sha256, plan_parts, resolve, shard_identity, shard_urls, source_kind
 
 log = logging.getLogger(__name__)
 

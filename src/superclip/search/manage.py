@@ -13,10 +13,10 @@ from typing import Dict, List, Optional, Tuple
 
 from ..errors import ConfigError
 from .catalog import Catalog
-from .collection import changing, checkpoint_hash, skipped_counts
+from .collection import changing, skipped_counts
 from .layout import Layout
-from .names import display
-from .sources import resolve, shard_identity, shard_urls, source_files, source_kind
+from .names import display, from_db
+from .sources import checkpoint_hash, resolve, shard_identity, shard_urls, source_files
 
 MAX_ID = (1 << 63) - 1
 
@@ -45,7 +45,7 @@ def remove(root: str, targets: List[str]) -> int:
                 raise ConfigError(f"no live item has the path {display(t)} (or lies under it) in {root}")
             ids += matched
             exclusions.append((target, None))
-        return catalog.exclude(exclusions, ids)
+        return catalog.mark_deleted(ids, exclusions)
 
 
 def restore(root: str, targets: List[str]) -> int:
@@ -94,35 +94,34 @@ def _file_state(path: str, size: int, mtime: float, sha: str) -> str:
         return "changed"
 
 
+def _count_of(source: str, catalog: Catalog, rows) -> Optional[int]:
+    """Live items of one source; None when the source cannot be read any more (a CSV or folder gone)."""
+    from ..evaluate.data import is_shard_pattern
+
+    if is_shard_pattern(source):
+        urls = set(shard_urls(source))
+        return sum(1 for r in rows if r[2] in urls)
+    if os.path.isdir(source):
+        return len(catalog.ids_under(source))
+    try:
+        paths = {os.fsencode(p) for p in source_files(source)}
+    except ConfigError:
+        return None
+    return sum(1 for r in rows if not r[2] and (r[1] if isinstance(r[1], bytes) else os.fsencode(r[1])) in paths)
+
+
 def stats(root: str) -> Dict:
     """What an index holds: live and removed items, live items per source, files not indexed by reason, exclusions,
     and the items whose file (or local shard) changed or is gone since it was indexed."""
     layout, manifest, catalog = _open(root)
     try:
         rows = catalog._all("SELECT id, path, source, size, mtime, sha256 FROM items WHERE deleted = 0")
-        per_source = {}
-        for source in manifest["sources"]:
-            kind = source_kind(source) if source.startswith("pipe:") or os.path.exists(source) or \
-                any(c in source for c in "{*?[") else "gone"
-            if kind == "folder":
-                n = len(catalog.ids_under(source))
-            elif kind == "shards":
-                urls = set(shard_urls(source))
-                n = sum(1 for r in rows if r[2] in urls)
-            elif kind in ("csv", "file"):
-                paths = {os.fsencode(p) for p in source_files(source)}
-                n = sum(1 for r in rows if not r[2] and (os.fsencode(r[1]) if isinstance(r[1], str) else r[1])
-                        in paths)
-            else:
-                n = None
-            per_source[display(source)] = n
+        per_source = {display(source): _count_of(source, catalog, rows) for source in manifest["sources"]}
         state = {"same": 0, "changed": 0, "gone": 0}
         shard_state: Dict[str, str] = {}
         known = catalog.known_shards()
         for _, path, source, size, mtime, sha in rows:
             if not source:
-                from .names import from_db
-
                 state[_file_state(from_db(path), size, mtime, sha)] += 1
                 continue
             if source not in shard_state:
