@@ -459,6 +459,39 @@ CASES: List[Case] = [
          "holds no index (no manifest.json)"),
     Case("serve", "a folder without an index", lambda ws: ["serve", str(ws / "shards")],
          "holds no index (no manifest.json)"),
+    # --- issue 25: index and serve on real folders
+    Case("index", "build with --model and no checkpoint (random weights)", lambda ws: [
+        "index", "build", str(ws / "zs"), "--out", str(ws / "idx_r"), "--model", str(ws / "tiny.json")],
+         "no checkpoint (--pretrained): an index of random weights finds nothing; to build one on purpose"),
+    Case("index", "build with --random-weights and --pretrained", lambda ws: [
+        "index", "build", str(ws / "zs"), "--out", str(ws / "idx_r"), "--pretrained", str(ws / "tiny.pt"),
+        "--random-weights", "3"], "--random-weights draws the weights: it cannot go with --pretrained"),
+    Case("index", "--thumb-size -1", lambda ws: ["index", "build", str(ws / "zs"), "--out", str(ws / "idx_r"),
+                                                 "--pretrained", str(ws / "tiny.pt"), "--thumb-size", "-1"],
+         "argument --thumb-size: must be >= 0, got -1"),
+    Case("index", "add after the index's checkpoint moved", lambda ws: [
+        "index", "add", _moved_index(ws), str(ws / "zs")], "is gone from"),
+    Case("index", "relink to another checkpoint", lambda ws: [
+        "index", "relink", _moved_index(ws), "--pretrained", str(ws / "other.pt")],
+         "was built with (sha256 differs): to use it, re-embed the index: superclip index reembed"),
+    Case("index", "relink to a missing file", lambda ws: [
+        "index", "relink", _moved_index(ws), "--pretrained", str(ws / "none.pt")], "none.pt not found"),
+    Case("index", "remove an id past SQLite's largest integer", lambda ws: [
+        "index", "remove", _moved_index(ws), "99999999999999999999"], "no item with id 99999999999999999999"),
+    Case("index", "remove a path the index does not hold", lambda ws: [
+        "index", "remove", _moved_index(ws), str(ws / "elsewhere")], "no live item has the path"),
+    Case("index", "restore what is not excluded", lambda ws: [
+        "index", "restore", _moved_index(ws), str(ws / "zs" / "red")], "is not excluded from"),
+    Case("index", "reembed without --pretrained", lambda ws: ["index", "reembed", _moved_index(ws)],
+         "name the new checkpoint (--pretrained)"),
+    Case("index", "stats of a folder without an index", lambda ws: ["index", "stats", str(ws / "shards")],
+         "holds no index (no manifest.json)"),
+    Case("index", "excluded of a folder without an index", lambda ws: ["index", "excluded", str(ws / "shards")],
+         "holds no index (no manifest.json)"),
+    Case("serve", "--port 70000", lambda ws: ["serve", str(ws / "shards"), "--port", "70000"],
+         "argument --port: must be a TCP port (0 to 65535), got 70000"),
+    Case("serve", "an index whose checkpoint moved", lambda ws: ["serve", _moved_index(ws), "--port", "0"],
+         "superclip index relink"),
     # --- eval --compositional
     Case("eval", "--compositional: a missing image named in a type file", lambda ws: _eval(
         ws, "--compositional", str(ws / "sc_missing_image"), "--compositional-images", str(ws)),
@@ -678,6 +711,25 @@ def _user_folder(ws: Path) -> str:
     folder.mkdir(exist_ok=True)
     (folder / "README.md").write_text("my notes\n")
     return str(folder)
+
+
+def _moved_index(ws: Path) -> str:
+    """An index of the zero-shot folder whose checkpoint was moved after the build (built once)."""
+    import shutil
+
+    from superclip import cli
+
+    out = ws / "idx_moved"
+    if not (out / "manifest.json").exists():
+        import contextlib
+
+        shutil.copy(ws / "tiny.pt", ws / "moving.pt")
+        with contextlib.redirect_stdout(io.StringIO()):
+            rc = cli.main(["index", "build", str(ws / "zs"), "--out", str(out), "--pretrained", str(ws / "moving.pt"),
+                           "--workers", "0", "--no-progress"])
+        assert rc == 0
+        (ws / "moving.pt").rename(ws / "moved.pt")
+    return str(out)
 
 
 def _existing_embedding(ws: Path) -> str:

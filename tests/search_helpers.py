@@ -59,7 +59,8 @@ def cli_killed_at(kill_at: str, *argv: str) -> int:
 
 def snapshot(root: Path) -> Dict:
     """What a user can observe of an index folder: items (id -> path, sha256, tags, deleted), live vectors by id,
-    the top-5 ids of a search with every live vector, and whether catalog and index agree."""
+    the top-5 ids of a search with every live vector, live thumbnails by id, and whether catalog and index agree."""
+    from superclip.search.parts import read_thumb
     from superclip.search.searcher import Searcher
 
     s = Searcher(str(root))
@@ -67,8 +68,10 @@ def snapshot(root: Path) -> Dict:
         items = s.catalog.items([r[0] for r in s.catalog.locations(live=False)])
         vectors = {i: s.vector(i) for i, it in items.items() if not it["deleted"]}
         searches = {i: [h[0] for h in s.search(v, 5)] for i, v in vectors.items()}
+        thumbs = {i: read_thumb(s.layout, it["part"], it["thumb_offset"], it["thumb_size"]) for i, it in items.items()
+                  if not it["deleted"] and it["thumb_size"] is not None}
         return {"items": {i: (it["path"], it["sha256"], it["tags"], it["deleted"]) for i, it in items.items()},
-                "vectors": vectors, "searches": searches, "check": s.verify()}
+                "vectors": vectors, "searches": searches, "thumbs": thumbs, "check": s.verify()}
     finally:
         s.close()
 
@@ -85,6 +88,7 @@ def assert_same(a: Dict, b: Dict, atol: float = 1e-6) -> None:
     for i in a["vectors"]:
         np.testing.assert_allclose(a["vectors"][i], b["vectors"][i], atol=atol, rtol=0)
     assert a["searches"] == b["searches"]
+    assert a["thumbs"] == b["thumbs"]  # the same JPEG bytes for every live item
     assert a["check"]["agree"] and b["check"]["agree"], (a["check"], b["check"])
 
 

@@ -98,6 +98,11 @@ def test_search_page_in_chromium(server, tmp_path):
         cards = _results(page)
         assert len(cards) == 16
         assert all("red" in tags for _, tags in cards[:4]), cards[:4]
+        # each card names its file (not "#ID"), linked to the original; the query is in the page's URL
+        names = page.eval_on_selector_all("#results .card .name", "links => links.map(a => [a.textContent, a.href])")
+        assert {n for n, _ in names} == {p.name for p, _ in pairs}
+        assert all(h.startswith(url + "/api/items/") and h.endswith("/image") for _, h in names)
+        assert page.url == url + "/?q=a+red+circle"
 
         # click a tag chip: it becomes a filter; the results are the items carrying it, as many as its facet says
         facet = int(page.inner_text("#facets li[data-tag='red'] small"))
@@ -107,9 +112,18 @@ def test_search_page_in_chromium(server, tmp_path):
         cards = _results(page)
         assert page.inner_text("#filters").startswith("red")
         assert len(cards) == facet == 4 and all("red" in tags for _, tags in cards)
+        assert page.url == url + "/?q=a+red+circle&tags=red"
         for folder in shots:
             folder.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(folder / "search.png"))
+        # Back: the search without the filter; Forward: with it again
+        page.go_back()
+        page.wait_for_function("document.querySelector('#filters').children.length === 0 && "
+                               "!document.querySelector('#status').textContent.includes('tags:')")
+        assert len(_results(page)) == 16 and page.input_value("#q") == "a red circle"
+        page.go_forward()
+        page.wait_for_function("document.querySelector('#status').textContent.includes('tags: red')")
+        assert len(_results(page)) == 4
 
         # upload an image: it (or its twin) comes first; then the filter is removed. The text search that removing
         # the filter starts is answered late (1.5 s, as on a loaded server) and must not overwrite the newer
@@ -130,9 +144,11 @@ def test_search_page_in_chromium(server, tmp_path):
         assert first == upload.read_bytes()
 
         # more like this: click a result's image
+        second = page.inner_text("#results .card:nth-child(2) .name")
         page.click("#results .card:nth-child(2) img")
-        page.wait_for_function("document.querySelector('#status').textContent.includes('like #')")
+        page.wait_for_function(f"document.querySelector('#status').textContent.includes('like {second}')")
         assert len(_results(page)) == 15  # every other item, not itself
+        assert page.url.startswith(url + "/?similar=")
 
         # phone width: nothing wider than the screen
         page.set_viewport_size({"width": 390, "height": 844})
@@ -144,6 +160,13 @@ def test_search_page_in_chromium(server, tmp_path):
         wide = page.evaluate("[...document.querySelectorAll('body *')].filter(e => e.getBoundingClientRect().right"
                              " > 390).map(e => e.tagName + '#' + e.id + '.' + e.className)")
         assert page.evaluate("document.documentElement.scrollWidth") <= 390, wide
+
+        # a link to a filtered search opens on its results
+        page.goto(url + "/?q=a+yellow+square&tags=yellow")
+        page.wait_for_function("document.querySelector('#status').textContent.includes('tags: yellow')")
+        cards = _results(page)
+        assert len(cards) == 4 and all("yellow" in tags for _, tags in cards)
+        assert page.input_value("#q") == "a yellow square" and page.inner_text("#filters").startswith("yellow")
         browser.close()
     assert errors == []
     assert (tmp_path / "search.png").stat().st_size > 10_000

@@ -175,6 +175,7 @@ def test_optimize_killed_then_rerun(env, tmp_path, kill_at):
 
 
 def test_batched_tags_equal_top_tags():
+    """The embedder's tags of a batch equal :func:`top_tags` image by image (ranked by lift over a prior)."""
     import superclip
     import torch
     from superclip.evaluate.tags import top_tags
@@ -183,10 +184,13 @@ def test_batched_tags_equal_top_tags():
     from .conftest import TINY_CFG
 
     model = superclip.create_model(TINY_CFG).eval()
+    gen = torch.Generator().manual_seed(1)
+    prior = torch.randn(49408, generator=gen).log_softmax(0)
+    prior[::7] = -float("inf")
     e = Embedder(model, superclip.get_transforms(model)[1], superclip.get_tokenizer(model.config), "cpu", top_k=5,
-                 workers=0)
-    logits = torch.randn(8, 49408, generator=torch.Generator().manual_seed(1)) * 3
-    fast, slow = e.tags(logits), [top_tags(r, e.tokenizer, 5, e.exclude) for r in logits]
+                 workers=0, tag_prior=prior)
+    logits = torch.randn(8, 49408, generator=gen) * 3
+    fast, slow = e.tags(logits), [top_tags(r, e.tokenizer, 5, e.exclude, prior) for r in logits]
     assert [[w for w, _ in t] for t in fast] == [[w for w, _ in t] for t in slow]
     np.testing.assert_allclose([[p for _, p in t] for t in fast], [[p for _, p in t] for t in slow], atol=1e-7)
 

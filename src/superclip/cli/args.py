@@ -19,6 +19,14 @@ def at_least(low: int):
 positive = at_least(1)
 
 
+def port(value: str) -> int:
+    """argparse type: a TCP port, 0..65535 (0: any free port)."""
+    n = int(value)
+    if not 0 <= n <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a TCP port (0 to 65535), got {n}")
+    return n
+
+
 def size(value: str) -> int:
     """argparse type: bytes, with an optional K/M/G/T suffix (powers of 1024): ``4G``."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*", value, re.IGNORECASE)

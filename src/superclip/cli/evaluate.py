@@ -207,6 +207,8 @@ def _text_lines(path: str) -> List[str]:
 def cmd_embed(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from ..search.names import is_utf8
+
     if bool(args.images) == bool(args.texts):
         raise ConfigError("give either image files or --texts FILE")
     from ..files import atomic_write_bytes
@@ -225,11 +227,12 @@ def cmd_embed(args: argparse.Namespace) -> int:
     feats = _images(preprocess, ids, args, "embed") if args.images else _texts(tokenizer, ids, args)
     buf = io.BytesIO()
     np.save(buf, feats.numpy())
-    # one JSON string a line: a file name holding a newline stays one line (row i of OUT.npy is line i)
-    ids_text = "".join(json.dumps(i, ensure_ascii=False) + "\n" for i in ids)
-    try:
-        atomic_write_bytes(buf.getvalue(), npy)
+    # one JSON string a line: a file name holding a newline stays one line (row i of OUT.npy is line i); a name that
+    # is not UTF-8 keeps its bytes as \udcXX escapes (os.fsencode(json.loads(line)) gives them back)
+    ids_text = "".join(json.dumps(i, ensure_ascii=not is_utf8(i)) + "\n" for i in ids)
+    try:  # the ids first: an interrupted write never leaves a .npy whose rows are not named
         atomic_write_bytes(ids_text.encode(), ids_file)
+        atomic_write_bytes(buf.getvalue(), npy)
     except OSError as e:
         raise ConfigError(f"--out: cannot write {args.out}.*: {e.strerror or e}") from None
     print(f"wrote {npy} ({feats.shape[0]} x {feats.shape[1]}) and {ids_file} (one JSON string a line)")
@@ -259,7 +262,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def cmd_tag(args: argparse.Namespace) -> int:
-    from ..evaluate.tags import excluded_token_ids, top_tags
+    from ..evaluate.tags import TagTable, excluded_token_ids, tag_prior
     from ..loss import idf_weights
 
     model, preprocess, tokenizer, args.encoder = _load(args)
@@ -267,10 +270,9 @@ def cmd_tag(args: argparse.Namespace) -> int:
     stats = args.stats
     if stats and stats["num_samples"].item() > 0:
         weights = idf_weights(stats["cap_fq"], stats["num_samples"], 1 << 30)
-    exclude = excluded_token_ids(tokenizer, weights)
+    tagger = TagTable(tokenizer, args.top_k, excluded_token_ids(tokenizer, weights), tag_prior(stats))
     logits = _images(preprocess, list(args.images), args, "tag", kind="token_logits")
-    for path, row in zip(args.images, logits):
-        tags = top_tags(row, tokenizer, args.top_k, exclude)
+    for path, tags in zip(args.images, tagger(logits)):
         print(path + "\t" + "  ".join(f"{w} ({p:.3f})" for w, p in tags))
     return 0
 

@@ -5,6 +5,8 @@ import os
 import sys
 
 from ..errors import ConfigError
+from .args import at_least
+from .args import port as _port
 from .args import positive as _positive
 from .args import size as _size
 
@@ -14,7 +16,22 @@ def _job_options(args):
 
     return JobOptions(part_size=args.part_size, top_k=args.top_k, dtype=args.dtype,
                       max_index_memory=args.max_index_memory, csv_img_key=args.csv_img_key,
-                      csv_separator=args.csv_separator)
+                      csv_separator=args.csv_separator, thumb_size=args.thumb_size)
+
+
+def _model_spec(model):
+    """A model given as a JSON file is stored resolved (the index is used from other folders); a name as it is."""
+    return os.path.realpath(model) if model and os.path.isfile(model) else model
+
+
+def skipped_summary(counts) -> str:
+    from ..search.sources import REASONS
+
+    total = sum(counts.values())
+    if not total:
+        return "no file skipped"
+    parts = ", ".join(f"{n} {REASONS[r]}" for r, n in sorted(counts.items(), key=lambda x: (-x[1], x[0])))
+    return f"{total} files not indexed ({parts})"
 
 
 def _run_job(args, build: bool) -> int:
@@ -22,15 +39,23 @@ def _run_job(args, build: bool) -> int:
 
     from .. import distributed
     from ..devices import resolve_device
-    from ..search.collection import checkpoint_hash, finish, start
-    from ..search.job import Embedder, load_for_search
+    from ..evaluate.tags import tag_prior
+    from ..search.collection import finish, start
+    from ..search.job import Embedder, index_model, load_for_search
     from ..search.layout import FolderLock, Layout
+    from ..search.sources import resolve
 
     layout = Layout(args.dir)
     if build:
-        model, pretrained, dtype, top_k = args.model, args.pretrained, args.dtype, args.top_k
+        model, pretrained, dtype, top_k = _model_spec(args.model), args.pretrained, args.dtype, args.top_k
+        seed = args.random_weights
         if model is None and pretrained is None:
             raise ConfigError("name a model (--model) and/or a checkpoint (--pretrained)")
+        if pretrained is not None and seed is not None:
+            raise ConfigError("--random-weights draws the weights: it cannot go with --pretrained")
+        if pretrained is None and seed is None:
+            raise ConfigError("no checkpoint (--pretrained): an index of random weights finds nothing; to build one "
+                              "on purpose (a test, a benchmark), add --random-weights SEED")
         if not layout.manifest.exists() and layout.foreign():  # before the lock: nothing is written into it
             raise ConfigError(f"{layout.root} is not empty and holds no index: name a new folder")
     elif not layout.root.is_dir():
@@ -43,25 +68,30 @@ def _run_job(args, build: bool) -> int:
             lock = FolderLock(layout.root, create=build)
         if not build:
             manifest = layout.read_manifest()
-            model, pretrained = manifest["model"], manifest["pretrained"]
-            dtype, top_k = manifest["dtype"], manifest["top_k"]
+            if manifest.get("reembed"):
+                raise ConfigError(f"{args.dir} is being re-embedded with another checkpoint: finish that first "
+                                  f"(rerun superclip index reembed {args.dir} --pretrained ...)")
+            model, dtype, top_k = manifest["model"], manifest["dtype"], manifest["top_k"]
+            args.thumb_size = manifest.get("thumb_size", 0)
         if device.type == "cpu":
             from ..cpu import share_cores_with_workers
 
             share_cores_with_workers(args.workers)
-        net, preprocess, tokenizer, weights, info = load_for_search(model, pretrained, str(device), args.precision,
+        if build:
+            net, preprocess, tokenizer, weights, info = load_for_search(model, pretrained, str(device), args.precision,
+                                                                        args.cache_dir, seed)
+        else:
+            net, preprocess, tokenizer, weights, info = index_model(manifest, args.dir, str(device), args.precision,
                                                                     args.cache_dir)
-        digest = checkpoint_hash(info.get("path"))
-        if not build and digest != manifest["checkpoint_sha256"]:
-            raise ConfigError(f"the checkpoint {pretrained} changed since {args.dir} was built (sha256 differs): "
-                              "build a new index with it")
         embedder = Embedder(net, preprocess, tokenizer, device, args.precision, top_k, dtype, args.batch_size,
-                            args.workers, weights)
-        model_info = {"model": model, "pretrained": info.get("path"), "checkpoint_sha256": digest,
+                            args.workers, weights, args.thumb_size, tag_prior(info["token_stats"]))
+        model_info = {"model": model, "pretrained": info.get("path"), "checkpoint_sha256": info["sha256"],
                       "dim": embedder.dim}
+        if build and seed is not None:
+            model_info["random_weights_seed"] = seed
         args.top_k, args.dtype = top_k, dtype
         opts = _job_options(args)
-        sources = [s if s.startswith("pipe:") else os.path.abspath(s) for s in args.sources]
+        sources = [resolve(s) for s in args.sources]
         manifest = start(args.dir, sources, opts, model_info, build)
         with tqdm(total=None, unit="img", desc="index " + ("build" if build else "add"), dynamic_ncols=True,
                   disable=not (args.progress and rank == 0), file=sys.stderr) as bar:
@@ -79,8 +109,8 @@ def _run_job(args, build: bool) -> int:
             f"{report.get('added', 0)} added, {manifest.get('removed_now', 0)} removed; additions are searched " \
             "exactly until superclip index optimize"
         rate = report["embedded"] / report["embed_seconds"] if report["embedded"] else 0.0
-        print(f"{args.dir}: {report['live']} items; {what}; {report['skipped']} unreadable images skipped "
-              f"(listed in {layout.skipped}); embedded {report['embedded']} images in {report['embed_seconds']:.1f} s "
+        print(f"{args.dir}: {report['live']} items; {what}; {skipped_summary(report['skipped'])} (listed in "
+              f"{layout.skipped}); embedded {report['embedded']} images in {report['embed_seconds']:.1f} s "
               f"({rate:.1f} images/s)")
     return 0
 
@@ -94,10 +124,97 @@ def cmd_add(args) -> int:
 
 
 def cmd_remove(args) -> int:
-    from ..search.collection import remove
+    from ..search.manage import remove
 
     n = remove(args.dir, list(args.targets))
-    print(f"{args.dir}: {n} items removed (they no longer appear in results)")
+    print(f"{args.dir}: {n} items removed (they no longer appear in results) and excluded: later builds and adds "
+          f"leave them out (superclip index excluded {args.dir} lists exclusions, superclip index restore undoes one)")
+    return 0
+
+
+def cmd_restore(args) -> int:
+    from ..search.manage import restore
+
+    n = restore(args.dir, list(args.targets))
+    print(f"{args.dir}: {n} exclusion{'s' if n != 1 else ''} forgotten: the next superclip index add {args.dir} "
+          "SOURCE... indexes those files again (with new ids)")
+    return 0
+
+
+def cmd_excluded(args) -> int:
+    import time
+
+    from ..search.manage import excluded
+    from ..search.names import display
+
+    rows = excluded(args.dir)
+    for target, item, made in rows:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(made))
+        print(f"{display(target)}\t{'id ' + str(item) if item is not None else 'path'}\t{when}")
+    if not rows:
+        print(f"{args.dir}: nothing is excluded", file=sys.stderr)
+    return 0
+
+
+def cmd_stats(args) -> int:
+    import json
+
+    from ..search.manage import stats
+
+    st = stats(args.dir)
+    if args.json:
+        print(json.dumps(st, indent=1))
+        return 0
+    print(f"{args.dir}: {st['live']} items ({st['removed']} removed or replaced), index {st['index']}, model "
+          f"{st['model']} ({st['pretrained'] or 'random weights'})")
+    for source, n in st["per_source"].items():
+        print(f"  {n if n is not None else '?':>8} items from {source}")
+    print(f"  not indexed: {skipped_summary(st['skipped'])}; {st['exclusions']} exclusions")
+    print(f"  since indexed: {st['unchanged']} unchanged, {st['changed_since_indexed']} changed, "
+          f"{st['gone_since_indexed']} gone (superclip index add takes the changes in)")
+    return 0
+
+
+def cmd_relink(args) -> int:
+    from ..search.manage import relink
+
+    path = relink(args.dir, args.pretrained)
+    print(f"{args.dir}: checkpoint now read from {path} (same sha256)")
+    return 0
+
+
+def cmd_reembed(args) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from ..evaluate.tags import tag_prior
+    from ..search.collection import JobOptions
+    from ..search.job import Embedder, load_for_search
+    from ..search.layout import Layout
+    from ..search.reembed import reembed
+
+    if args.pretrained is None:
+        raise ConfigError("name the new checkpoint (--pretrained)")
+    manifest = Layout(args.dir).read_manifest()
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = _model_spec(args.model) if args.model else (None if args.pretrained else manifest["model"])
+    net, preprocess, tokenizer, weights, info = load_for_search(model, args.pretrained, str(device), args.precision,
+                                                                args.cache_dir)
+    embedder = Embedder(net, preprocess, tokenizer, device, args.precision, manifest["top_k"], manifest["dtype"],
+                        args.batch_size, args.workers, weights, manifest.get("thumb_size", 0),
+                        tag_prior(info["token_stats"]))
+    model_info = {"model": model, "pretrained": info.get("path"), "checkpoint_sha256": info["sha256"],
+                  "dim": embedder.dim}
+    opts = JobOptions(part_size=manifest.get("part_size", 10_000), max_index_memory=args.max_index_memory)
+    with tqdm(total=None, unit="img", desc="index reembed", dynamic_ncols=True, disable=not args.progress,
+              file=sys.stderr) as bar:
+        opts.progress, opts.on_total = bar.update, lambda total: bar.reset(total=total)
+        report = reembed(args.dir, embedder, model_info, opts)
+    idx = report["index"]
+    print(f"{args.dir}: {report.get('reembedded', report['live'])} items embedded again with "
+          f"{info.get('path') or 'random weights'} (ids kept); {report.get('removed', 0)} items whose image changed "
+          f"or is gone since it was indexed removed (superclip index add takes them in again); index {idx['kind']}, "
+          f"{report['live']} items")
     return 0
 
 
@@ -110,20 +227,41 @@ def cmd_optimize(args) -> int:
     return 0
 
 
+def _listen(host: str, port: int):
+    """A listening socket on (host, port), or a one-line error (the port is taken, the address is not this
+    machine's), before anything is loaded or announced."""
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError as e:
+        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    return sock
+
+
 def cmd_serve(args) -> int:
     import uvicorn
 
     from ..devices import resolve_device
     from ..search.server import ServeOptions, create_app
 
-    device = str(resolve_device(args.device))
-    app = create_app(args.dir, ServeOptions(device=device, max_upload_bytes=args.max_upload,
-                                            cors_origins=args.cors_origin or []))
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
-        print(f"superclip serve: listening on {args.host}: anyone who can reach it can search {args.dir} and see "
-              "its images", file=sys.stderr)
-    print(f"serving {args.dir} on http://{args.host}:{args.port}/ (API docs at /docs)", file=sys.stderr)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    device = str(resolve_device(args.device))  # a device this machine lacks: one line, before the port is taken
+    sock = _listen(args.host, args.port)
+    try:
+        app = create_app(args.dir, ServeOptions(device=device, max_upload_bytes=args.max_upload,
+                                                cors_origins=args.cors_origin or []))
+        if args.host not in ("127.0.0.1", "localhost", "::1"):
+            print(f"superclip serve: listening on {args.host}: anyone who can reach it can search {args.dir} and see "
+                  "its images", file=sys.stderr)
+        port = sock.getsockname()[1]
+        print(f"serving {args.dir} on http://{args.host}:{port}/ (API docs at /docs)", file=sys.stderr)
+        uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+    finally:
+        sock.close()
     return 0
 
 
@@ -133,6 +271,10 @@ def _model_flags(p, build: bool) -> None:
         p.add_argument("--pretrained", default=None, help="checkpoint, model folder or hf-hub:ORG/REPO[/FILE]")
         p.add_argument("--dtype", default="float16", choices=["float16", "float32"], help="stored embeddings")
         p.add_argument("--top-k", type=_positive, default=5, help="head tags kept per image")
+        p.add_argument("--thumb-size", type=at_least(0), default=256,
+                       help="thumbnails made while embedding, at most this many pixels a side (0: none)")
+        p.add_argument("--random-weights", type=at_least(0), default=None, metavar="SEED",
+                       help="no checkpoint: draw the model's weights from SEED (recorded; for tests and benchmarks)")
     p.add_argument("--cache-dir", default=None, help="hub cache for hf-hub: names")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "amp", "amp_bf16", "bf16"])
@@ -162,10 +304,37 @@ def add_parsers(sub) -> None:
     q.add_argument("sources", nargs="+", metavar="SOURCE")
     _model_flags(q, build=False)
     q.set_defaults(func=cmd_add)
-    q = isub.add_parser("remove", help="remove items by id or path (a file, or everything under a folder)")
+    for name, func, targets, text in (
+            ("remove", cmd_remove, True, "remove items by id or path (a file, a folder, a shard, URL#KEY) and exclude "
+                                         "them from later adds"),
+            ("restore", cmd_restore, True, "undo a removal's exclusion (by the path or id removed): the next add "
+                                           "takes those files again"),
+            ("excluded", cmd_excluded, False, "list the exclusions (path or id, when) that later adds honour"),
+            ("stats", cmd_stats, False, "items per source, files not indexed by reason, exclusions, changed since "
+                                        "indexed")):
+        q = isub.add_parser(name, help=text)
+        q.add_argument("dir", metavar="DIR")
+        if targets:
+            q.add_argument("targets", nargs="+", metavar="ID_OR_PATH")
+        q.set_defaults(func=func)
+    q.add_argument("--json", action="store_true", help="one JSON object")  # stats
+    q = isub.add_parser("relink", help="point the index at its checkpoint's new place (same sha256)")
     q.add_argument("dir", metavar="DIR")
-    q.add_argument("targets", nargs="+", metavar="ID_OR_PATH")
-    q.set_defaults(func=cmd_remove)
+    q.add_argument("--pretrained", required=True, help="the checkpoint's new path")
+    q.set_defaults(func=cmd_relink)
+    q = isub.add_parser("reembed", help="embed every item again with another checkpoint, in place (ids kept; "
+                                        "resumable)")
+    q.add_argument("dir", metavar="DIR")
+    q.add_argument("--model", default=None, help="model name or JSON (default: the checkpoint's own config)")
+    q.add_argument("--pretrained", default=None, help="the new checkpoint, model folder or hf-hub:ORG/REPO[/FILE]")
+    q.add_argument("--cache-dir", default=None, help="hub cache for hf-hub: names")
+    q.add_argument("--device", default=None, help="cpu, cuda, cuda:N (default: cuda if available)")
+    q.add_argument("--precision", default="fp32", choices=["fp32", "amp", "amp_bf16", "bf16"])
+    q.add_argument("--batch-size", type=_positive, default=64)
+    q.add_argument("--workers", type=int, default=2, help="data-loader workers decoding images")
+    q.add_argument("--max-index-memory", type=_size, default="4G", help="memory budget of the faiss index")
+    q.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+    q.set_defaults(func=cmd_reembed)
     q = isub.add_parser("optimize", help="fold additions and removals into a new main index")
     q.add_argument("dir", metavar="DIR")
     q.add_argument("--max-index-memory", type=_size, default=None, help="default: the build's")
@@ -174,7 +343,7 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("serve", help="a search page and JSON API over an index folder")
     p.add_argument("dir", metavar="DIR")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=_port, default=8000, help="TCP port (default %(default)s; 0: any free one)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--max-upload", type=_size, default="20M", help="largest image upload (default %(default)s)")
     p.add_argument("--cors-origin", action="append", default=None, metavar="ORIGIN",

@@ -28,6 +28,46 @@ from PIL import ExifTags, Image, ImageOps
 
 ImageSource = Union[str, Path, bytes]
 _ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+HEIF_SUFFIXES = (".heic", ".heif", ".hif")
+HEIF_HINT = "install pillow-heif (pip install 'superclip[heic]') to read HEIC/HEIF images"
+_heif = None
+
+
+def heif_support() -> bool:
+    """Whether HEIC/HEIF images can be read: the optional ``pillow-heif`` registers its opener with PIL (once)."""
+    global _heif
+    if _heif is None:
+        try:
+            import pillow_heif
+
+            pillow_heif.register_heif_opener()
+            _heif = True
+        except ImportError:
+            _heif = False
+    return _heif
+
+
+def image_suffixes() -> frozenset:
+    """File name suffixes (lower case, with the dot) of every image type PIL opens here: its registered
+    extensions (``.jfif``, ``.jpe``, ``.avif``, ... ), HEIC/HEIF with pillow-heif, and EPS only where Ghostscript
+    is installed (PIL renders it through ``gs``). Left out: formats PIL only identifies without decoding (its stub
+    plugins: BUFR, GRIB, HDF5, WMF; and MPEG, of which it reads only the header)."""
+    import inspect
+    import shutil
+
+    from PIL import ImageFile
+
+    heif_support()
+    Image.init()
+    out = set()
+    for ext, fmt in Image.registered_extensions().items():
+        plugin = Image.OPEN.get(fmt, (None,))[0]
+        if plugin is None or fmt == "MPEG" or (fmt == "EPS" and not shutil.which("gs")):
+            continue
+        if inspect.isclass(plugin) and issubclass(plugin, ImageFile.StubImageFile):
+            continue
+        out.add(ext.lower())
+    return frozenset(out)
 
 
 def decode_image(source: ImageSource) -> Image.Image:
@@ -36,6 +76,8 @@ def decode_image(source: ImageSource) -> Image.Image:
     Raises what PIL raises (``FileNotFoundError``, ``PIL.UnidentifiedImageError``, ``DecompressionBombError``, ...):
     each caller decides whether a bad image is a skipped sample or a one-line error.
     """
+    if _heif is None:
+        heif_support()
     with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as im:
         im.load()
         try:

@@ -1,9 +1,39 @@
-"""The classification head as an open-vocabulary image tagger: its top tokens, read back as words."""
+"""The classification head as an open-vocabulary image tagger: its tokens, read back as words, ranked by how much this
+image raises them.
+
+The head's raw top tokens by probability are the words most captions share ("a", "of", "photo", "showing"): the same
+few on every image. A tag should say what sets this image apart, so a word is ranked by its **lift**: the log of its
+probability for this image over its probability for images in general, the head's prior. Over the training data
+the head's mean prediction equals the mean soft target (the head has a bias: at a stationary point of the
+cross-entropy its gradient, mean softmax minus mean target, is zero), and the mean target of a word is about its IDF
+weight times its document frequency; both come with the checkpoint's token statistics. Function words ("a", "of",
+"with", ...) are never tags. Candidates are the most probable words (:data:`CANDIDATES` per tag shown), so that a
+word the head barely predicts cannot lead on a large ratio of two tiny numbers. Without statistics (open_clip
+weights, a checkpoint saved without them) the ranking is by probability, function words still left out.
+"""
 from __future__ import annotations
 
 from typing import Iterable, List, Optional, Set, Tuple
 
 import torch
+
+# English function words (articles, pronouns, prepositions, conjunctions, auxiliaries, common adverbs of degree):
+# they say nothing about an image however often a caption uses them
+FUNCTION_WORDS = frozenset("""
+a an the this that these those there here it its it's they them their theirs he him his she her hers we us our you
+your i me my mine one ones some any all both each every either neither no none not nor other another such own same
+of in on at by for with without within into onto upon over under above below between among through throughout
+across along around about against toward towards to from up down out off near beside besides behind before after
+during until till since via per than as like unlike amid despite except inside outside underneath beneath beyond
+and or but so yet if then else because while whereas although though unless whether
+is am are was were be been being have has had having do does did doing done will would shall should can could may
+might must ought let lets get gets got
+very too also just only even still really quite rather much many more most less least few several
+what which who whom whose when where why how whatever whichever whoever
+s t re ve ll d m
+""".split())
+
+CANDIDATES = 8  # candidates per tag shown: the k * CANDIDATES most probable words are ranked by lift
 
 
 def excluded_token_ids(tokenizer, token_weights: Optional[torch.Tensor] = None) -> Set[int]:
@@ -19,6 +49,22 @@ def excluded_token_ids(tokenizer, token_weights: Optional[torch.Tensor] = None) 
     return out
 
 
+def tag_prior(token_stats) -> Optional[torch.Tensor]:
+    """(V,) float32 log of the head's prediction for images in general, from a checkpoint's token statistics
+    (``cap_fq``, ``num_samples``: the loss's running document frequencies): IDF weight x document frequency,
+    normalised; ``-inf`` for a word no training caption used, or every caption did. None without statistics."""
+    if not token_stats or float(token_stats["num_samples"].reshape(-1)[0]) <= 0:
+        return None
+    n = token_stats["num_samples"].double().reshape(-1)[0]
+    df = token_stats["cap_fq"].double().reshape(-1)
+    weights = torch.log((n + 2 ** -30) / (df + 2 ** -30)).clamp_min(0)
+    mass = weights * df / n
+    total = mass.sum()
+    if total <= 0:
+        return None
+    return torch.log(mass / total).float()
+
+
 def _word(tokenizer, token_id: int) -> Optional[str]:
     """The word a vocabulary entry spells, if it ends a word (CLIP BPE marks that with '</w>') and is alphabetic."""
     decoder = getattr(tokenizer, "decoder", None)
@@ -31,58 +77,76 @@ def _word(tokenizer, token_id: int) -> Optional[str]:
     return word if word.isalpha() else None
 
 
-def top_tags(logits: torch.Tensor, tokenizer, k: int = 5, exclude: Iterable[int] = ()) -> List[Tuple[str, float]]:
-    """(word, probability) for the ``k`` most probable whole-word tokens of (V,) head logits.
+_WORDS = {}  # id(tokenizer) -> (tokenizer, every id's word or None): read once (~0.4 s for the CLIP vocabulary)
 
-    Probabilities are the head's softmax over the whole vocabulary. Word-final BPE pieces are words
-    ("circle</w>" -> "circle"); pieces that only start a word are skipped, and a word reached twice is kept once.
-    """
-    probs = logits.float().softmax(dim=-1)
-    skip = set(exclude)
-    tags: List[Tuple[str, float]] = []
-    seen = set()
-    for token_id in probs.argsort(descending=True).tolist():
-        if token_id in skip:
-            continue
-        word = _word(tokenizer, token_id)
-        if word is None or word in seen:
-            continue
-        seen.add(word)
-        tags.append((word, probs[token_id].item()))
-        if len(tags) == k:
-            break
-    return tags
+
+def vocabulary_words(tokenizer, vocab: int) -> List[Optional[str]]:
+    """Every token id's word (:func:`_word`), looked up once per tokenizer."""
+    held = _WORDS.get(id(tokenizer))
+    if held is None or held[0] is not tokenizer or len(held[1]) < vocab:
+        held = _WORDS[id(tokenizer)] = (tokenizer, [_word(tokenizer, i) for i in range(vocab)])
+    return held[1][:vocab]
 
 
 class TagTable:
-    """:func:`top_tags` for batches: every vocabulary entry's word is looked up once (``top_tags`` decodes token
-    after token, ~60 ms an image for a head whose top tokens are word pieces), then each row's tags are read off
-    the top ``4 k`` candidates; a row whose candidates hold fewer than ``k`` distinct words falls back to
-    :func:`top_tags`. Results equal ``top_tags`` row by row."""
+    """The tagger, for batches: every vocabulary entry's word is looked up once, then each row's tags are read off
+    its candidates.
 
-    def __init__(self, tokenizer, k: int = 5, exclude: Iterable[int] = ()):
+    Args:
+        tokenizer: the model's tokenizer (CLIP BPE).
+        k: tags per image.
+        exclude: token ids never shown (:func:`excluded_token_ids`).
+        prior: (V,) log prior (:func:`tag_prior`): rank by lift; None: rank by probability.
+    """
+
+    def __init__(self, tokenizer, k: int = 5, exclude: Iterable[int] = (), prior: Optional[torch.Tensor] = None):
         self.tokenizer, self.k, self.exclude = tokenizer, k, set(exclude)
+        self.prior = prior
         self.words: Optional[List[Optional[str]]] = None
 
+    def _table(self, vocab: int) -> None:
+        self.words = [None if w is None or i in self.exclude or w.lower() in FUNCTION_WORDS else w
+                      for i, w in enumerate(vocabulary_words(self.tokenizer, vocab))]
+        self.mask = torch.tensor([w is None for w in self.words])
+        if self.prior is not None:
+            self.mask |= ~torch.isfinite(self.prior[:vocab])
+
     def __call__(self, logits: torch.Tensor) -> List[List[Tuple[str, float]]]:
-        """(B, V) head logits -> each row's ``k`` (word, probability)."""
+        """(B, V) head logits -> each row's ``k`` (word, probability), best first."""
         if self.words is None:
-            self.words = [None if i in self.exclude else _word(self.tokenizer, i) for i in range(logits.shape[1])]
-            self.mask = torch.tensor([w is None for w in self.words])
-        probs = logits.softmax(dim=-1)
-        ranked = probs.masked_fill(self.mask, -1.0).topk(min(4 * self.k, logits.shape[1]), dim=-1)
+            self._table(logits.shape[1])
+        probs = logits.float().softmax(dim=-1)
+        allowed = int((~self.mask).sum())
+        n = min(self.k * CANDIDATES, allowed)
+        if n == 0:
+            return [[] for _ in range(len(probs))]
+        top = probs.masked_fill(self.mask, -1.0).topk(n, dim=-1)
+        if self.prior is not None:  # rank the candidates by lift
+            lift = top.values.clamp_min(1e-30).log() - self.prior[top.indices]
+            order = lift.argsort(dim=-1, descending=True, stable=True)
+            values, ids = top.values.gather(1, order), top.indices.gather(1, order)
+        else:
+            values, ids = top.values, top.indices
         out = []
-        for row, (values, ids) in enumerate(zip(ranked.values.tolist(), ranked.indices.tolist())):
+        for row_values, row_ids in zip(values.tolist(), ids.tolist()):
             seen, tags = set(), []
-            for p, i in zip(values, ids):
+            for p, i in zip(row_values, row_ids):
                 word = self.words[i]
-                if p < 0 or word is None or word in seen:
+                if word in seen:
                     continue
                 seen.add(word)
                 tags.append((word, p))
                 if len(tags) == self.k:
                     break
-            if len(tags) < self.k:  # many spellings of one word among the candidates: the slow way
-                tags = top_tags(logits[row], self.tokenizer, self.k, self.exclude)
             out.append(tags)
         return out
+
+
+def top_tags(logits: torch.Tensor, tokenizer, k: int = 5, exclude: Iterable[int] = (),
+             prior: Optional[torch.Tensor] = None) -> List[Tuple[str, float]]:
+    """(word, probability) of the ``k`` tags of (V,) head logits (:class:`TagTable` for one image).
+
+    Probabilities are the head's softmax over the whole vocabulary. Word-final BPE pieces are words
+    ("circle</w>" -> "circle"); pieces that only start a word are skipped, and a word reached twice is kept once.
+    """
+    return TagTable(tokenizer, k, exclude, prior)(logits.reshape(1, -1))[0]

@@ -8,12 +8,15 @@ filters and facets are index look-ups.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Sequence, Set, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple
 
 from .layout import kill_point
+from .names import from_db, from_parts, to_db
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -28,9 +31,27 @@ CREATE TABLE IF NOT EXISTS tags (tag TEXT NOT NULL, id INTEGER NOT NULL, prob RE
     PRIMARY KEY (tag, id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS parts (part INTEGER PRIMARY KEY, count INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS shards (url TEXT PRIMARY KEY, identity TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS skipped (path NOT NULL PRIMARY KEY, reason TEXT NOT NULL, detail TEXT NOT NULL,
+    checked REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS exclusions (target NOT NULL PRIMARY KEY, item INTEGER, made REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+# columns added to ``items`` after the first release: an older catalog gets them (NULL) when it is opened
+_ADDED_COLUMNS = (("thumb_offset", "INTEGER"), ("thumb_size", "INTEGER"))
 
-_ITEM_COLUMNS = "id, path, source, shard_index, size, mtime, sha256, part, row, tags, deleted"
+_ITEM_COLUMNS = "id, path, source, shard_index, size, mtime, sha256, part, row, tags, deleted, thumb_offset, thumb_size"
+
+
+def _under(column: str) -> str:
+    """SQL: ``column`` is the path ``?`` or lies under the folder (or shard) ``?`` (the prefix's length, then the
+    prefix, as bytes: a name that is not UTF-8 is stored as a BLOB)."""
+    return f"(CAST({column} AS BLOB) = ? OR substr(CAST({column} AS BLOB), 1, ?) = ?)"
+
+
+def _under_args(prefix: str) -> tuple:
+    whole = os.fsencode(prefix)
+    folder = os.fsencode(prefix.rstrip("/") + "/")
+    return whole, len(folder), folder
 
 
 class Catalog:
@@ -45,6 +66,10 @@ class Catalog:
                 self.db.execute("PRAGMA journal_mode=WAL")
             self.db.executescript(SCHEMA)  # a folder whose build was killed before its first part still opens
             self.db.execute("PRAGMA synchronous=FULL")
+            have = {r[1] for r in self.db.execute("PRAGMA table_info(items)")}
+            for name, kind in _ADDED_COLUMNS:
+                if name not in have:
+                    self.db.execute(f"ALTER TABLE items ADD COLUMN {name} {kind}")
 
     def close(self) -> None:
         self.db.close()
@@ -54,24 +79,40 @@ class Catalog:
             return self.db.execute(sql, args).fetchall()
 
     # --- writing
-    def ingest_part(self, part: int, columns: Dict[str, list], shard: Optional[Tuple[str, str]] = None) -> List[int]:
+    def ingest_part(self, part: int, columns: Dict[str, list], shard: Optional[Tuple[str, str]] = None,
+                    unreadable: Sequence[Tuple[str, str]] = (), checked: float = 0.0,
+                    excluded: Optional[Callable[[str, str], bool]] = None) -> List[int]:
         """Insert part ``part``'s rows (ids assigned in row order), their tags, and the part itself, in one
-        transaction; ``shard``: (url, identity) of a shard part. Returns the new ids."""
+        transaction; ``shard``: (url, identity) of a shard part; ``unreadable``: (path, error) of the images the
+        part could not read (``checked``: when); ``excluded(path, source)``: rows not to take (an exclusion
+        recorded by ``index remove``), listed as skipped instead. Returns the new ids."""
         ids = []
+        n = len(columns["image_path"])
+        raw = columns.get("image_path_bytes") or [None] * n
+        thumbs = columns.get("thumb_offset") or [None] * n
+        thumb_sizes = columns.get("thumb_size") or [None] * n
         with self.lock:
             self.db.execute("BEGIN IMMEDIATE")
             try:
-                for row in range(len(columns["image_path"])):
+                for row in range(n):
+                    path = from_parts(columns["image_path"][row], raw[row])
+                    if excluded is not None and excluded(path, columns["source"][row]):
+                        self.db.execute("INSERT OR REPLACE INTO skipped (path, reason, detail, checked) "
+                                        "VALUES (?, 'excluded', '', ?)", (to_db(path), checked))
+                        continue
                     tags = list(zip(columns["tags"][row], columns["tag_probs"][row]))
                     cur = self.db.execute(
-                        "INSERT INTO items (path, source, shard_index, size, mtime, sha256, part, row, tags) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                        (columns["image_path"][row], columns["source"][row], columns["shard_index"][row],
+                        "INSERT INTO items (path, source, shard_index, size, mtime, sha256, part, row, tags, "
+                        "thumb_offset, thumb_size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (to_db(path), columns["source"][row], columns["shard_index"][row],
                          columns["size"][row], columns["mtime"][row], columns["sha256"][row], part, row,
-                         json.dumps([[t, round(float(p), 6)] for t, p in tags])))
+                         json.dumps([[t, round(float(p), 6)] for t, p in tags]), thumbs[row], thumb_sizes[row]))
                     ids.append(cur.lastrowid)
                     self.db.executemany("INSERT OR IGNORE INTO tags (tag, id, prob) VALUES (?, ?, ?)",
                                         [(t, cur.lastrowid, float(p)) for t, p in tags])
+                    self.db.execute("DELETE FROM skipped WHERE path = ?", (to_db(path),))
+                self.db.executemany("INSERT OR REPLACE INTO skipped (path, reason, detail, checked) "
+                                    "VALUES (?, 'unreadable', ?, ?)", [(to_db(p), e, checked) for p, e in unreadable])
                 if shard:
                     self.db.execute("INSERT OR REPLACE INTO shards (url, identity) VALUES (?, ?)", shard)
                 self.db.execute("INSERT INTO parts (part, count) VALUES (?, ?)", (part, len(ids)))
@@ -82,11 +123,14 @@ class Catalog:
                 raise
         return ids
 
-    def mark_deleted(self, ids: Iterable[int]) -> int:
-        """Flag ``ids`` deleted (one transaction); returns how many live items that removed."""
-        ids = list(ids)
+    def mark_deleted(self, ids: Iterable[int], exclusions: Sequence[Tuple[str, Optional[int]]] = ()) -> int:
+        """Flag ``ids`` deleted and record ``exclusions`` (target path, item id or None: :meth:`exclusion_test`),
+        in one transaction; returns how many live items that removed."""
+        ids, now = list(ids), time.time()
         with self.lock:
             self.db.execute("BEGIN IMMEDIATE")
+            self.db.executemany("INSERT OR REPLACE INTO exclusions (target, item, made) VALUES (?, ?, ?)",
+                                [(to_db(t), i, now) for t, i in exclusions])
             n = 0
             for s in range(0, len(ids), 500):
                 chunk = ids[s:s + 500]
@@ -124,23 +168,20 @@ class Catalog:
 
     def live_files(self) -> Dict[str, Tuple[int, int, float, str]]:
         """path -> (id, size, mtime, sha256) of live items read from files (not shards)."""
-        return {r[0]: r[1:] for r in self._all(
+        return {from_db(r[0]): r[1:] for r in self._all(
             "SELECT path, id, size, mtime, sha256 FROM items WHERE deleted = 0 AND source = ''")}
 
-    def live_shards(self) -> Dict[str, str]:
-        """url -> identity of shards with live items."""
-        return dict(self._all("SELECT s.url, s.identity FROM shards s WHERE EXISTS "
-                              "(SELECT 1 FROM items i WHERE i.source = s.url AND i.deleted = 0)"))
+    def known_shards(self) -> Dict[str, str]:
+        """url -> identity of every shard embedded (its samples may all have been removed since)."""
+        return dict(self._all("SELECT url, identity FROM shards"))
 
     def ids_of_source(self, url: str) -> List[int]:
         return [r[0] for r in self._all("SELECT id FROM items WHERE deleted = 0 AND source = ?", (url,))]
 
     def ids_under(self, prefix: str) -> List[int]:
-        """Live ids whose path is ``prefix`` or lies under the folder ``prefix``."""
-        folder = prefix.rstrip("/") + "/"
-        return [r[0] for r in self._all(
-            "SELECT id FROM items WHERE deleted = 0 AND (path = ? OR substr(path, 1, ?) = ?)",
-            (prefix, len(folder), folder))]
+        """Live ids whose path is ``prefix`` or lies under the folder ``prefix``, or whose shard is ``prefix``."""
+        return [r[0] for r in self._all(f"SELECT id FROM items WHERE deleted = 0 AND ({_under('path')} OR source = ?)",
+                                        (*_under_args(prefix), prefix))]
 
     def items(self, ids: Sequence[int]) -> Dict[int, Dict]:
         """id -> item (path, source, shard_index, size, mtime, sha256, part, row, tags [[tag, p]], deleted)."""
@@ -152,6 +193,7 @@ class Catalog:
                                chunk):
                 item = dict(zip(_ITEM_COLUMNS.split(", "), r))
                 item["tags"] = json.loads(item["tags"])
+                item["path"] = from_db(item["path"])
                 out[item["id"]] = item
         return out
 
@@ -177,3 +219,72 @@ class Catalog:
                                     "GROUP BY tag", chunk):
                 counts[tag] = counts.get(tag, 0) + n
         return sorted(counts.items(), key=lambda x: (-x[1], x[0]))[:limit]
+
+    # --- what is not indexed: skipped files and exclusions
+    def record_scan(self, folders: Sequence[str], files: Iterable[str],
+                    skipped: Sequence[Tuple[str, str, str]]) -> None:
+        """Replace what was skipped under ``folders`` by what a new scan of them found (``skipped``: path, reason,
+        detail); an unreadable image stays listed while the scan still finds it (``files``)."""
+        present = {os.fsencode(p) for p in files}
+        now = time.time()
+        with self.lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            for folder in folders:
+                for value, reason in self.db.execute(f"SELECT path, reason FROM skipped WHERE {_under('path')}",
+                                                     _under_args(folder)).fetchall():
+                    if reason != "unreadable" or os.fsencode(from_db(value)) not in present:
+                        self.db.execute("DELETE FROM skipped WHERE path = ?", (value,))
+            self.db.executemany("INSERT OR REPLACE INTO skipped (path, reason, detail, checked) VALUES (?, ?, ?, ?)",
+                                [(to_db(p), r, d, now) for p, r, d in skipped])
+            self.db.execute("COMMIT")
+
+    def skipped(self) -> List[Tuple[str, str, str]]:
+        """(path, reason code, detail) of every file not indexed, by path."""
+        rows = [(from_db(p), r, d) for p, r, d in self._all("SELECT path, reason, detail FROM skipped")]
+        return sorted(rows, key=lambda r: os.fsencode(r[0]))
+
+    def unreadable(self) -> Dict[str, float]:
+        """path -> when it was found unreadable, for the images a job could not read."""
+        return {from_db(p): t for p, t in self._all("SELECT path, checked FROM skipped WHERE reason = 'unreadable'")}
+
+    def exclusions(self) -> List[Tuple[str, Optional[int], float]]:
+        """(target path, item id it was removed by or None, when) of every exclusion, by target."""
+        rows = [(from_db(t), i, m) for t, i, m in self._all("SELECT target, item, made FROM exclusions")]
+        return sorted(rows, key=lambda r: os.fsencode(r[0]))
+
+    def unexclude(self, target: Optional[str] = None, item: Optional[int] = None) -> int:
+        """Forget the exclusion of ``target`` (a path) or made by removing ``item``; returns how many it forgot.
+        The excluded skipped rows go too: the next add looks at those files again."""
+        with self.lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            where, arg = ("item = ?", item) if item is not None else ("CAST(target AS BLOB) = ?", os.fsencode(target))
+            gone = [t for (t,) in self.db.execute(f"SELECT target FROM exclusions WHERE {where}", (arg,))]
+            for t in gone:
+                self.db.execute("DELETE FROM exclusions WHERE target = ?", (t,))
+                self.db.execute(f"DELETE FROM skipped WHERE reason = 'excluded' AND {_under('path')}",
+                                _under_args(from_db(t)))
+            self.db.execute("COMMIT")
+        return len(gone)
+
+    def exclusion_test(self) -> Callable[[str, str], bool]:
+        """``test(path, source)``: whether an item of that path (and shard URL, or '' for a file) is excluded: its
+        path, a folder above it, or its shard is an exclusion's target."""
+        targets = {t for t, _, _ in self.exclusions()}
+
+        def test(path: str, source: str = "") -> bool:
+            if not targets:
+                return False
+            if path in targets or (source and source in targets):
+                return True
+            folder = os.path.dirname(path)
+            while folder and folder not in targets:
+                parent = os.path.dirname(folder)
+                if parent == folder:
+                    return False
+                folder = parent
+            return bool(folder)
+        return test
+
+    def get_meta(self, key: str) -> Optional[str]:
+        rows = self._all("SELECT value FROM meta WHERE key = ?", (key,))
+        return rows[0][0] if rows else None

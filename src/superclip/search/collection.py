@@ -15,13 +15,11 @@ ingested parts it does not cover yet (searched exactly), minus deleted ids; that
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
@@ -32,7 +30,8 @@ from . import index as faiss_index
 from . import parts
 from .catalog import Catalog
 from .layout import FORMAT, VERSION, FolderLock, Layout, kill_point, write_bytes, write_json
-from .sources import file_sha256, plan_parts, shard_identity, shard_urls, source_files, source_kind
+from .names import tsv_field
+from .sources import REASONS, Scan, file_sha256, plan_parts, resolve, shard_identity, shard_urls, source_kind
 
 log = logging.getLogger(__name__)
 
@@ -45,23 +44,9 @@ class JobOptions:
     max_index_memory: int = 4 << 30
     csv_img_key: str = "filepath"
     csv_separator: Optional[str] = None
+    thumb_size: int = 256
     progress: Optional[Callable[[int], None]] = field(default=None, repr=False)
     on_total: Optional[Callable[[Optional[int]], None]] = field(default=None, repr=False)
-
-
-def checkpoint_hash(path: Optional[str]) -> Optional[str]:
-    """sha256 of a checkpoint file, or of a model folder's files (names and contents, sorted)."""
-    if path is None:
-        return None
-    p = Path(path)
-    if p.is_file():
-        return file_sha256(str(p))
-    if p.is_dir():
-        h = hashlib.sha256()
-        for f in sorted(x for x in p.rglob("*") if x.is_file()):
-            h.update(str(f.relative_to(p)).encode() + b"\0" + file_sha256(str(f)).encode())
-        return h.hexdigest()
-    return None  # a hub name: its resolved file is hashed by the caller when it has one
 
 
 def _pending(layout: Layout, planned: int, ingested: Dict[int, int]) -> List[int]:
@@ -97,23 +82,39 @@ def json_plan(layout: Layout, i: int) -> Dict:
 
 
 def ingest(layout: Layout, catalog: Catalog, manifest: Dict) -> int:
-    """Insert every done, not yet ingested part into the catalog, in part order; returns the items added."""
+    """Insert every done, not yet ingested part into the catalog, in part order; returns the items added. Rows an
+    exclusion names are not taken (``index remove`` ran while the part was pending)."""
     ingested = catalog.ingested_parts()
+    excluded = catalog.exclusion_test()
     added = 0
     for i in _pending(layout, manifest["planned"], ingested):
         if not parts.is_done(layout, i):
             raise ConfigError(f"part {i} of {layout.root} is not written: rerun the command to finish it")
         plan = json_plan(layout, i)
         shard = (plan["shard"], plan["identity"]) if "shard" in plan else None
-        added += len(catalog.ingest_part(i, parts.read_metadata(layout, i), shard))
+        done = parts.read_done(layout, i)
+        added += len(catalog.ingest_part(i, parts.read_metadata(layout, i), shard, done["skipped"],
+                                         layout.done(i).stat().st_mtime, excluded))
         kill_point("ingest")
-    done = sorted(catalog.ingested_parts())
-    lines = list(dict(parts.skipped_lines(layout, done)).items())  # a file retried and still unreadable: once
-    write_bytes(layout.skipped, lambda f: f.write("".join(f"{p}\t{e}\n" for p, e in lines).encode()))
-    manifest["parts"] = {str(i): parts.read_done(layout, i)["count"] for i in done}
-    manifest["skipped"] = len(lines)
+    write_skipped(layout, catalog)
+    manifest["parts"] = {str(i): parts.read_done(layout, i)["count"] for i in sorted(catalog.ingested_parts())}
+    manifest["skipped"] = len(catalog.skipped())
     layout.write_manifest(manifest)
     return added
+
+
+def write_skipped(layout: Layout, catalog: Catalog) -> None:
+    """skipped.tsv: every file not indexed, one line each: path TAB reason (both escaped, :func:`names.tsv_field`)."""
+    lines = [f"{tsv_field(p)}\t{tsv_field(REASONS[r] + (': ' + d if d else ''))}\n" for p, r, d in catalog.skipped()]
+    write_bytes(layout.skipped, lambda f: f.write("".join(lines).encode()))
+
+
+def skipped_counts(catalog: Catalog) -> Dict[str, int]:
+    """reason code -> files not indexed for it."""
+    counts: Dict[str, int] = {}
+    for _, reason, _ in catalog.skipped():
+        counts[reason] = counts.get(reason, 0) + 1
+    return counts
 
 
 def live_vectors(layout: Layout, catalog: Catalog, only_parts=None):
@@ -183,66 +184,77 @@ def start(root: str, sources: List[str], opts: JobOptions, model_info: Dict, bui
 def _plan(layout: Layout, sources: List[str], opts: JobOptions, model_info: Dict, build: bool) -> Dict:
     for s in sources:
         source_kind(s)  # a missing or unknown source fails before anything is written
+    scan = Scan()
     if build:
         if layout.manifest.exists():
             m = layout.read_manifest()
-            if m["sources"] != sources or m["checkpoint_sha256"] != model_info["checkpoint_sha256"]:
+            if m["sources"] != sources or m["checkpoint_sha256"] != model_info["checkpoint_sha256"] or \
+                    m.get("random_weights_seed") != model_info.get("random_weights_seed"):
                 raise ConfigError(f"{layout.root} holds an index of other sources or another model: add to it with "
                                   "superclip index add, or build into a new folder")
+            _record_scan(layout, scan.scan_only(sources, opts.csv_img_key, opts.csv_separator))
             return m
         others = layout.foreign()
         if others:
             raise ConfigError(f"{layout.root} is not empty and holds no index ({others[0]}, ...): name a new folder")
-        plans = _identify(plan_parts(sources, opts.part_size, opts.csv_img_key, opts.csv_separator))
+        plans = _identify(plan_parts(sources, opts.part_size, opts.csv_img_key, opts.csv_separator, scan=scan))
         _write_plans(layout, 0, plans)
         m = {"format": FORMAT, "version": VERSION, **model_info, "sources": sources, "dtype": opts.dtype,
-             "top_k": opts.top_k, "part_size": opts.part_size, "planned": len(plans), "parts": {}}
+             "top_k": opts.top_k, "part_size": opts.part_size, "thumb_size": opts.thumb_size,
+             "planned": len(plans), "parts": {}}
         layout.write_manifest(m, point="plan-manifest")
+        _record_scan(layout, scan)
         return m
     m = layout.read_manifest()
     catalog = Catalog(layout.catalog)
     try:
         if _pending(layout, m["planned"], catalog.ingested_parts()):
+            catalog.record_scan(*_fields(scan.scan_only(sources, opts.csv_img_key, opts.csv_separator)))
             return m  # an interrupted add: finish its parts first; what else is new is planned by the next add
-        plans, gone = _changes(layout, catalog, sources, opts, m["planned"])
+        plans, gone = _changes(layout, catalog, sources, opts, scan)
         catalog.mark_deleted(gone)
+        _write_plans(layout, m["planned"], plans)
+        m["planned"] += len(plans)
+        m["sources"] = sorted(set(m["sources"]) | set(sources))
+        layout.write_manifest(m, point="plan-manifest")
+        catalog.record_scan(*_fields(scan))
     finally:
         catalog.close()
-    _write_plans(layout, m["planned"], plans)
-    m["planned"] += len(plans)
-    m["sources"] = sorted(set(m["sources"]) | set(sources))
-    layout.write_manifest(m, point="plan-manifest")
     m["removed_now"] = len(gone)
     return m
+
+
+def _fields(scan: Scan):
+    return scan.folders, scan.files, scan.skipped
+
+
+def _record_scan(layout: Layout, scan: Scan) -> None:
+    catalog = Catalog(layout.catalog)
+    try:
+        catalog.record_scan(*_fields(scan))
+    finally:
+        catalog.close()
 
 
 def _identify(plans: List[Dict]) -> List[Dict]:
     return [dict(p, identity=shard_identity(p["shard"])) if "shard" in p else p for p in plans]
 
 
-def _skipped_before(layout: Layout, planned: int) -> Dict[str, float]:
-    """path -> when it was found unreadable (its part's done time), for files an earlier job skipped."""
-    out: Dict[str, float] = {}
-    for i in range(planned):
-        if parts.is_done(layout, i):
-            when = layout.done(i).stat().st_mtime
-            out.update((p, when) for p, _ in parts.read_done(layout, i)["skipped"])
-    return out
-
-
-def _changes(layout: Layout, catalog: Catalog, sources: List[str], opts: JobOptions, planned: int):
+def _changes(layout: Layout, catalog: Catalog, sources: List[str], opts: JobOptions, scan: Scan):
     """(plans of new or changed images, live ids to delete: replaced, or gone from a folder source). A file an
-    earlier job could not read is tried again only once it changed (a newer mtime)."""
+    earlier job could not read is tried again only once it changed (a newer mtime); a file or shard an exclusion
+    names (``index remove``) is not planned."""
     live = catalog.live_files()
-    skipped = _skipped_before(layout, planned)
-    shards = catalog.live_shards()
+    unreadable = catalog.unreadable()
+    shards = catalog.known_shards()
+    excluded = catalog.exclusion_test()
     new_files, new_shards, gone = [], [], []
     seen = set()
     for source in sources:
         kind = source_kind(source)
         if kind == "shards":
             for url in shard_urls(source):
-                if url in seen:
+                if url in seen or excluded(url, url):
                     continue
                 seen.add(url)
                 identity = shard_identity(url)
@@ -251,26 +263,35 @@ def _changes(layout: Layout, catalog: Catalog, sources: List[str], opts: JobOpti
                 gone += catalog.ids_of_source(url)
                 new_shards.append({"shard": url, "identity": identity})
             continue
-        paths = source_files(source, opts.csv_img_key, opts.csv_separator)
+        paths = scan.source_files(source, opts.csv_img_key, opts.csv_separator, excluded)
         if kind == "folder":
             present = set(paths)
             path_of = {row[0]: p for p, row in live.items()}
-            gone += [i for i in catalog.ids_under(os.path.abspath(source)) if path_of.get(i) not in present]
+            gone += [i for i in catalog.ids_under(resolve(source)) if path_of.get(i) not in present]
         for path in paths:
             if path in seen:
                 continue
             seen.add(path)
-            if path in skipped and os.stat(path).st_mtime <= skipped[path]:
-                continue
-            if path in live:
-                item_id, size, mtime, sha = live[path]
+            try:
                 st = os.stat(path)
+            except OSError:  # gone since the listing, or a CSV row naming nothing: read (and listed) as unreadable
+                st = None
+            if path in unreadable and (st is None or st.st_mtime <= unreadable[path]):
+                continue
+            if path in live and st is not None:
+                item_id, size, mtime, sha = live[path]
                 if (st.st_size, st.st_mtime) == (size, mtime):
                     continue
-                if file_sha256(path) == sha:
+                try:
+                    same = file_sha256(path) == sha
+                except OSError:
+                    same = False
+                if same:
                     catalog.touch(item_id, st.st_size, st.st_mtime)
                     continue
                 gone.append(item_id)
+            elif path in live:
+                gone.append(live[path][0])
             new_files.append(path)
     plans = [{"files": new_files[s:s + opts.part_size]} for s in range(0, len(new_files), opts.part_size)]
     return plans + new_shards, sorted(set(gone))
@@ -290,7 +311,7 @@ def finish(layout: Layout, manifest: Dict, embedder, opts: JobOptions, index_all
             index_info = manifest.get("index")
             if index_all and (index_info is None or index_info["parts"] != sorted(catalog.ingested_parts())):
                 build_main_index(layout, catalog, manifest, opts.max_index_memory)
-            report.update(live=catalog.live_count(), skipped=manifest.get("skipped", 0), index=manifest.get("index"))
+            report.update(live=catalog.live_count(), skipped=skipped_counts(catalog), index=manifest.get("index"))
         finally:
             catalog.close()
     distributed.barrier()
@@ -298,7 +319,7 @@ def finish(layout: Layout, manifest: Dict, embedder, opts: JobOptions, index_all
 
 
 @contextmanager
-def _changing(root: str) -> Iterator[Tuple[Layout, Dict, Catalog]]:
+def changing(root: str) -> Iterator[Tuple[Layout, Dict, Catalog]]:
     """(layout, manifest, catalog) of an existing index, held under the folder's lock for a command that changes
     it; the lock is taken before the manifest is read (a build or add may be writing it), and the catalog closed
     and the lock released however the command ends."""
@@ -315,28 +336,12 @@ def _changing(root: str) -> Iterator[Tuple[Layout, Dict, Catalog]]:
         lock.release()
 
 
-def remove(root: str, targets: List[str]) -> int:
-    """Flag deleted the items named by id or by path (a file, or every item under a folder); returns how many."""
-    with _changing(root) as (_, _, catalog):
-        ids = []
-        for t in targets:
-            if t.isdigit():
-                found = catalog.items([int(t)])
-                if not found:
-                    raise ConfigError(f"no item with id {t} in {root}")
-                ids.append(int(t))
-            else:
-                # a shard sample's path is URL#KEY, taken as it is; a file or folder is made absolute
-                matched = catalog.ids_under(t if "#" in t else os.path.abspath(t))
-                if not matched:
-                    raise ConfigError(f"no live item has the path {t} (or lies under it) in {root}")
-                ids += matched
-        return catalog.mark_deleted(ids)
-
-
 def optimize(root: str, max_index_memory: Optional[int] = None) -> Dict:
     """Fold the additions and removals into a new main index."""
-    with _changing(root) as (layout, manifest, catalog):
+    with changing(root) as (layout, manifest, catalog):
+        if manifest.get("reembed"):
+            raise ConfigError(f"{root} is being re-embedded with another checkpoint: finish that first (rerun "
+                              f"superclip index reembed {root} --pretrained ...)")
         if _pending(layout, manifest["planned"], catalog.ingested_parts()):
             raise ConfigError(f"{root} has parts not yet ingested: rerun superclip index build/add first")
         budget = max_index_memory or manifest.get("index", {}).get("max_index_memory") or JobOptions.max_index_memory

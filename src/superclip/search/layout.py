@@ -4,11 +4,12 @@
 DIR/manifest.json                   model, checkpoint hash, dim, dtype, planned parts, counts per part, the index
 DIR/img_emb/img_emb_{i:05d}.npy     (n_i, D) L2-normalised image embeddings of part i (clip-retrieval's layout)
 DIR/metadata/metadata_{i:05d}.parquet  image_path, size, mtime, sha256, tags, tag_probs of the same n_i rows
+DIR/thumbs/thumbs_{i:05d}.bin       the thumbnail JPEGs of part i's rows, one after the other
 DIR/parts/plan_{i:05d}.json         what part i holds (file paths, or one shard URL)
 DIR/parts/done_{i:05d}.json         part i is complete: its count and its skipped (unreadable) images
 DIR/catalog.sqlite                  stable ids, paths, hashes, tags, deleted flags (catalog.py)
 DIR/index/main-{g}.faiss            the main faiss index (index.py), generation g named in the manifest
-DIR/skipped.tsv                     every unreadable image: path, error
+DIR/skipped.tsv                     every file not indexed: path, reason (escaped: one line a file)
 ```
 
 Every file is written atomically (temporary file, fsync, rename). A part is complete once its ``done`` file exists,
@@ -96,6 +97,9 @@ class Layout:
     def meta(self, i: int) -> Path:
         return self.root / "metadata" / f"metadata_{i:05d}.parquet"
 
+    def thumbs(self, i: int) -> Path:
+        return self.root / "thumbs" / f"thumbs_{i:05d}.bin"
+
     def plan(self, i: int) -> Path:
         return self.root / "parts" / f"plan_{i:05d}.json"
 
@@ -155,7 +159,7 @@ class FolderLock:
             self.file.close()
             raise ConfigError(f"{root} is in use by another superclip index command (lock {root / '.lock'})") from None
         # the lock holder is the only writer: a temporary file left now is a killed writer's, never to be renamed
-        for sub in ("", "img_emb", "metadata", "parts", "index"):
+        for sub in ("", "img_emb", "metadata", "parts", "index", "thumbs"):
             for tmp in (root / sub).glob("*.tmp"):
                 tmp.unlink()
 

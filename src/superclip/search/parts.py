@@ -3,7 +3,7 @@
 """
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Dict
 
 import numpy as np
 import pyarrow as pa
@@ -12,14 +12,21 @@ import pyarrow.parquet as pq
 from .job import PartResult
 from .layout import Layout, kill_point, read_json, write_bytes, write_json
 
+# image_path is text for every reader (a name that is not UTF-8 with its bytes as \xNN); image_path_bytes holds such a
+# name's bytes (null for a UTF-8 name); thumb_offset / thumb_size: where the row's thumbnail lies in the part's
+# thumbs/thumbs_{i}.bin
 SCHEMA = pa.schema([("image_path", pa.string()), ("source", pa.string()), ("shard_index", pa.int64()),
                     ("size", pa.int64()), ("mtime", pa.float64()), ("sha256", pa.string()),
-                    ("tags", pa.list_(pa.string())), ("tag_probs", pa.list_(pa.float32()))])
+                    ("tags", pa.list_(pa.string())), ("tag_probs", pa.list_(pa.float32())),
+                    ("image_path_bytes", pa.binary()), ("thumb_offset", pa.int64()), ("thumb_size", pa.int64())])
 
 
 def write_part(layout: Layout, i: int, result: PartResult) -> None:
-    """Embeddings, then metadata, then the ``done`` record: the part counts as written only once all three are."""
+    """Embeddings, thumbnails, then metadata, then the ``done`` record: the part counts as written only once all
+    are."""
     write_bytes(layout.emb(i), lambda f: np.save(f, result.embeddings), point="part-emb")
+    if result.thumbs:
+        write_bytes(layout.thumbs(i), lambda f: f.write(result.thumbs), point="part-thumbs")
     table = pa.table(result.columns, schema=SCHEMA)
     write_bytes(layout.meta(i), lambda f: pq.write_table(table, f), point="part-meta")
     kill_point("part-before-done")
@@ -44,8 +51,11 @@ def read_metadata(layout: Layout, i: int) -> Dict[str, list]:
     return pq.read_table(layout.meta(i)).to_pydict()
 
 
-def skipped_lines(layout: Layout, parts: List[int]) -> List[Tuple[str, str]]:
-    out = []
-    for i in parts:
-        out += [tuple(x) for x in read_done(layout, i)["skipped"]]
-    return out
+def read_thumb(layout: Layout, i: int, offset: int, size: int) -> bytes:
+    """One thumbnail JPEG of part ``i``."""
+    with open(layout.thumbs(i), "rb") as f:
+        f.seek(offset)
+        data = f.read(size)
+    if len(data) != size:
+        raise OSError(f"{layout.thumbs(i)} is shorter than the catalog says")
+    return data

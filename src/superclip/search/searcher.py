@@ -10,13 +10,19 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ..errors import ConfigError
 from . import index as faiss_index
 from . import parts
 from .catalog import Catalog
 from .collection import live_vectors
 from .layout import Layout
+from .names import display
 
 log = logging.getLogger(__name__)
+
+
+class Unavailable(Exception):
+    """The index cannot answer now: its folder is gone, or a re-embedding is being committed (a 503)."""
 
 
 class Searcher:
@@ -24,27 +30,58 @@ class Searcher:
         self.layout = Layout(root)
         self.manifest = self.layout.read_manifest()
         self.catalog = Catalog(self.layout.catalog, readonly=True)
+        self._catalog_id = self._file_id(self.layout.catalog)
         self.lock = threading.Lock()
         self._stamp = None
         self.reload_if_changed()
 
+    @staticmethod
+    def _file_id(path) -> Tuple[int, int]:
+        st = os.stat(path)
+        return st.st_dev, st.st_ino
+
+    def _gone(self) -> Unavailable:
+        return Unavailable(f"the index folder {self.layout.root} is gone (deleted or moved): nothing can be served "
+                           "from it")
+
     def _current_stamp(self) -> Tuple:
+        try:
+            manifest_time = os.stat(self.layout.manifest).st_mtime_ns
+            catalog_id = self._file_id(self.layout.catalog)
+        except FileNotFoundError:
+            raise self._gone() from None
+        if catalog_id != self._catalog_id:  # another folder in its place (rebuilt): its own catalog
+            with self.lock:
+                self.catalog.close()
+                self.catalog = Catalog(self.layout.catalog, readonly=True)
+                self._catalog_id = catalog_id
         with self.catalog.lock:
             version = self.catalog.db.execute("PRAGMA data_version").fetchone()[0]
             live = self.catalog.db.execute("SELECT COUNT(*), MAX(id) FROM items WHERE deleted = 0").fetchone()
-        return os.stat(self.layout.manifest).st_mtime_ns, version, live
+        return manifest_time, catalog_id, version, live
 
     def reload_if_changed(self) -> None:
+        """Reload what changed since the last request; :class:`Unavailable` when the folder is gone, or while a
+        re-embedding is committed (the catalog holds the new vectors, the manifest does not name the new model
+        yet)."""
         stamp = self._current_stamp()
         if stamp == self._stamp:
             return
         with self.lock:
-            self.manifest = self.layout.read_manifest()
-            info = self.manifest.get("index")
-            self.main = faiss_index.deserialize((self.layout.root / info["file"]).read_bytes()) if info else None
-            covered = set(info["parts"]) if info else set()
-            ingested = set(self.catalog.ingested_parts())
-            ids, vecs = live_vectors(self.layout, self.catalog, sorted(ingested - covered))
+            try:
+                manifest = self.layout.read_manifest()
+                pending = manifest.get("reembed")
+                if pending and self.catalog.get_meta("embedded_with") == pending["checkpoint_sha256"]:
+                    raise Unavailable(f"{self.layout.root} is being re-embedded with another checkpoint: retry in a "
+                                      "moment")
+                info = manifest.get("index")
+                main = faiss_index.deserialize((self.layout.root / info["file"]).read_bytes()) if info else None
+                covered = set(info["parts"]) if info else set()
+                ingested = set(self.catalog.ingested_parts())
+                ids, vecs = live_vectors(self.layout, self.catalog, sorted(ingested - covered))
+            except (FileNotFoundError, ConfigError):
+                raise self._gone() from None
+            self.manifest, self.main = manifest, main
             self.delta = faiss_index.flat_index(vecs if len(ids) else np.zeros((0, self.manifest["dim"]), np.float32),
                                                 ids)
             self.deleted = np.asarray(sorted(self.catalog.deleted_ids()), dtype=np.int64)
@@ -90,10 +127,11 @@ class Searcher:
         return sorted(hits.items(), key=lambda x: (-x[1], x[0]))[:k]
 
     def results(self, hits: List[Tuple[int, float]]) -> List[Dict]:
-        """Hits with their catalog metadata: id, score, path, tags [[tag, probability]]."""
+        """Hits with their catalog metadata: id, score, path, name (a file's name, a shard sample's key), tags
+        [[tag, probability]]."""
         items = self.catalog.items([i for i, _ in hits])
-        return [{"id": i, "score": round(float(s), 6), "path": items[i]["path"], "tags": items[i]["tags"]}
-                for i, s in hits if i in items]
+        return [{"id": i, "score": round(float(s), 6), "path": display(items[i]["path"]), "name": item_name(items[i]),
+                 "tags": items[i]["tags"]} for i, s in hits if i in items]
 
     def verify(self) -> Dict:
         """What the index and the catalog hold, and whether they agree: every live item searchable exactly once,
@@ -112,6 +150,13 @@ class Searcher:
 
     def close(self) -> None:
         self.catalog.close()
+
+
+def item_name(item: Dict) -> str:
+    """What a result card shows: a file's name, a shard sample's key (its path is ``URL#KEY``)."""
+    if item["source"]:
+        return display(item["path"][len(item["source"]) + 1:])
+    return display(os.path.basename(item["path"]))
 
 
 def faiss_index_ids(index) -> np.ndarray:

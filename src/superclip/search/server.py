@@ -10,7 +10,6 @@ unexpected failure is a 500 with no traceback (it goes to the server's log), and
 from __future__ import annotations
 
 import logging
-import mimetypes
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,19 +19,23 @@ import numpy as np
 import torch
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from swagger_ui_bundle import swagger_ui_path
 
 from ..data.images import decode_image
-from ..errors import ConfigError
-from .collection import checkpoint_hash
-from .job import load_for_search
-from .searcher import Searcher
+from .job import index_model
+from .names import display
+from .originals import NotServed, original
+from .parts import read_thumb
+from .searcher import Searcher, Unavailable, item_name
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
+MAX_ID = (1 << 63) - 1  # SQLite's largest integer: a larger id names no item
 UPLOAD_PATHS = ("/api/search/image", "/api/classify")
 
 
@@ -53,26 +56,39 @@ class BadRequest(Exception):
 
 
 class Engine:
-    """The model and the searcher behind the app; model calls are serialised (one forward at a time)."""
+    """The model and the searcher behind the app; model calls are serialised (one forward at a time). When the index
+    is re-embedded with another checkpoint while it serves, the new model is loaded on the next query."""
 
     def __init__(self, root: str, opts: ServeOptions):
+        self.root, self.opts = root, opts
         self.searcher = Searcher(root)
-        m = self.searcher.manifest
-        self.net, self.preprocess, self.tokenizer, _, info = load_for_search(m["model"], m["pretrained"], opts.device)
-        if checkpoint_hash(info.get("path")) != m["checkpoint_sha256"]:
-            raise ConfigError(f"the checkpoint {m['pretrained']} changed since {root} was built (sha256 differs)")
         self.device = torch.device(opts.device)
         self.lock = threading.Lock()
+        self.sha256 = None
+        self._load(self.searcher.manifest)
+
+    def _load(self, manifest) -> None:
+        self.net, self.preprocess, self.tokenizer, _, _ = index_model(manifest, self.root, self.opts.device)
+        self.sha256 = manifest["checkpoint_sha256"]
+
+    def _current(self) -> None:
+        self.searcher.reload_if_changed()
+        if self.searcher.manifest["checkpoint_sha256"] != self.sha256:
+            with self.lock:
+                if self.searcher.manifest["checkpoint_sha256"] != self.sha256:
+                    self._load(self.searcher.manifest)
 
     @torch.no_grad()
     def text(self, texts: List[str]) -> np.ndarray:
         """(n, D) normalised text embeddings."""
+        self._current()
         with self.lock:
             return self.net.encode_text(self.tokenizer(texts).to(self.device), normalize=True).float().cpu().numpy()
 
     @torch.no_grad()
     def image(self, data: bytes) -> np.ndarray:
         """(D,) normalised embedding of encoded image bytes; BadRequest for what is not a readable image."""
+        self._current()
         try:
             pixels = self.preprocess(decode_image(data))
         except Image.DecompressionBombError as e:
@@ -91,7 +107,8 @@ def create_app(root: str, opts: Optional[ServeOptions] = None) -> FastAPI:
     opts = opts or ServeOptions()
     engine = Engine(root, opts)
     searcher = engine.searcher
-    app = FastAPI(title="superclip search", description=f"Search {root} with its SuperCLIP model and head tags.")
+    app = FastAPI(title="superclip search", description=f"Search {root} with its SuperCLIP model and head tags.",
+                  docs_url=None, redoc_url=None)
     app.state.engine = engine
 
     if opts.cors_origins:
@@ -111,6 +128,14 @@ def create_app(root: str, opts: Optional[ServeOptions] = None) -> FastAPI:
     async def bad_request(request, exc: BadRequest):
         return _error(exc.status, exc.message)
 
+    @app.exception_handler(NotServed)
+    async def not_served(request, exc: NotServed):
+        return _error(exc.status, exc.message)
+
+    @app.exception_handler(Unavailable)
+    async def unavailable(request, exc: Unavailable):
+        return _error(503, str(exc))
+
     @app.exception_handler(RequestValidationError)
     async def invalid(request, exc: RequestValidationError):
         first = exc.errors()[0]
@@ -123,6 +148,8 @@ def create_app(root: str, opts: Optional[ServeOptions] = None) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def unexpected(request, exc: Exception):
+        if not searcher.layout.manifest.exists():  # the folder went away in the middle of the request
+            return _error(503, str(searcher._gone()))
         log.exception("error serving %s", request.url.path)
         return _error(500, "internal error (the server log has the details)")
 
@@ -157,7 +184,8 @@ def create_app(root: str, opts: Optional[ServeOptions] = None) -> FastAPI:
             raise BadRequest(400, "the query is empty")
         if len(q) > opts.max_query_chars:
             raise BadRequest(400, f"the query is longer than {opts.max_query_chars} characters")
-        hits = searcher.search(engine.text([q])[0], check_k(k), _tags(tags))
+        check_k(k)
+        hits = searcher.search(engine.text([q])[0], k, _tags(tags))
         return respond(hits, query=q)
 
     @app.post("/api/search/image")
@@ -167,7 +195,8 @@ def create_app(root: str, opts: Optional[ServeOptions] = None) -> FastAPI:
         return respond(searcher.search(vector, k, _tags(tags)))
 
     def live_item(item_id: int):
-        item = searcher.catalog.items([item_id]).get(item_id)
+        searcher.reload_if_changed()
+        item = searcher.catalog.items([item_id]).get(item_id) if 0 < item_id <= MAX_ID else None
         if item is None or item["deleted"]:
             raise BadRequest(404, f"no item with id {item_id}")
         return item
@@ -175,7 +204,8 @@ def create_app(root: str, opts: Optional[ServeOptions] = None) -> FastAPI:
     @app.get("/api/items/{item_id}")
     def item(item_id: int):
         it = live_item(item_id)
-        return {k: it[k] for k in ("id", "path", "size", "mtime", "sha256", "tags")}
+        return {**{k: it[k] for k in ("id", "size", "mtime", "sha256", "tags")}, "path": display(it["path"]),
+                "name": item_name(it)}
 
     @app.get("/api/items/{item_id}/similar")
     def similar(item_id: int, k: int = 20, tags: Optional[str] = None):
@@ -184,23 +214,24 @@ def create_app(root: str, opts: Optional[ServeOptions] = None) -> FastAPI:
         vector = searcher.vector(item_id)
         return respond(searcher.search(vector, k, _tags(tags), exclude=[item_id]), id=item_id)
 
-    @app.get("/api/items/{item_id}/image")
+    @app.get("/api/items/{item_id}/image", responses={409: {"description": "changed since it was indexed"}})
     def image(item_id: int):
-        it = live_item(item_id)
-        if it["source"]:
-            from ..data.webdataset import IMAGE_EXTS, Shard
+        """The original image, only while its bytes are the ones indexed (409 otherwise)."""
+        data, media_type = original(live_item(item_id))
+        return Response(data, media_type=media_type, headers={"Cache-Control": "no-store"})
 
-            with Shard(it["source"]) as shard:
-                sample = shard[it["shard_index"]]
-            ext = next(e for e in IMAGE_EXTS if e in sample)
-            return Response(sample[ext], media_type=mimetypes.types_map.get("." + ext, "image/jpeg"))
-        path = Path(it["path"])
-        if not path.is_file():
-            raise BadRequest(404, f"the image of item {item_id} is no longer on disk")
-        return FileResponse(path, media_type=mimetypes.guess_type(path.name)[0] or "application/octet-stream")
+    @app.get("/api/items/{item_id}/thumbnail")
+    def thumb(item_id: int):
+        """The small JPEG made when the item was embedded (the index's own copy: its original is not read)."""
+        it = live_item(item_id)
+        if it["thumb_size"] is None:  # an index built without thumbnails (--thumb-size 0, or an older version)
+            return image(item_id)
+        return Response(read_thumb(searcher.layout, it["part"], it["thumb_offset"], it["thumb_size"]),
+                        media_type="image/jpeg", headers={"Cache-Control": "private, max-age=3600"})
 
     @app.get("/api/tags")
     def facets(limit: int = 30, tags: Optional[str] = None):
+        searcher.reload_if_changed()
         if not 1 <= limit <= 1000:
             raise BadRequest(400, f"limit must be between 1 and 1000, got {limit}")
         return {"facets": [{"tag": t, "count": n} for t, n in searcher.catalog.facets(limit, _tags(tags))]}
@@ -219,12 +250,21 @@ def create_app(root: str, opts: Optional[ServeOptions] = None) -> FastAPI:
         ranked = sorted(zip(names, probs), key=lambda x: -x[1])
         return {"labels": [{"label": n, "probability": round(p, 6)} for n, p in ranked]}
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     def page():
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
+    @app.get("/docs", include_in_schema=False)
+    def docs():
+        return get_swagger_ui_html(openapi_url=app.openapi_url, title=app.title + " - API",
+                                   swagger_js_url="/docs-static/swagger-ui-bundle.js",
+                                   swagger_css_url="/docs-static/swagger-ui.css",
+                                   swagger_favicon_url="/docs-static/favicon-32x32.png")
+
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.mount("/docs-static", StaticFiles(directory=swagger_ui_path), name="docs-static")
     return app
+
 
 
 def _error(status: int, message: str) -> JSONResponse:

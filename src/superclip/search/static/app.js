@@ -1,7 +1,9 @@
 // The search page: plain DOM, no build step. State: the last search (text, image or similar-to), the tag filters.
+// A text or more-like-this search and its tag filters live in the page's URL (?q=...&tags=a,b or ?similar=ID), so a
+// result list can be linked and Back / Forward step through the searches; an uploaded image cannot be in a URL.
 "use strict";
 const $ = (id) => document.getElementById(id);
-const state = { kind: null, q: "", file: null, id: null, tags: [] };
+const state = { kind: null, q: "", file: null, id: null, name: "", tags: [] };
 // Answers can arrive out of order (a slow text search, then a fast image search): only the newest request's
 // answer is shown, an older one landing later is dropped.
 const latest = { search: 0, facets: 0 };
@@ -18,14 +20,42 @@ function chip(text, onClick, extra) {
 
 function addTag(tag) {
   if (!state.tags.includes(tag)) state.tags.push(tag);
+  go();
+}
+
+// The URL of a state: what a link to these results holds.
+function urlOf() {
+  const params = new URLSearchParams();
+  if (state.kind === "text") params.set("q", state.q);
+  if (state.kind === "similar") params.set("similar", state.id);
+  if (state.tags.length) params.set("tags", state.tags.join(","));
+  const query = params.toString();
+  return location.pathname + (query ? "?" + query : "");
+}
+
+// A new search: a new history entry (unless the URL is the same), then run it.
+function go() {
+  const url = urlOf();
+  if (url !== location.pathname + location.search) history.pushState(null, "", url);
   rerun();
+}
+
+// The state a URL names (the page opened from a link, or Back / Forward).
+function fromUrl() {
+  const params = new URLSearchParams(location.search);
+  const tags = (params.get("tags") || "").split(",").map((t) => t.trim()).filter(Boolean);
+  if (params.get("q")) Object.assign(state, { kind: "text", q: params.get("q"), tags });
+  else if (/^\d+$/.test(params.get("similar") || "")) Object.assign(state, { kind: "similar", id: params.get("similar"),
+                                                                           name: "", tags });
+  else Object.assign(state, { kind: null, q: "", tags });
+  $("q").value = state.kind === "text" ? state.q : "";
 }
 
 function renderFilters() {
   const box = $("filters");
   box.replaceChildren(...state.tags.map((t) => chip(t + " \u00d7", () => {
     state.tags = state.tags.filter((x) => x !== t);
-    rerun();
+    go();
   }, "remove this filter")));
 }
 
@@ -56,20 +86,27 @@ function render(data, label) {
     card.className = "card";
     card.dataset.id = r.id;
     const img = document.createElement("img");
-    img.src = `/api/items/${r.id}/image`;
+    img.src = `/api/items/${r.id}/thumbnail`;
     img.alt = r.tags.map((t) => t[0]).join(", ");
     img.loading = "lazy";
     img.title = "more like this";
-    img.addEventListener("click", () => { Object.assign(state, { kind: "similar", id: r.id }); rerun(); });
+    img.addEventListener("click", () => { Object.assign(state, { kind: "similar", id: r.id, name: r.name }); go(); });
     const meta = document.createElement("div");
     meta.className = "meta";
+    const name = document.createElement("a");
+    name.className = "name";
+    name.href = `/api/items/${r.id}/image`;
+    name.target = "_blank";
+    name.rel = "noopener";
+    name.textContent = r.name;
+    name.title = `${r.path} (the original image)`;
     const score = document.createElement("span");
     score.className = "score";
-    score.textContent = `#${r.id} \u00b7 score ${r.score.toFixed(3)}`;
+    score.textContent = `score ${r.score.toFixed(3)}`;
     const tags = document.createElement("div");
     tags.className = "tags";
     tags.append(...r.tags.map(([t, p]) => chip(t, () => addTag(t), `p = ${p.toFixed(3)}: filter by this tag`)));
-    meta.append(score, tags);
+    meta.append(name, score, tags);
     card.append(img, meta);
     return card;
   }));
@@ -97,9 +134,9 @@ async function rerun() {
     const params = new URLSearchParams({ k: 40 });
     if (tags) params.set("tags", tags);
     res = await fetch(`/api/items/${state.id}/similar?` + params);
-    label = `like #${state.id}`;
+    label = `like ${state.name || "item " + state.id}`;
   } else {
-    if (!tags) { $("results").replaceChildren(); return; }
+    if (!tags) { $("results").replaceChildren(); $("status").textContent = START; return; }
     const params = new URLSearchParams({ q: "a picture", k: 40, tags });
     res = await fetch("/api/search?" + params);
     label = `tagged ${tags}`;
@@ -118,7 +155,7 @@ async function rerun() {
 function searchImage(file) {
   if (!file) return;
   Object.assign(state, { kind: "image", file });
-  rerun();
+  go();
 }
 
 $("search").addEventListener("submit", (e) => {
@@ -126,8 +163,9 @@ $("search").addEventListener("submit", (e) => {
   const q = $("q").value.trim();
   if (!q) { $("status").textContent = "Type something to search for."; return; }
   Object.assign(state, { kind: "text", q });
-  rerun();
+  go();
 });
+window.addEventListener("popstate", () => { fromUrl(); rerun(); });
 $("file").addEventListener("change", (e) => searchImage(e.target.files[0]));
 let depth = 0;
 window.addEventListener("dragenter", (e) => { e.preventDefault(); depth++; $("drop").hidden = false; });
@@ -139,4 +177,6 @@ window.addEventListener("drop", (e) => {
   $("drop").hidden = true;
   searchImage(e.dataTransfer.files[0]);
 });
-loadFacets();
+const START = $("status").textContent;
+fromUrl();
+if (state.kind || state.tags.length) rerun(); else loadFacets();
