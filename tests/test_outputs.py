@@ -170,7 +170,10 @@ def test_ctrl_c_while_a_command_starts_up_is_one_line(tmp_path, tiny_ckpt):
         time.sleep(delay)
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=300)
-        if proc.returncode == 0:  # finished before the signal: nothing to check at this moment
+        if proc.returncode == 0 or '"metrics"' in out:
+            # finished before the signal: nothing to check at this moment. (A signal during interpreter teardown,
+            # after the results were printed, meets Python's restored default action: exit -2, nothing said. With
+            # the faster start-up the eval can be there at 6 s: CI saw it as a failure with an empty stderr)
             continue
         assert "Traceback" not in err, (delay, err)
         assert err.strip().splitlines()[-1].endswith("interrupted"), (delay, err)
