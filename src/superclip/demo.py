@@ -34,9 +34,9 @@ def evaluate_synthetic(model, num_samples: int = 500, seed: int = 0, token_weigh
                        family: str = "scenes", with_examples: bool = False) -> Dict[str, float]:
     """Zero-shot acc1 on every task of a synthetic family, text->image / image->text R@1 on detailed test
     captions, and the head's tag hit rates (``token_weights``: the run's IDF weights, to leave out words in every
-    caption; the tags are ranked by lift over the test images' mean, as ``superclip index`` ranks them, but any word
-    of the vocabulary may be one, so that an untrained head scores near 0). ``with_examples``: also return, for the
-    first test images of the combined task, the model's answer and the head's top 3 tags (the demo's picture)."""
+    caption; each image's most probable words, function words left out: the head's own answer, any word of the
+    vocabulary, so that an untrained head scores near 0). ``with_examples``: also return, for the first test images
+    of the combined task, the model's answer and the head's top 3 tags (the demo's picture)."""
     fam = get_family(family)
     model.eval()
     _, preprocess = get_transforms(model)
@@ -54,7 +54,8 @@ def evaluate_synthetic(model, num_samples: int = 500, seed: int = 0, token_weigh
             tagger = TagTable(tokenizer, 3, excluded_token_ids(tokenizer, token_weights))
             logits = model.token_logits(torch.stack([preprocess(im) for im in images[:N_EXAMPLES]]))
             examples = [{"truth": classnames[labels[i]], "answer": classnames[a],
-                         "tags": [w for w, _ in tags]} for (i, a), tags in zip(enumerate(answers), tagger(logits))]
+                         "tags": [w for w, _ in tags]}
+                        for (i, a), tags in zip(enumerate(answers), tagger.most_probable(logits))]
     data = fam.dataset(num_samples, image_size=size, seed=seed + 1, split="test", detailed_prob=1.0)
     pairs = [data[i] for i in range(num_samples)]
     img = model.encode_image(torch.stack([preprocess(im) for im, _ in pairs]), normalize=True)
@@ -74,8 +75,8 @@ def evaluate_synthetic(model, num_samples: int = 500, seed: int = 0, token_weigh
 @torch.no_grad()
 def tag_hit_rates(model, images, captions, preprocess, tokenizer, token_weights=None, k: int = 5,
                   attributes=None, words_used=None) -> Dict[str, float]:
-    """The head as a tagger (:class:`~superclip.evaluate.tags.TagTable`: lift over the images' mean; ``words_used``:
-    the only words that may be tags):
+    """The head as a tagger (each image's most probable words, :meth:`~superclip.evaluate.tags.TagTable.most_probable`;
+    ``words_used``: the only words that may be tags):
     share of images with a content word of their caption among the k tags (``tag@5_caption_word``; function words
     such as "a" or "of" never count), and with an attribute word of their caption (``tag@5_attribute_word``; the
     scenes' colours and shapes by default). Words present in every training caption (IDF weight 0) are never
@@ -84,7 +85,7 @@ def tag_hit_rates(model, images, captions, preprocess, tokenizer, token_weights=
     logits = model.token_logits(torch.stack([preprocess(im) for im in images]))
     attributes = set(attributes if attributes is not None else get_family("scenes").attributes)
     any_hit = attr_hit = 0
-    for tags, text in zip(tagger(logits), captions):
+    for tags, text in zip(tagger.most_probable(logits), captions):
         words = set(text.replace(",", " ").split()) - FUNCTION_WORDS
         tags = {w for w, _ in tags}
         any_hit += bool(tags & words)
