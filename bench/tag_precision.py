@@ -8,10 +8,12 @@ and scores the shown tags: precision@k = the share of the k shown tags that name
 (scenes: each shape's colour, shape, size and position words, the background; textures: ink, pattern words, weight,
 paper, "frame" when framed). Rankings compared on the same logits:
 
-    probability          the head's top-k by probability, minus SOT/EOT/pad and words in every caption (before)
-    no function words    the same, function words left out
-    lift: training       log p / prior, the prior from the checkpoint's token statistics (after: what index shows)
-    lift: collection     log p / the head's mean prediction over these test images
+    probability (before)      the head's top-k by probability, minus SOT/EOT/pad and words in every caption
+    no function words         the same, function words and words no training caption used left out
+    lift, 2k                  among each image's 2k most probable words of those, the k of largest
+                              log p - log (mean p over the collection: these test images)
+    lift, 8k (after)          the same among the 8k most probable: superclip's tagger, what `index` shows (its
+                              collection: the part an image is embedded in)
 """
 import argparse
 import sys
@@ -21,7 +23,8 @@ import torch
 
 from superclip.config import DEMO_LR, TrainConfig
 from superclip.data.families import get_family
-from superclip.evaluate.tags import FUNCTION_WORDS, TagTable, excluded_token_ids, tag_prior, vocabulary_words
+import superclip.evaluate.tags as tagging
+from superclip.evaluate.tags import FUNCTION_WORDS, TagTable, caption_words, excluded_token_ids, vocabulary_words
 from superclip.loss import idf_weights
 from superclip.model import get_tokenizer, get_transforms
 from superclip.train.trainer import Trainer
@@ -36,6 +39,24 @@ def truth_words(family: str, scene) -> set:
         return words
     words = {scene.ink, scene.weight, scene.paper, *scene.pattern.split()}
     return words | ({"frame"} if scene.framed else set())
+
+
+def tagger(tokenizer, k: int, exclude, used, how: str):
+    """``lift``: superclip's TagTable; ``probability``: its candidates in probability order; ``old``: the tagger before
+    (every word-final alphabetic piece but ``exclude``, by probability)."""
+    table = TagTable(tokenizer, k, exclude, used if how != "old" else None)
+    if how == "lift":
+        return table
+    table._table(len(vocabulary_words(tokenizer, 49408)))
+    if how == "old":
+        table.words = [None if w is None or i in exclude else w
+                       for i, w in enumerate(vocabulary_words(tokenizer, len(table.words)))]
+        table.mask = torch.tensor([w is None for w in table.words])
+
+    def by_probability(logits):
+        values, ids, _ = table.candidates(logits)
+        return table.rank(values, ids, torch.zeros(logits.shape[1], dtype=torch.float64))
+    return by_probability
 
 
 def train(out: Path, family: str, steps: int, batch: int) -> Path:
@@ -75,40 +96,33 @@ def measure(args, ckpt: Path) -> int:
     logits = torch.cat([model.token_logits(torch.stack([preprocess(data[i][0]) for i in range(s, min(
         s + 100, args.eval_samples))])) for s in range(0, args.eval_samples, 100)])
     exclude = excluded_token_ids(tokenizer, idf_weights(stats["cap_fq"], stats["num_samples"], 1 << 30))
-    collection = logits.float().softmax(-1).mean(0).log()
-    rankings = {"probability (before)": (None, False), "no function words": (None, True),
-                "lift: training prior (after)": (tag_prior(stats), True),
-                "lift: collection mean": (collection, True)}
+    used = caption_words(stats)
+    default = tagging.CANDIDATES
+    rankings = {"probability (before)": ("old", 2), "no function words": ("probability", 2),
+                "lift among the 2k most probable": ("lift", 2), "lift among the 8k most probable (after)": ("lift", 8)}
     print(f"{args.family}: SuperCLIP-Tiny, {args.steps} steps at batch {args.batch_size}; {args.eval_samples} test "
           f"images; precision of the shown tags against each image's attribute words")
     print("| ranking | " + " | ".join(f"precision@{k}" for k in args.k) + " | most shown tags (@5) |")
     print("|---|" + "---|" * len(args.k) + "---|")
-    for name, (prior, no_function_words) in rankings.items():
+    for name, (how, candidates) in rankings.items():
         cells, common = [], {}
         for k in args.k:
-            table = TagTable(tokenizer, k, exclude, prior)
-            if not no_function_words:  # the old tagger: every word-final alphabetic piece
-                table.words = [None if w is None or i in exclude else w
-                               for i, w in enumerate(vocabulary_words(tokenizer, logits.shape[1]))]
-                table.mask = torch.tensor([w is None for w in table.words])
-            tags = table(logits)
+            tagging.CANDIDATES = candidates
+            tags = tagger(tokenizer, k, exclude, used, how)(logits)
             hits = [sum(w in t for w, _ in row) / k for row, t in zip(tags, truth)]
             cells.append(f"{100 * sum(hits) / len(hits):.1f}")
             if k == 5:
                 for row in tags:
                     for w, _ in row:
                         common[w] = common.get(w, 0) + 1
+        tagging.CANDIDATES = default
         top = ", ".join(w for w, _ in sorted(common.items(), key=lambda x: -x[1])[:6])
         print(f"| {name} | " + " | ".join(cells) + f" | {top} |")
     # the demo's two tag rows for this run (its SuperCLIP at batch 32 is this model): as the demo scored them before
-    # (the top-5 by probability, every caption word a hit) and now (superclip's tagger, content words only)
+    # (the top-5 by probability, every caption word a hit) and now (no function word, content words only)
     captions = [data[i][1] for i in range(args.eval_samples)]
-    for name, (prior, content) in (("before", (None, False)), ("now", (tag_prior(stats), True))):
-        table = TagTable(tokenizer, 5, exclude, prior)
-        if not content:
-            table.words = [None if w is None or i in exclude else w
-                           for i, w in enumerate(vocabulary_words(tokenizer, logits.shape[1]))]
-            table.mask = torch.tensor([w is None for w in table.words])
+    for name, content in (("before", False), ("now", True)):  # the demo's: most probable, any word of the vocabulary
+        table = tagger(tokenizer, 5, exclude, None, "probability" if content else "old")
         any_hit = attr_hit = 0
         for row, text in zip(table(logits), captions):
             words = set(text.replace(",", " ").split()) - (FUNCTION_WORDS if content else set())

@@ -174,8 +174,10 @@ def test_optimize_killed_then_rerun(env, tmp_path, kill_at):
     assert [p.name for p in (out / "index").iterdir()] == ["main-1.faiss"]
 
 
-def test_batched_tags_equal_top_tags():
-    """The embedder's tags of a batch equal :func:`top_tags` image by image (ranked by lift over a prior)."""
+def test_a_parts_tags_do_not_depend_on_its_batches():
+    """The embedder ranks a part's tags once the part's mean is known: tags from candidates gathered batch by batch
+    (3 images at a time) equal the tags of the whole part at once, and an image tagged alone gets its most probable
+    words (lift over itself is 0 for every word)."""
     import superclip
     import torch
     from superclip.evaluate.tags import top_tags
@@ -184,15 +186,19 @@ def test_batched_tags_equal_top_tags():
     from .conftest import TINY_CFG
 
     model = superclip.create_model(TINY_CFG).eval()
-    gen = torch.Generator().manual_seed(1)
-    prior = torch.randn(49408, generator=gen).log_softmax(0)
-    prior[::7] = -float("inf")
     e = Embedder(model, superclip.get_transforms(model)[1], superclip.get_tokenizer(model.config), "cpu", top_k=5,
-                 workers=0, tag_prior=prior)
-    logits = torch.randn(8, 49408, generator=gen) * 3
-    fast, slow = e.tags(logits), [top_tags(r, e.tokenizer, 5, e.exclude, prior) for r in logits]
-    assert [[w for w, _ in t] for t in fast] == [[w for w, _ in t] for t in slow]
-    np.testing.assert_allclose([[p for _, p in t] for t in fast], [[p for _, p in t] for t in slow], atol=1e-7)
+                 workers=0)
+    logits = torch.randn(8, 49408, generator=torch.Generator().manual_seed(1)) * 3
+    whole = e.tags(logits)
+    chunks = [e.tag_table.candidates(logits[s:s + 3]) for s in range(0, 8, 3)]
+    total = sum(c[2] for c in chunks)
+    batched = e.tag_table.rank(torch.cat([c[0] for c in chunks]), torch.cat([c[1] for c in chunks]), (total / 8).log())
+    assert [[w for w, _ in t] for t in whole] == [[w for w, _ in t] for t in batched]
+    np.testing.assert_allclose([[p for _, p in t] for t in whole], [[p for _, p in t] for t in batched], atol=1e-7)
+    alone = top_tags(logits[0], e.tokenizer, 5, e.exclude)
+    probs = [p for _, p in alone]
+    assert probs == sorted(probs, reverse=True) and len(alone) == 5
+    assert [w for w, _ in alone] != [w for w, _ in whole[0]]  # among 8 images, lift reorders them
 
 
 @pytest.mark.parametrize("budget,kind", [(1 << 30, "ivf"), (3000 * 24, "ivfpq")])

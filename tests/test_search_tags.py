@@ -1,11 +1,12 @@
 """Tags that describe the image (issue 25, item 9): a word is ranked by how much this image raises it above the
-head's prior (lift), function words are never tags, and the demo's tag rows count content words only."""
+head's mean over the images tagged with it (lift), function words are never tags, and the demo's tag rows count
+content words only."""
 import math
 
 import pytest
 import torch
 
-from superclip.evaluate.tags import FUNCTION_WORDS, TagTable, excluded_token_ids, tag_prior
+from superclip.evaluate.tags import FUNCTION_WORDS, TagTable, caption_words, excluded_token_ids
 
 pytest.importorskip("faiss")
 
@@ -21,28 +22,35 @@ def _id(tok, word):
     return tok([word])[0, 1].item()
 
 
-def test_tags_rank_by_lift_over_the_prior_without_function_words(tok):
-    """Against a direct computation: the k words of largest log p - log prior among the most probable ones, no
-    function word, no word the prior never saw. Before: the top-k by probability, led by "a" and "of"."""
-    words = ["a", "of", "photo", "red", "circle", "teal", "the", "with", "zebra"]
-    logits = torch.full((49408,), -8.0)
-    for w, v in zip(words, [9.0, 8.5, 8.0, 6.0, 5.5, 5.0, 8.8, 7.0, 4.0]):
-        logits[_id(tok, w)] = v
+def test_tags_rank_by_lift_over_the_collections_mean_without_function_words(tok):
+    """Against a direct computation: each image's k words of largest log p - log mean p (mean over the images tagged
+    together) among its 2 k most probable, no function word, no word the training captions did not use. Before: the
+    top-k by probability, led by "a" and "of" on every image."""
+    words = ["a", "of", "photo", "red", "blue", "circle", "square", "the", "zebra"]
+    rows = {"red circle": [9, 8.5, 8, 6, 1, 5.5, 1, 8.8, 7], "blue square": [9, 8.5, 8, 1, 6, 1, 5.5, 8.8, 7],
+            "red square": [9, 8.5, 8, 6, 1, 1, 5.5, 8.8, 7]}
+    logits = torch.full((3, 49408), -8.0)
+    for r, values in enumerate(rows.values()):
+        for w, v in zip(words, values):
+            logits[r, _id(tok, w)] = v
     stats = {"cap_fq": torch.zeros(1, 49408, dtype=torch.float64), "num_samples": torch.tensor([[100.0]])}
-    for w, df in zip(["a", "of", "photo", "red", "circle", "teal", "the", "with"], [90, 60, 80, 10, 30, 2, 50, 40]):
-        stats["cap_fq"][0, _id(tok, w)] = df  # "zebra": in no training caption
-    prior = tag_prior(stats)
-    assert torch.isinf(prior[_id(tok, "zebra")]) and prior[_id(tok, "red")] > prior[_id(tok, "teal")]
-    tags = TagTable(tok, 3, excluded_token_ids(tok), prior)(logits[None])[0]
+    for w, df in zip(words[:-1], [100, 60, 80, 10, 10, 30, 30, 50]):
+        stats["cap_fq"][0, _id(tok, w)] = df  # "zebra": in no training caption; "a": in every one
+    used = caption_words(stats)
+    assert used[_id(tok, "red")] and not used[_id(tok, "zebra")] and not used[_id(tok, "a")]
+    tags = TagTable(tok, 2, excluded_token_ids(tok), used)(logits)
     p = logits.softmax(-1)
-    lift = {w: math.log(p[_id(tok, w)]) - prior[_id(tok, w)].item() for w in words
-            if w not in FUNCTION_WORDS and w != "zebra"}
-    # "teal" is less probable than "circle" but five times rarer in captions: it is shown, "circle" is not
-    assert [w for w, _ in tags] == sorted(lift, key=lambda w: -lift[w])[:3] == ["photo", "teal", "red"]
-    assert [round(x, 6) for _, x in tags] == [round(p[_id(tok, w)].item(), 6) for w in ("photo", "teal", "red")]
-    by_probability = TagTable(tok, 3, excluded_token_ids(tok))(logits[None])[0]
-    assert [w for w, _ in by_probability] == ["photo", "red", "circle"]  # no prior: probability, still no "a"
-    assert not FUNCTION_WORDS & {"red", "circle", "photo", "teal", "zebra"}
+    mean = p.mean(0)
+    content = [w for w in words if w not in FUNCTION_WORDS and w not in ("zebra", "a")]
+    for r, row in enumerate(tags):
+        candidates = sorted(content, key=lambda w: -p[r, _id(tok, w)])[:4]
+        lift = {w: math.log(p[r, _id(tok, w)]) - math.log(mean[_id(tok, w)]) for w in candidates}
+        assert [w for w, _ in row] == sorted(candidates, key=lambda w: -lift[w])[:2]
+    # "photo" is each image's most probable content word, and the same on all three: never shown
+    assert [[w for w, _ in t] for t in tags] == [["circle", "red"], ["blue", "square"], ["red", "square"]]
+    alone = TagTable(tok, 2, excluded_token_ids(tok), used)(logits[:1])[0]
+    assert [w for w, _ in alone] == ["photo", "red"]  # an image alone: its most probable words
+    assert not FUNCTION_WORDS & {"red", "circle", "photo", "blue", "square", "zebra"}
 
 
 def test_the_demo_counts_content_words_only(tok):

@@ -13,7 +13,7 @@ from .config import DEMO_FAMILY, DEMO_LR, TrainConfig
 from .data.families import get_family
 from .data.synth_sets import write_compositional, write_masks
 from .evaluate.features import Encoder
-from .evaluate.tags import FUNCTION_WORDS, TagTable, excluded_token_ids, tag_prior
+from .evaluate.tags import FUNCTION_WORDS, TagTable, excluded_token_ids
 from .evaluate.tasks import compositional_set, segmentation_probe
 from .evaluate.zero_shot import classifier_weights, zero_shot_metrics
 from .files import atomic_write_text
@@ -31,12 +31,12 @@ FINE_SET_SEED = 1000
 
 @torch.no_grad()
 def evaluate_synthetic(model, num_samples: int = 500, seed: int = 0, token_weights=None,
-                       family: str = "scenes", with_examples: bool = False, token_stats=None) -> Dict[str, float]:
+                       family: str = "scenes", with_examples: bool = False) -> Dict[str, float]:
     """Zero-shot acc1 on every task of a synthetic family, text->image / image->text R@1 on detailed test
     captions, and the head's tag hit rates (``token_weights``: the run's IDF weights, to leave out words in every
-    caption; ``token_stats``: its statistics, whose prior ranks the tags as ``superclip index`` does,
-    :func:`superclip.evaluate.tags.tag_prior`). ``with_examples``: also return, for the first test images of the
-    combined task, the model's answer and the head's top 3 tags (the demo's picture)."""
+    caption; each image's most probable words, function words left out: the head's own answer, any word of the
+    vocabulary, so that an untrained head scores near 0). ``with_examples``: also return, for the first test images
+    of the combined task, the model's answer and the head's top 3 tags (the demo's picture)."""
     fam = get_family(family)
     model.eval()
     _, preprocess = get_transforms(model)
@@ -51,10 +51,11 @@ def evaluate_synthetic(model, num_samples: int = 500, seed: int = 0, token_weigh
         out[f"zeroshot_{task}_acc1"] = zero_shot_metrics(feats, weights, torch.tensor(labels))["acc1"]
         if task == fam.tasks[2]:  # the picture's examples: the first test images, answer and top tags
             answers = (feats[:N_EXAMPLES] @ weights.T).argmax(dim=-1).tolist()
-            tagger = TagTable(tokenizer, 3, excluded_token_ids(tokenizer, token_weights), tag_prior(token_stats))
+            tagger = TagTable(tokenizer, 3, excluded_token_ids(tokenizer, token_weights))
             logits = model.token_logits(torch.stack([preprocess(im) for im in images[:N_EXAMPLES]]))
             examples = [{"truth": classnames[labels[i]], "answer": classnames[a],
-                         "tags": [w for w, _ in tags]} for (i, a), tags in zip(enumerate(answers), tagger(logits))]
+                         "tags": [w for w, _ in tags]}
+                        for (i, a), tags in zip(enumerate(answers), tagger.most_probable(logits))]
     data = fam.dataset(num_samples, image_size=size, seed=seed + 1, split="test", detailed_prob=1.0)
     pairs = [data[i] for i in range(num_samples)]
     img = model.encode_image(torch.stack([preprocess(im) for im, _ in pairs]), normalize=True)
@@ -64,7 +65,7 @@ def evaluate_synthetic(model, num_samples: int = 500, seed: int = 0, token_weigh
     out["image_retrieval_recall@1"] = (sim.argmax(dim=1) == target).float().mean().item()
     out["text_retrieval_recall@1"] = (sim.argmax(dim=0) == target).float().mean().item()
     out.update(tag_hit_rates(model, [im for im, _ in pairs], [c for _, c in pairs], preprocess, tokenizer,
-                             token_weights, attributes=fam.attributes, prior=tag_prior(token_stats)))
+                             token_weights, attributes=fam.attributes))
     model.train()
     if with_examples:
         return out, examples
@@ -73,17 +74,18 @@ def evaluate_synthetic(model, num_samples: int = 500, seed: int = 0, token_weigh
 
 @torch.no_grad()
 def tag_hit_rates(model, images, captions, preprocess, tokenizer, token_weights=None, k: int = 5,
-                  attributes=None, prior=None) -> Dict[str, float]:
-    """The head as a tagger (:class:`~superclip.evaluate.tags.TagTable`, ranked by lift over ``prior`` when given):
+                  attributes=None, words_used=None) -> Dict[str, float]:
+    """The head as a tagger (each image's most probable words, :meth:`~superclip.evaluate.tags.TagTable.most_probable`;
+    ``words_used``: the only words that may be tags):
     share of images with a content word of their caption among the k tags (``tag@5_caption_word``; function words
     such as "a" or "of" never count), and with an attribute word of their caption (``tag@5_attribute_word``; the
     scenes' colours and shapes by default). Words present in every training caption (IDF weight 0) are never
     tags."""
-    tagger = TagTable(tokenizer, k, excluded_token_ids(tokenizer, token_weights), prior)
+    tagger = TagTable(tokenizer, k, excluded_token_ids(tokenizer, token_weights), words_used)
     logits = model.token_logits(torch.stack([preprocess(im) for im in images]))
     attributes = set(attributes if attributes is not None else get_family("scenes").attributes)
     any_hit = attr_hit = 0
-    for tags, text in zip(tagger(logits), captions):
+    for tags, text in zip(tagger.most_probable(logits), captions):
         words = set(text.replace(",", " ").split()) - FUNCTION_WORDS
         tags = {w for w, _ in tags}
         any_hit += bool(tags & words)
@@ -139,8 +141,7 @@ def run_demo(out_dir: Path, steps: int = 150, batch_size: int = 64, seed: int = 
     (default a tenth of them); ``fine_sets``: also score every run on these fine-grained sets
     (:func:`fine_grained_sets`).
 
-    The tagger's excluded words and its prior come from the first run that kept IDF statistics, the same for every
-    run.
+    The tagger's excluded words come from the first run that kept IDF statistics, the same for every run.
     """
     out_dir = Path(out_dir)
     report = {"settings": {"model": model, "steps": steps, "batch_size": batch_size, "seed": seed, "lr": lr,
@@ -159,12 +160,10 @@ def run_demo(out_dir: Path, steps: int = 150, batch_size: int = 64, seed: int = 
         trainer.fit(None if on_step is None else (lambda s, m, n=name: on_step(n, s, m)))
         history = [m for m in read_metrics(trainer.dir / "metrics.jsonl") if "loss" in m]  # also steps resumed
         trained[name] = (trainer, history)
-    with_stats = next((t.criterion for t, _ in trained.values() if t.criterion.idf_batch_size), None)
-    weights = with_stats.token_weights() if with_stats is not None else None
-    stats = with_stats.statistics() if with_stats is not None else None
+    weights = next((t.criterion.token_weights() for t, _ in trained.values() if t.criterion.idf_batch_size), None)
     for name, (trainer, history) in trained.items():
         metrics, examples = evaluate_synthetic(trainer.model, eval_samples, trainer.cfg.seed_of_data, weights, family,
-                                               with_examples=True, token_stats=stats)
+                                               with_examples=True)
         if fine_sets is not None:
             metrics.update(evaluate_fine_grained(trainer.model, fine_sets))
         report["runs"][name] = {"config": dict(runs)[name], "metrics": metrics, "examples": examples,

@@ -262,7 +262,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def cmd_tag(args: argparse.Namespace) -> int:
-    from ..evaluate.tags import TagTable, excluded_token_ids, tag_prior
+    from ..evaluate.tags import TagTable, caption_words, excluded_token_ids
     from ..loss import idf_weights
 
     model, preprocess, tokenizer, args.encoder = _load(args)
@@ -270,7 +270,7 @@ def cmd_tag(args: argparse.Namespace) -> int:
     stats = args.stats
     if stats and stats["num_samples"].item() > 0:
         weights = idf_weights(stats["cap_fq"], stats["num_samples"], 1 << 30)
-    tagger = TagTable(tokenizer, args.top_k, excluded_token_ids(tokenizer, weights), tag_prior(stats))
+    tagger = TagTable(tokenizer, args.top_k, excluded_token_ids(tokenizer, weights), caption_words(stats))
     logits = _images(preprocess, list(args.images), args, "tag", kind="token_logits")
     for path, tags in zip(args.images, tagger(logits)):
         print(path + "\t" + "  ".join(f"{w} ({p:.3f})" for w, p in tags))

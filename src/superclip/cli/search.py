@@ -39,7 +39,7 @@ def _run_job(args, build: bool) -> int:
 
     from .. import distributed
     from ..devices import resolve_device
-    from ..evaluate.tags import tag_prior
+    from ..evaluate.tags import caption_words
     from ..search.collection import finish, start
     from ..search.job import Embedder, index_model, load_for_search
     from ..search.layout import FolderLock, Layout
@@ -84,7 +84,7 @@ def _run_job(args, build: bool) -> int:
             net, preprocess, tokenizer, weights, info = index_model(manifest, args.dir, str(device), args.precision,
                                                                     args.cache_dir)
         embedder = Embedder(net, preprocess, tokenizer, device, args.precision, top_k, dtype, args.batch_size,
-                            args.workers, weights, args.thumb_size, tag_prior(info["token_stats"]))
+                            args.workers, weights, args.thumb_size, caption_words(info["token_stats"]))
         model_info = {"model": model, "pretrained": info.get("path"), "checkpoint_sha256": info["sha256"],
                       "dim": embedder.dim}
         if build and seed is not None:
@@ -187,7 +187,7 @@ def cmd_reembed(args) -> int:
     import torch
     from tqdm import tqdm
 
-    from ..evaluate.tags import tag_prior
+    from ..evaluate.tags import caption_words
     from ..search.collection import JobOptions
     from ..search.job import Embedder, load_for_search
     from ..search.layout import Layout
@@ -202,7 +202,7 @@ def cmd_reembed(args) -> int:
                                                                 args.cache_dir)
     embedder = Embedder(net, preprocess, tokenizer, device, args.precision, manifest["top_k"], manifest["dtype"],
                         args.batch_size, args.workers, weights, manifest.get("thumb_size", 0),
-                        tag_prior(info["token_stats"]))
+                        caption_words(info["token_stats"]))
     model_info = {"model": model, "pretrained": info.get("path"), "checkpoint_sha256": info["sha256"],
                   "dim": embedder.dim}
     opts = JobOptions(part_size=manifest.get("part_size", 10_000), max_index_memory=args.max_index_memory)

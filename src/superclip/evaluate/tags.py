@@ -1,15 +1,14 @@
 """The classification head as an open-vocabulary image tagger: its tokens, read back as words, ranked by how much this
-image raises them.
+image raises them above what the head predicts for the images around it.
 
-The head's raw top tokens by probability are the words most captions share ("a", "of", "photo", "showing"): the same
+The head's raw top tokens by probability are the words most captions share ("a", "of", "photo", "printed"): the same
 few on every image. A tag should say what sets this image apart, so a word is ranked by its **lift**: the log of its
-probability for this image over its probability for images in general, the head's prior. Over the training data
-the head's mean prediction equals the mean soft target (the head has a bias: at a stationary point of the
-cross-entropy its gradient, mean softmax minus mean target, is zero), and the mean target of a word is about its IDF
-weight times its document frequency; both come with the checkpoint's token statistics. Function words ("a", "of",
-"with", ...) are never tags. Candidates are the most probable words (:data:`CANDIDATES` per tag shown), so that a
-word the head barely predicts cannot lead on a large ratio of two tiny numbers. Without statistics (open_clip
-weights, a checkpoint saved without them) the ranking is by probability, function words still left out.
+probability for this image over its mean probability over the collection the image is tagged with (a part of an
+index, the images given to ``superclip tag``, an evaluation set). Candidates are the image's most probable words
+(:data:`CANDIDATES` per tag shown), so that a word the head barely predicts cannot lead on a ratio of two tiny
+numbers; function words ("a", "of", "with", ...) are never tags; and given the checkpoint's token statistics, only
+words the training captions used (and not every caption) are. An image tagged alone is its own collection: its tags
+are then its most probable words. ``bench/tag_precision.py`` measured the choices (docs/search.md).
 """
 from __future__ import annotations
 
@@ -33,7 +32,9 @@ what which who whom whose when where why how whatever whichever whoever
 s t re ve ll d m
 """.split())
 
-CANDIDATES = 8  # candidates per tag shown: the k * CANDIDATES most probable words are ranked by lift
+# candidates per tag shown: the k * CANDIDATES most probable words are ranked by lift (bench/tag_precision.py,
+# precision@3 / @5 with 8: textures 55.3 / 41.6, scenes 67.0 / 55.1; with 2: 55.9 / 45.1 and 55.1 / 47.8)
+CANDIDATES = 8
 
 
 def excluded_token_ids(tokenizer, token_weights: Optional[torch.Tensor] = None) -> Set[int]:
@@ -49,20 +50,14 @@ def excluded_token_ids(tokenizer, token_weights: Optional[torch.Tensor] = None) 
     return out
 
 
-def tag_prior(token_stats) -> Optional[torch.Tensor]:
-    """(V,) float32 log of the head's prediction for images in general, from a checkpoint's token statistics
-    (``cap_fq``, ``num_samples``: the loss's running document frequencies): IDF weight x document frequency,
-    normalised; ``-inf`` for a word no training caption used, or every caption did. None without statistics."""
+def caption_words(token_stats) -> Optional[torch.Tensor]:
+    """(V,) bool: the words a checkpoint's training captions used, and not every caption (``cap_fq``,
+    ``num_samples``: the loss's running document frequencies); None without statistics."""
     if not token_stats or float(token_stats["num_samples"].reshape(-1)[0]) <= 0:
         return None
     n = token_stats["num_samples"].double().reshape(-1)[0]
     df = token_stats["cap_fq"].double().reshape(-1)
-    weights = torch.log((n + 2 ** -30) / (df + 2 ** -30)).clamp_min(0)
-    mass = weights * df / n
-    total = mass.sum()
-    if total <= 0:
-        return None
-    return torch.log(mass / total).float()
+    return (df > 0) & (df < n)
 
 
 def _word(tokenizer, token_id: int) -> Optional[str]:
@@ -89,50 +84,51 @@ def vocabulary_words(tokenizer, vocab: int) -> List[Optional[str]]:
 
 
 class TagTable:
-    """The tagger, for batches: every vocabulary entry's word is looked up once, then each row's tags are read off
+    """The tagger, for batches: every vocabulary entry's word is looked up once, then each image's tags are read off
     its candidates.
 
     Args:
         tokenizer: the model's tokenizer (CLIP BPE).
         k: tags per image.
         exclude: token ids never shown (:func:`excluded_token_ids`).
-        prior: (V,) log prior (:func:`tag_prior`): rank by lift; None: rank by probability.
+        words_used: (V,) bool, the only ids that may be tags (:func:`caption_words`), or None.
     """
 
-    def __init__(self, tokenizer, k: int = 5, exclude: Iterable[int] = (), prior: Optional[torch.Tensor] = None):
+    def __init__(self, tokenizer, k: int = 5, exclude: Iterable[int] = (),
+                 words_used: Optional[torch.Tensor] = None):
         self.tokenizer, self.k, self.exclude = tokenizer, k, set(exclude)
-        self.prior = prior
+        self.words_used = words_used
         self.words: Optional[List[Optional[str]]] = None
 
     def _table(self, vocab: int) -> None:
         self.words = [None if w is None or i in self.exclude or w.lower() in FUNCTION_WORDS else w
                       for i, w in enumerate(vocabulary_words(self.tokenizer, vocab))]
         self.mask = torch.tensor([w is None for w in self.words])
-        if self.prior is not None:
-            self.mask |= ~torch.isfinite(self.prior[:vocab])
+        if self.words_used is not None:
+            self.mask |= ~self.words_used[:vocab].bool()
 
-    def __call__(self, logits: torch.Tensor) -> List[List[Tuple[str, float]]]:
-        """(B, V) head logits -> each row's ``k`` (word, probability), best first."""
+    def candidates(self, logits: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, V) head logits -> ((B, M) probabilities and (B, M) ids of each image's candidates, most probable
+        first; (V,) float64 sum of the B softmax rows, for the collection's mean)."""
         if self.words is None:
             self._table(logits.shape[1])
         probs = logits.float().softmax(dim=-1)
-        allowed = int((~self.mask).sum())
-        n = min(self.k * CANDIDATES, allowed)
-        if n == 0:
-            return [[] for _ in range(len(probs))]
+        n = min(self.k * CANDIDATES, int((~self.mask).sum()))
         top = probs.masked_fill(self.mask, -1.0).topk(n, dim=-1)
-        if self.prior is not None:  # rank the candidates by lift
-            lift = top.values.clamp_min(1e-30).log() - self.prior[top.indices]
-            order = lift.argsort(dim=-1, descending=True, stable=True)
-            values, ids = top.values.gather(1, order), top.indices.gather(1, order)
-        else:
-            values, ids = top.values, top.indices
+        return top.values, top.indices, probs.double().sum(0)
+
+    def rank(self, values: torch.Tensor, ids: torch.Tensor, log_mean: torch.Tensor) -> List[List[Tuple[str, float]]]:
+        """Each image's ``k`` (word, probability) from its candidates (:meth:`candidates`), by lift over
+        ``log_mean`` ((V,) log of the collection's mean probability), best first."""
+        # float64, as the sums: an image alone has a lift of exactly 0 for every word, and keeps its probability order
+        lift = values.double().clamp_min(1e-30).log() - log_mean.double()[ids]
+        order = lift.argsort(dim=-1, descending=True, stable=True)
         out = []
-        for row_values, row_ids in zip(values.tolist(), ids.tolist()):
+        for row_values, row_ids in zip(values.gather(1, order).tolist(), ids.gather(1, order).tolist()):
             seen, tags = set(), []
             for p, i in zip(row_values, row_ids):
                 word = self.words[i]
-                if word in seen:
+                if p < 0 or word in seen:
                     continue
                 seen.add(word)
                 tags.append((word, p))
@@ -141,12 +137,24 @@ class TagTable:
             out.append(tags)
         return out
 
+    def most_probable(self, logits: torch.Tensor) -> List[List[Tuple[str, float]]]:
+        """(B, V) head logits -> each row's ``k`` most probable words (each image tagged alone)."""
+        values, ids, _ = self.candidates(logits)
+        return self.rank(values, ids, torch.zeros(logits.shape[1], dtype=torch.float64))
+
+    def __call__(self, logits: torch.Tensor) -> List[List[Tuple[str, float]]]:
+        """(B, V) head logits -> each row's ``k`` (word, probability), best first; the B images are the
+        collection."""
+        values, ids, total = self.candidates(logits)
+        return self.rank(values, ids, (total / max(1, len(logits))).log())
+
 
 def top_tags(logits: torch.Tensor, tokenizer, k: int = 5, exclude: Iterable[int] = (),
-             prior: Optional[torch.Tensor] = None) -> List[Tuple[str, float]]:
-    """(word, probability) of the ``k`` tags of (V,) head logits (:class:`TagTable` for one image).
+             words_used: Optional[torch.Tensor] = None) -> List[Tuple[str, float]]:
+    """(word, probability) of the ``k`` tags of (V,) head logits, tagged alone: its most probable words
+    (:class:`TagTable`).
 
     Probabilities are the head's softmax over the whole vocabulary. Word-final BPE pieces are words
     ("circle</w>" -> "circle"); pieces that only start a word are skipped, and a word reached twice is kept once.
     """
-    return TagTable(tokenizer, k, exclude, prior)(logits.reshape(1, -1))[0]
+    return TagTable(tokenizer, k, exclude, words_used)(logits.reshape(1, -1))[0]

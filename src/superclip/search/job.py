@@ -2,8 +2,8 @@
 
 Images are decoded through :func:`superclip.data.images.decode_image` in data-loader workers; one forward pass of
 the image tower gives both the L2-normalised embedding (B, D) and the head's token logits (B, V), from which each
-image keeps its ``top_k`` whole-word tags with their probabilities (:func:`superclip.evaluate.tags.top_tags`: the
-words this image raises most above the head's prior, no function word).
+image keeps its ``top_k`` whole-word tags with their probabilities: the words it raises most above the head's mean
+over the part (:class:`superclip.evaluate.tags.TagTable`), no function word.
 An image that cannot be read (any error) is skipped and listed with its error; it never stops the job.
 """
 from __future__ import annotations
@@ -146,26 +146,26 @@ class Embedder:
     def __init__(self, model, preprocess, tokenizer, device, precision: str = "fp32", top_k: int = 5,
                  dtype: str = "float16", batch_size: int = 64, workers: int = 2,
                  token_weights: Optional[torch.Tensor] = None, thumb_size: int = 256,
-                 tag_prior: Optional[torch.Tensor] = None):
+                 tag_words: Optional[torch.Tensor] = None):
         self.model, self.preprocess, self.tokenizer = model, preprocess, tokenizer
         self.thumb_size = thumb_size
         self.device, self.precision, self.top_k = torch.device(device), precision, top_k
         self.dtype, self.batch_size, self.workers = np.dtype(dtype), batch_size, workers
         self.exclude = excluded_token_ids(tokenizer, token_weights)
-        self.tag_table = TagTable(tokenizer, top_k, self.exclude, tag_prior)
+        self.tag_table = TagTable(tokenizer, top_k, self.exclude, tag_words)
         self.param_dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
         self.dim = int(self.forward(torch.zeros(1, 3, *_image_size(preprocess)))[0].shape[1])
 
     @torch.no_grad()
-    def forward(self, pixels: torch.Tensor) -> Tuple[torch.Tensor, List[List[Tuple[str, float]]]]:
-        """(B, 3, H, W) -> ((B, D) float32 normalised embeddings, B lists of (tag, probability))."""
+    def forward(self, pixels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, H, W) -> ((B, D) float32 normalised embeddings, (B, V) float32 head logits)."""
         with autocast_for(self.precision, self.device):
             out = self.model(pixels.to(self.device, dtype=self.param_dtype), None, return_token_logits=True)
-        return out["image_features"].float().cpu(), self.tags(out["token_logits"].float().cpu())
+        return out["image_features"].float().cpu(), out["token_logits"].float().cpu()
 
     def tags(self, logits: torch.Tensor) -> List[List[Tuple[str, float]]]:
-        """(B, V) head logits -> each row's ``top_k`` (word, probability), as
-        :func:`superclip.evaluate.tags.top_tags` gives them: ranked by lift over ``tag_prior`` when there is one."""
+        """(B, V) head logits of a part's images -> each one's ``top_k`` (word, probability), ranked by lift over the
+        part's mean (:class:`superclip.evaluate.tags.TagTable`); :meth:`run` gives the same, batch by batch."""
         return self.tag_table(logits)
 
     def run(self, plan: Dict, progress: Optional[Callable[[int], None]] = None) -> PartResult:
@@ -187,6 +187,7 @@ class Embedder:
         columns: Dict[str, list] = {k: [] for k in (*names, "image_path_bytes", "tags", "tag_probs", "thumb_offset",
                                                     "thumb_size")}
         vectors, thumbs, offset = [], [], 0
+        cand_values, cand_ids, prob_sum = [], [], None  # the tags are ranked once the part's mean is known
         for batch in loader:
             good = [b for b in batch if b[3] is None]
             for pos, _, meta, error, _ in batch:
@@ -194,15 +195,17 @@ class Embedder:
                     path = meta[0] if meta else (plan["files"][pos] if "files" in plan else f"{plan['shard']}#{pos}")
                     skipped.append((path, error))
             if good:
-                feats, tags = self.forward(torch.stack([b[1] for b in good]))
+                feats, logits = self.forward(torch.stack([b[1] for b in good]))
                 vectors.append(feats)
-                for (_, _, meta, _, thumb), t in zip(good, tags):
+                values, ids, total = self.tag_table.candidates(logits)
+                cand_values.append(values)
+                cand_ids.append(ids)
+                prob_sum = total if prob_sum is None else prob_sum + total
+                for (_, _, meta, _, thumb) in good:
                     for k, v in zip(names, meta):
                         columns[k].append(v)
                     columns["image_path"][-1] = display(meta[0])  # parquet holds UTF-8 text; the bytes beside it
                     columns["image_path_bytes"].append(raw_bytes(meta[0]))
-                    columns["tags"].append([w for w, _ in t])
-                    columns["tag_probs"].append([float(p) for _, p in t])
                     columns["thumb_offset"].append(offset if thumb is not None else None)
                     columns["thumb_size"].append(len(thumb) if thumb is not None else None)
                     if thumb is not None:
@@ -210,6 +213,11 @@ class Embedder:
                         offset += len(thumb)
             if progress:
                 progress(len(batch))
+        if vectors:
+            n = sum(len(v) for v in vectors)
+            tags = self.tag_table.rank(torch.cat(cand_values), torch.cat(cand_ids), (prob_sum / n).log())
+            columns["tags"] = [[w for w, _ in t] for t in tags]
+            columns["tag_probs"] = [[float(p) for _, p in t] for t in tags]
         emb = torch.cat(vectors).numpy() if vectors else np.zeros((0, self.dim), dtype=np.float32)
         return PartResult(emb.astype(self.dtype), columns, skipped, b"".join(thumbs))
 
