@@ -154,14 +154,14 @@ def commands(args, us, env, before_env, tmp: Path):
     from PIL import Image
 
     import superclip
+    from superclip.model import openclip_config  # the towers' config as open_clip reads it (what export writes)
 
     ckpt = tmp / "tiny.pt"
     model = superclip.create_model("SuperCLIP-Tiny")
     superclip.save_checkpoint(ckpt, model)
     torch.save(model.clip.state_dict(), tmp / "tiny-clip.pt")  # the CLIP towers, as open_clip saves them
     (tmp / "oc-configs").mkdir()
-    (tmp / "oc-configs" / "bench-tiny-clip.json").write_text(json.dumps(
-        {k: v for k, v in model.config.items() if k in ("embed_dim", "vision_cfg", "text_cfg")}))
+    (tmp / "oc-configs" / "bench-tiny-clip.json").write_text(json.dumps(openclip_config(model.config)))
     images = tmp / "images"
     for c, colour in enumerate(("red", "blue")):
         (images / colour).mkdir(parents=True)
