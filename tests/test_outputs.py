@@ -123,10 +123,11 @@ def test_an_unreachable_hub_is_said_so_in_one_line(tmp_path):
     back-off, logged a warning per retry, then 'file ... not found (not in the repository, or ...)'."""
     env = {**os.environ, "HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_CACHE": str(tmp_path / "cache"),
            "HF_HUB_OFFLINE": "0"}
+    (tmp_path / "x.png").write_bytes(b"")  # present: a missing image is said before the model is looked for
     for name, what in (("hf-hub:org/repo/model.pt", "file 'model.pt' not found in the local cache"),
                        ("hf-hub:org/repo", "no open_clip_config.json nor checkpoint file in the local cache")):
-        proc = subprocess.run([sys.executable, "-m", "superclip", "tag", "--pretrained", name, "x.png"], env=env,
-                              capture_output=True, text=True, timeout=300, cwd=ROOT)
+        proc = subprocess.run([sys.executable, "-m", "superclip", "tag", "--pretrained", name, str(tmp_path / "x.png")],
+                              env=env, capture_output=True, text=True, timeout=300, cwd=ROOT)
         lines = proc.stderr.strip().splitlines()
         assert proc.returncode == 2 and len(lines) == 1, proc.stderr
         assert what in lines[0] and "the hub cannot be reached (cannot reach http://127.0.0.1:9" in lines[0]

@@ -10,8 +10,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 
 def _test_write_delay() -> None:
     """Test-only: ``SUPERCLIP_TEST_WRITE_DELAY`` seconds of sleep before each rename, so that fault-injection
@@ -62,6 +60,8 @@ def atomic_write(path: os.PathLike, write) -> None:
 
 def atomic_torch_save(obj: Any, path: os.PathLike) -> None:
     """``torch.save`` through :func:`atomic_write`."""
+    import torch  # here: the command line's checks read index folders (search.layout) before torch is imported
+
     atomic_write(path, lambda f: torch.save(obj, f))
 
 

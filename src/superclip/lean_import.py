@@ -63,8 +63,8 @@ def model_config_hint(model: Optional[str], pretrained: Optional[str]) -> Option
     name or JSON), a model folder's ``open_clip_config.json``, or the ``CHECKPOINT.json`` that
     :func:`superclip.save_checkpoint` writes beside every checkpoint. None when only loading would tell (then
     open_clip is imported whole). Only the towers' library keys are read from it; the checkpoint stays the truth."""
-    if model is not None and not str(model).startswith(("hf-hub:", "local-dir:")):
-        return resolve_model_config(model)
+    if model is not None and not str(model).startswith(("hf-hub:", "local-dir:")) and not Path(str(model)).is_dir():
+        return resolve_model_config(model)  # a model folder as --model brings its config (and weights): read below
     where = str(pretrained if model is None else model) if (pretrained or model) else None
     if where is None or where.startswith("hf-hub:"):
         return None

@@ -5,6 +5,7 @@ import os
 import sys
 
 from ..errors import ConfigError
+from . import precheck
 from .args import at_least
 from .args import port as _port
 from .args import positive as _positive
@@ -34,7 +35,30 @@ def skipped_summary(counts) -> str:
     return f"{total} files not indexed ({parts})"
 
 
+def _check_job(args, build: bool) -> None:
+    """What the command line alone reveals (.precheck), before torch; then open_clip as lean as the model allows."""
+    if not build:
+        precheck.index_folder(args.dir)
+        precheck.index_sources(args.sources)
+        return
+    if args.model is None and args.pretrained is None:
+        raise ConfigError("name a model (--model) and/or a checkpoint (--pretrained)")
+    if args.pretrained is not None and args.random_weights is not None:
+        raise ConfigError("--random-weights draws the weights: it cannot go with --pretrained")
+    if args.pretrained is None and args.random_weights is None:
+        raise ConfigError("no checkpoint (--pretrained): an index of random weights finds nothing; to build one "
+                          "on purpose (a test, a benchmark), add --random-weights SEED")
+    from ..search.layout import Layout
+
+    layout = Layout(args.dir)
+    if not layout.manifest.exists() and layout.foreign():  # before the lock: nothing is written into it
+        raise ConfigError(f"{layout.root} is not empty and holds no index: name a new folder")
+    precheck.index_sources(args.sources)
+    precheck.lean_open_clip(precheck.model_source(args.model, args.pretrained))
+
+
 def _run_job(args, build: bool) -> int:
+    _check_job(args, build)
     from tqdm import tqdm
 
     from .. import distributed
@@ -49,15 +73,6 @@ def _run_job(args, build: bool) -> int:
     if build:
         model, pretrained, dtype, top_k = _model_spec(args.model), args.pretrained, args.dtype, args.top_k
         seed = args.random_weights
-        if model is None and pretrained is None:
-            raise ConfigError("name a model (--model) and/or a checkpoint (--pretrained)")
-        if pretrained is not None and seed is not None:
-            raise ConfigError("--random-weights draws the weights: it cannot go with --pretrained")
-        if pretrained is None and seed is None:
-            raise ConfigError("no checkpoint (--pretrained): an index of random weights finds nothing; to build one "
-                              "on purpose (a test, a benchmark), add --random-weights SEED")
-        if not layout.manifest.exists() and layout.foreign():  # before the lock: nothing is written into it
-            raise ConfigError(f"{layout.root} is not empty and holds no index: name a new folder")
     elif not layout.root.is_dir():
         raise layout.no_index()
     device = resolve_device(args.device, distributed.local_rank())  # before the lock: a bad one leaves no folder
@@ -124,6 +139,7 @@ def cmd_add(args) -> int:
 
 
 def cmd_remove(args) -> int:
+    precheck.index_folder(args.dir)
     from ..search.manage import remove
 
     n = remove(args.dir, list(args.targets))
@@ -133,6 +149,7 @@ def cmd_remove(args) -> int:
 
 
 def cmd_restore(args) -> int:
+    precheck.index_folder(args.dir)
     from ..search.manage import restore
 
     n = restore(args.dir, list(args.targets))
@@ -142,6 +159,7 @@ def cmd_restore(args) -> int:
 
 
 def cmd_excluded(args) -> int:
+    precheck.index_folder(args.dir)
     import time
 
     from ..search.manage import excluded
@@ -157,6 +175,7 @@ def cmd_excluded(args) -> int:
 
 
 def cmd_stats(args) -> int:
+    precheck.index_folder(args.dir)
     import json
 
     from ..search.manage import stats
@@ -176,6 +195,11 @@ def cmd_stats(args) -> int:
 
 
 def cmd_relink(args) -> int:
+    if not os.path.exists(os.path.realpath(args.pretrained)):  # manage.relink's first check
+        from ..search.names import display
+
+        raise ConfigError(f"--pretrained: {display(args.pretrained)} not found")
+    precheck.index_folder(args.dir)
     from ..search.manage import relink
 
     path = relink(args.dir, args.pretrained)
@@ -184,6 +208,10 @@ def cmd_relink(args) -> int:
 
 
 def cmd_reembed(args) -> int:
+    if args.pretrained is None:
+        raise ConfigError("name the new checkpoint (--pretrained)")
+    precheck.index_folder(args.dir)
+    precheck.model_source(args.model, args.pretrained)
     import torch
     from tqdm import tqdm
 
@@ -219,6 +247,7 @@ def cmd_reembed(args) -> int:
 
 
 def cmd_optimize(args) -> int:
+    precheck.index_folder(args.dir)
     from ..search.collection import optimize
 
     info = optimize(args.dir, args.max_index_memory)
@@ -244,12 +273,16 @@ def _listen(host: str, port: int):
 
 
 def cmd_serve(args) -> int:
-    import uvicorn
-
+    if args.device == "cpu":  # the default, always there: the folder's check needs no torch
+        precheck.index_folder(args.dir)
     from ..devices import resolve_device
-    from ..search.server import ServeOptions, create_app
 
     device = str(resolve_device(args.device))  # a device this machine lacks: one line, before the port is taken
+    precheck.index_folder(args.dir)
+    import uvicorn
+
+    from ..search.server import ServeOptions, create_app
+
     sock = _listen(args.host, args.port)
     try:
         app = create_app(args.dir, ServeOptions(device=device, max_upload_bytes=args.max_upload,

@@ -9,6 +9,10 @@ from ..strict_json import dumps
 
 
 def _cmd_flops(args: argparse.Namespace) -> int:
+    from .precheck import model_source
+
+    for name in args.models:  # an unknown name or a bad config: one line before torch
+        model_source(name, None)
     from ..flops import flops_table
 
     for name in args.models:
@@ -26,7 +30,7 @@ def _cmd_flops(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from ..export.staging import existing_files, staged
-    from ..weights import load_model
+    from .precheck import lean_open_clip, model_source
 
     out = Path(args.out_dir)
     if out.exists() and not out.is_dir():
@@ -36,6 +40,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
         shown = ", ".join(present[:4]) + (f" and {len(present) - 4} more" if len(present) > 4 else "")
         raise ConfigError(f"{out} is not empty ({shown}): export into a new or empty folder, or add --overwrite to "
                           "replace the files the export writes (other files are left alone)")
+    hint = model_source(args.model, args.checkpoint)
+    if args.format != "transformers":  # the transformers export imports transformers itself
+        lean_open_clip(hint)
+    from ..weights import load_model
+
     model, stats, info = load_model(args.model, pretrained=args.checkpoint, cache_dir=args.cache_dir)
     model.eval()
     if args.format == "transformers":
