@@ -24,15 +24,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
-import numpy as np
 
 from .. import distributed
 from ..errors import ConfigError
 from . import index as faiss_index
 from . import parts
 from .catalog import Catalog
+from .ivf import stale as stale_index_files
 from .layout import FORMAT, VERSION, FolderLock, Layout, kill_point, write_bytes, write_json
 from .sources import file_sha256, plan_parts, shard_identity, shard_urls, source_files, source_kind
+from .vectors import CatalogSource
+from .vectors import reader as vector_reader
 
 log = logging.getLogger(__name__)
 
@@ -117,45 +119,27 @@ def ingest(layout: Layout, catalog: Catalog, manifest: Dict) -> int:
 
 
 def live_vectors(layout: Layout, catalog: Catalog, only_parts=None):
-    """(ids (n,) int64, vectors (n, D) float32) of the live items, by id."""
-    locs = catalog.locations(only_parts)
-    dim = None
-    by_part: Dict[int, List] = {}
-    for item_id, part, row in locs:
-        by_part.setdefault(part, []).append((item_id, row))
-    ids, vecs = [], []
-    for part in sorted(by_part):
-        emb = parts.read_embeddings(layout, part)
-        dim = emb.shape[1]
-        rows = by_part[part]
-        ids += [r[0] for r in rows]
-        vecs.append(np.asarray(emb[[r[1] for r in rows]], dtype=np.float32))
-    if not vecs:
-        return np.zeros(0, np.int64), np.zeros((0, dim or 0), np.float32)
-    ids_arr = np.asarray(ids, dtype=np.int64)
-    order = np.argsort(ids_arr, kind="stable")
-    return ids_arr[order], np.ascontiguousarray(np.concatenate(vecs)[order])
+    """(ids (n,) int64, vectors (n, D) float32) of the live items (of ``only_parts``), by id."""
+    m = layout.read_manifest()
+    return CatalogSource(layout, catalog, m["dim"], m["dtype"], only_parts).all()
 
 
 def build_main_index(layout: Layout, catalog: Catalog, manifest: Dict, max_memory: int) -> Dict:
-    """Write a new main index over every live item of the ingested parts, then point the manifest at it."""
+    """Write a new main index over every live item of the ingested parts, read part by part, then point the manifest
+    at it and delete the files of the old one."""
     covered = sorted(catalog.ingested_parts())
-    ids, vectors = live_vectors(layout, catalog)
-    if vectors.shape[1] == 0:
-        vectors = np.zeros((0, manifest["dim"]), np.float32)
-    index, info = faiss_index.build(vectors, ids, max_memory)
+    source = CatalogSource(layout, catalog, manifest["dim"], manifest["dtype"])
     old = manifest.get("index")
     generation = (old["generation"] + 1) if old else 0
-    path = layout.index_file(generation)
-    data = faiss_index.serialize(index)
-    write_bytes(path, lambda f: f.write(data), point="index-write")
+    folder = layout.root / "index"
+    folder.mkdir(parents=True, exist_ok=True)
+    main, info = faiss_index.build(source, max_memory, folder, generation, reader=vector_reader(layout), reuse=old)
     kill_point("index-before-manifest")
-    manifest["index"] = dict(info, generation=generation, file=str(path.relative_to(layout.root)), parts=covered,
+    manifest["index"] = dict(info, generation=generation, file=f"index/{info['file']}", parts=covered,
                              max_index_memory=max_memory)
     layout.write_manifest(manifest)
-    for stale in layout.root.glob("index/main-*.faiss"):
-        if stale != path:
-            stale.unlink()
+    for stale in stale_index_files(folder, info):
+        stale.unlink()
     return manifest["index"]
 
 
