@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..data.images import decode_image
 from ..errors import ConfigError
+from .batcher import Batcher
 from .collection import checkpoint_hash
 from .job import load_for_search
 from .searcher import Searcher
@@ -53,7 +54,9 @@ class BadRequest(Exception):
 
 
 class Engine:
-    """The model and the searcher behind the app; model calls are serialised (one forward at a time)."""
+    """The model and the searcher behind the app. Model calls go through two batchers (text, image; batcher.py):
+    concurrent requests share a forward pass, one pass at a time on torch's threads (every core); searches run on
+    the request's own thread and never wait for a model call."""
 
     def __init__(self, root: str, opts: ServeOptions):
         self.searcher = Searcher(root)
@@ -63,12 +66,16 @@ class Engine:
             raise ConfigError(f"the checkpoint {m['pretrained']} changed since {root} was built (sha256 differs)")
         self.device = torch.device(opts.device)
         self.lock = threading.Lock()
+        self.texts = Batcher(lambda x: self._encode(self.net.encode_text, x), lock=self.lock, name="text")
+        self.images = Batcher(lambda x: self._encode(self.net.encode_image, x), lock=self.lock, name="image")
 
     @torch.no_grad()
+    def _encode(self, encode, x: torch.Tensor) -> np.ndarray:
+        return encode(x.to(self.device), normalize=True).float().cpu().numpy()
+
     def text(self, texts: List[str]) -> np.ndarray:
         """(n, D) normalised text embeddings."""
-        with self.lock:
-            return self.net.encode_text(self.tokenizer(texts).to(self.device), normalize=True).float().cpu().numpy()
+        return self.texts(self.tokenizer(texts))
 
     @torch.no_grad()
     def image(self, data: bytes) -> np.ndarray:
@@ -79,8 +86,7 @@ class Engine:
             raise BadRequest(413, f"image too large when decoded (decompression bomb limit): {e}") from None
         except Exception as e:  # noqa: BLE001 - whatever PIL raises, an unreadable upload is the client's mistake
             raise BadRequest(400, f"the upload is not a readable image ({type(e).__name__})") from None
-        with self.lock:
-            return self.net.encode_image(pixels[None].to(self.device), normalize=True).float().cpu().numpy()[0]
+        return self.images(pixels[None])[0]
 
 
 def _tags(tags: Optional[str]) -> List[str]:
