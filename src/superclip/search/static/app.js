@@ -121,8 +121,22 @@ function searchImage(file) {
   rerun();
 }
 
+// Results as the user types: a text search once typing pauses for TYPING_MS (a query costs milliseconds); Enter
+// searches at once. Each keystroke restarts the wait, so a fast typist sends one query, not one per letter.
+const TYPING_MS = 200;
+let typing = null;
+$("q").addEventListener("input", () => {
+  clearTimeout(typing);
+  typing = setTimeout(() => {
+    const q = $("q").value.trim();
+    if (!q || (state.kind === "text" && state.q === q)) return;
+    Object.assign(state, { kind: "text", q });
+    rerun();
+  }, TYPING_MS);
+});
 $("search").addEventListener("submit", (e) => {
   e.preventDefault();
+  clearTimeout(typing);
   const q = $("q").value.trim();
   if (!q) { $("status").textContent = "Type something to search for."; return; }
   Object.assign(state, { kind: "text", q });
