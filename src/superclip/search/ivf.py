@@ -230,6 +230,9 @@ def load(path: Path, info: Dict, reader):
     from .index import MainIndex
 
     index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP | faiss.IO_FLAG_READ_ONLY)
+    # the memory-mapped lists would start 32 prefetch threads on every search: 3.8 ms a query at 30k vectors, 0.17
+    # without; the page cache does the prefetching
+    faiss.downcast_InvertedLists(index.invlists).prefetch_nthread = 0
     loc = np.load(path.parent / info["loc_file"], mmap_mode="r")
     return MainIndex(index, info, Reranker(loc, reader))
 
