@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import logging
 import mimetypes
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
+import faiss
 import numpy as np
 import torch
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
@@ -45,6 +47,7 @@ class ServeOptions:
     max_k: int = 200
     max_query_chars: int = 500
     template: str = "a photo of {c}."
+    model_threads: Optional[int] = None  # torch threads of a model pass; None: every core but one (at least 1)
 
 
 class BadRequest(Exception):
@@ -55,8 +58,10 @@ class BadRequest(Exception):
 
 class Engine:
     """The model and the searcher behind the app. Model calls go through two batchers (text, image; batcher.py):
-    concurrent requests share a forward pass, one pass at a time on torch's threads (every core); searches run on
-    the request's own thread and never wait for a model call."""
+    concurrent requests share a forward pass, one pass at a time, on ``model_threads`` torch threads (every core
+    but one: the HTTP layer, upload decoding and searches need the last; on the 2-core machine a Tiny text query
+    took 1.8 ms on one thread and 2.0 ms on two, a batch of 8 4.4 and 5.4-10.5 ms: bench/search_http.py). Searches
+    run on the request's own thread (one faiss thread: a search is one query) and never wait for a model call."""
 
     def __init__(self, root: str, opts: ServeOptions):
         self.searcher = Searcher(root)
@@ -65,6 +70,9 @@ class Engine:
         if checkpoint_hash(info.get("path")) != m["checkpoint_sha256"]:
             raise ConfigError(f"the checkpoint {m['pretrained']} changed since {root} was built (sha256 differs)")
         self.device = torch.device(opts.device)
+        torch.set_num_threads(opts.model_threads or max(1, (os.cpu_count() or 1) - 1))
+        # one query a search: faiss's OpenMP team would only add a barrier (13% of a loaded server's CPU samples)
+        faiss.omp_set_num_threads(1)
         self.lock = threading.Lock()
         self.texts = Batcher(lambda x: self._encode(self.net.encode_text, x), lock=self.lock, name="text")
         self.images = Batcher(lambda x: self._encode(self.net.encode_image, x), lock=self.lock, name="image")
