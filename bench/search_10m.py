@@ -15,6 +15,7 @@ second pass, its resident memory split into anonymous and file-backed pages). ``
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -50,7 +51,7 @@ def write_parts(root: Path, n: int, dist: str) -> None:
     if not layout.manifest.exists():
         for i in range(planned):
             s = i * PART
-            write_json(layout.plan(i), {"files": [f"/synthetic/{j:08d}.png" for j in range(s, min(n, s + PART))]})
+            write_json(layout.plan(i), {"files": [f"/s/{j}" for j in range(s, min(n, s + PART))]})
         layout.write_manifest({"format": FORMAT, "version": VERSION, "model": "synthetic", "pretrained": None,
                                "checkpoint_sha256": None, "dim": 512, "sources": ["/synthetic"],
                                "dtype": "float16", "top_k": 1, "part_size": PART, "planned": planned, "parts": {}})
@@ -60,9 +61,9 @@ def write_parts(root: Path, n: int, dist: str) -> None:
             continue
         s = i * PART
         m = min(n, s + PART) - s
-        names = [f"/synthetic/{j:08d}.png" for j in range(s, s + m)]
+        names = [f"/s/{j}" for j in range(s, s + m)]  # short strings: the catalog of 10M items stays ~1 GB
         columns = {"image_path": names, "source": [""] * m, "shard_index": [-1] * m, "size": [1] * m,
-                   "mtime": [0.0] * m, "sha256": [f"{j:064x}" for j in range(s, s + m)],
+                   "mtime": [0.0] * m, "sha256": [f"{j:x}" for j in range(s, s + m)],
                    "tags": [[f"t{j % 100}"] for j in range(s, s + m)], "tag_probs": [[1.0]] * m}
         parts.write_part(layout, i, PartResult(chunk(dist, 512, i, m).astype(np.float16), columns, []))
         if i % 50 == 49:
@@ -158,6 +159,10 @@ def main():
     state = state_of(folder)
     print(f"{args.n} x 512 ({args.dist}) in {root}; load average {os.getloadavg()[0]:.1f}; done before: "
           f"{[s for s in STAGES if s in state]}", flush=True)
+    need = args.n * 512 * 2 * 1.35 + (6 << 30)  # parts, catalog, codes, index; and 6 GB left for everyone else
+    if "parts" not in state and shutil.disk_usage(folder).free < need:
+        sys.exit(f"{folder}: {args.n} vectors need {need / 2 ** 30:.0f} GB free (6 to spare), "
+                 f"{shutil.disk_usage(folder).free / 2 ** 30:.0f} GB are")
     for stage in STAGES[:STAGES.index(args.stage) + 1]:
         if stage in state:
             continue

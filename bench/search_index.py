@@ -1,13 +1,16 @@
 """The main index at a million vectors against the field's HNSW libraries, all in one run of this script:
 ``superclip.search.index.build`` (what ``index build`` runs, at its default 4G budget: ``hnsw``; and forced to
-``ivfpq`` by a budget of ~100 bytes a vector) against faiss ``IndexHNSWFlat``, hnswlib and usearch, each at its defaults.
+``ivfpq`` by a budget of ~100 bytes a vector) against faiss ``IndexHNSWFlat``, hnswlib and usearch, each at its
+defaults.
 
     python bench/search_index.py [--n 1000000 --dists hard,easy --peers ours,ours-ivfpq,faiss-hnsw,hnswlib,usearch]
 
 Data (bench/search_data.py, cached): 1M x 512 float16 vectors per distribution, 1,000 held-out queries and their
 exact top-10. Every build runs in a child process of its own (2 threads; ours builds its graph on one, so that a
 rerun gives the same graph), reading the vectors 100k at a time from the file; the child reports its wall time and
-peak RSS. Builds are kept in the cache: a rerun measures again without rebuilding (``--rebuild`` redoes them).
+peak RSS. A distribution's builds stay in the cache until it is measured (a killed run rebuilds only what is missing),
+then are deleted (``--keep-indexes`` keeps them: a rerun then measures again without rebuilding, ``--rebuild``
+redoes them).
 
 Then, for each distribution, in this process: each index's search parameter (efSearch / expansion_search /
 nprobe) is set to the smallest of a common ladder at which recall@10 of the held-out queries reaches 0.95 (ours is
@@ -20,6 +23,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -308,12 +312,19 @@ def main():
     ap.add_argument("--peers", default="ours,ours-ivfpq,faiss-hnsw,hnswlib,usearch")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--rebuild", action="store_true")
+    ap.add_argument("--keep-indexes", action="store_true", help="keep the built indexes (~7.5 GB a distribution at "
+                    "1M) for a later run; by default a distribution's are deleted once it is measured")
     args = ap.parse_args()
     peers = args.peers.split(",")
     print(f"{os.cpu_count()} CPU cores; load average at start {os.getloadavg()[0]:.1f}", flush=True)
     for dist in args.dists.split(","):
         base, q, truth, folder = collection(dist, args.n)
         print(f"\n## {dist}: {args.n} x {base.shape[1]}, {len(q)} held-out queries", flush=True)
+        need = 8 * args.n * 1024 * len(peers) // 5 + (4 << 30)  # the indexes, and 4 GB left for everyone else
+        free = shutil.disk_usage(folder).free
+        if free < need and not all((folder / f"index-{p}" / "build.json").exists() for p in peers):
+            sys.exit(f"{folder}: the indexes need {need / 2 ** 30:.1f} GB free (with 4 GB to spare), "
+                     f"{free / 2 ** 30:.1f} GB are")
         builds = {}
         for peer in peers:
             builds[peer] = build(peer, folder, folder / "base.npy", args.rebuild)
@@ -331,6 +342,9 @@ def main():
         print(f"load average now {os.getloadavg()[0]:.1f}")
         if dist == args.dists.split(",")[0]:
             exact_latency(base, q)
+        if not args.keep_indexes:
+            for peer in peers:
+                shutil.rmtree(folder / f"index-{peer}", ignore_errors=True)
 
 
 if __name__ == "__main__":
