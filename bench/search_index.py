@@ -6,18 +6,15 @@ defaults.
     python bench/search_index.py [--n 1000000 --dists hard,easy --peers ours,ours-ivfpq,faiss-hnsw,hnswlib,usearch]
 
 Data (bench/search_data.py, cached): 1M x 512 float16 vectors per distribution, 1,000 held-out queries and their
-exact top-10. Every build runs in a child process of its own (2 threads; ours builds its graph on one, so that a
-rerun gives the same graph), reading the vectors 100k at a time from the file; the child reports its wall time and
-peak RSS. A distribution's builds stay in the cache until it is measured (a killed run rebuilds only what is missing),
-then are deleted (``--keep-indexes`` keeps them: a rerun then measures again without rebuilding, ``--rebuild``
-redoes them).
-
-Then, for each distribution, in this process: each index's search parameter (efSearch / expansion_search /
-nprobe) is set to the smallest of a common ladder at which recall@10 of the held-out queries reaches 0.95 (ours is
-also measured at the parameter its build stored), then latency p50 / p99 of one query a call at one thread and
-queries/s of the 1,000 queries as one batch at two threads. Latencies are taken in ``--rounds`` rounds, each
-loading every index in turn (order rotated), so that a change in the machine's load hits all of them alike.
-Finally exact search (the ``flat`` kind) of one query at one thread over 4k..32k vectors.
+exact top-10. Each index is built and measured in a child process of its own (2 threads; ours builds its graph on
+one, so that a rerun gives the same graph), reading the vectors 100k at a time from the file, and nothing it built
+is kept (the indexes of one distribution would take ~7.5 GB of a shared disk): wall time and peak RSS of the build;
+then the search parameter (efSearch / expansion_search / nprobe) set to the smallest of a common ladder at which
+recall@10 of the held-out queries reaches 0.95 (ours also at the parameter its build stored); latency p50 / p99 of
+one query a call at one thread, ``--rounds`` x 500 queries, in blocks of 50 alternating with 50 timings of a fixed
+~0.05 ms of work (the machine's noise floor while this index was measured); queries/s of the 1,000 queries as one
+batch at two threads. A child's result is kept (result-PEER.json): a killed run redoes only the missing ones
+(``--again`` redoes all). Finally exact search (the ``flat`` kind) of one query at one thread over 4k..32k vectors.
 """
 import argparse
 import json
@@ -75,19 +72,14 @@ class Ours:
         return 4 << 30  # index build's default --max-index-memory
 
     def build(self, base_path, folder):
+        """``index build``'s index stage (its files in ``folder``), then the index loaded as ``serve`` loads it."""
         from superclip.search import index
 
         source = FileSource(base_path)
         _, info = index.build(source, self.budget(source.count), folder, 0, reader=rows_reader(base_path))
-        (folder / "info.json").write_text(json.dumps(info))
+        self.main = index.load(folder, info, rows_reader(base_path))
+        self.value = info.get(self.param)
         return {k: info[k] for k in info if k in ("kind", "ef_search", "nprobe", "rerank", "recall_at_10", "nlist")}
-
-    def load(self, base_path, folder):
-        from superclip.search import index
-
-        self.info = json.loads((folder / "info.json").read_text())
-        self.main = index.load(folder, self.info, rows_reader(base_path))
-        self.value = self.info.get(self.param)
 
     def set(self, value):
         self.value = value
@@ -118,13 +110,8 @@ class FaissHNSW:
         index = faiss.IndexHNSWFlat(512, 32, faiss.METRIC_INNER_PRODUCT)  # efConstruction: faiss's default 40
         for _, x in chunks(np.load(base_path, mmap_mode="r")):
             index.add(x)
-        faiss.write_index(index, str(folder / "faiss.index"))
+        self.index = index
         return {"M": 32, "efConstruction": index.hnsw.efConstruction}
-
-    def load(self, base_path, folder):
-        import faiss
-
-        self.index = faiss.read_index(str(folder / "faiss.index"))
 
     def set(self, value):
         self.index.hnsw.efSearch = value
@@ -150,14 +137,8 @@ class Hnswlib:
         index.init_index(max_elements=len(base))  # M 16, ef_construction 200: its defaults
         for s, x in chunks(base):
             index.add_items(x, np.arange(s, s + len(x)), num_threads=2)
-        index.save_index(str(folder / "hnswlib.bin"))
+        self.index = index
         return {"M": 16, "ef_construction": 200}
-
-    def load(self, base_path, folder):
-        import hnswlib
-
-        self.index = hnswlib.Index(space="ip", dim=512)
-        self.index.load_index(str(folder / "hnswlib.bin"))
 
     def set(self, value):
         self.index.set_ef(value)
@@ -178,13 +159,8 @@ class Usearch:
         index = Index(ndim=512, metric="ip")  # its defaults: connectivity 16, expansion_add 128, bf16 storage
         for s, x in chunks(np.load(base_path, mmap_mode="r")):
             index.add(np.arange(s, s + len(x)), x, threads=2)
-        index.save(str(folder / "usearch.bin"))
+        self.index = index
         return {"connectivity": index.connectivity, "expansion_add": index.expansion_add, "dtype": str(index.dtype)}
-
-    def load(self, base_path, folder):
-        from usearch.index import Index
-
-        self.index = Index.restore(str(folder / "usearch.bin"))
 
     def set(self, value):
         self.index.expansion_search = value
@@ -205,32 +181,6 @@ def rss_gib() -> float:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024 ** 2
 
 
-def child_build(peer: str, base_path: Path, folder: Path) -> None:
-    import faiss  # noqa: F401 - every peer's process holds the same libraries before it builds
-    import hnswlib  # noqa: F401
-    import usearch.index  # noqa: F401
-
-    import superclip.search.index  # noqa: F401
-
-    folder.mkdir(parents=True, exist_ok=True)
-    before = rss_gib()
-    t0 = time.perf_counter()
-    params = PEERS[peer]().build(base_path, folder)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
-    out = {"build_s": time.perf_counter() - t0, "peak_rss_gib": peak, "imports_gib": before, "params": params}
-    (folder / "build.json").write_text(json.dumps(out))
-
-
-def build(peer: str, folder: Path, base_path: Path, rebuild: bool) -> dict:
-    out = folder / f"index-{peer}"
-    if rebuild or not (out / "build.json").exists():
-        env = dict(os.environ, OMP_NUM_THREADS="2")
-        done = subprocess.run([sys.executable, __file__, "--child", peer, str(base_path), str(out)], env=env)
-        if done.returncode:
-            sys.exit(f"the {peer} build failed")
-    return json.loads((out / "build.json").read_text())
-
-
 def tune(peer, q, truth) -> tuple:
     """The smallest step reaching TARGET recall on the held-out queries (else the last), and that recall."""
     for value in peer.steps:
@@ -241,50 +191,65 @@ def tune(peer, q, truth) -> tuple:
     return value, r
 
 
-def measure(names, folder, base_path, q, truth, rounds):
-    times = {name: [] for name in names}
-    setting = {}
-    qps = {name: 0.0 for name in names}
-    floor = []
-    share = np.array_split(np.arange(len(q)), rounds)
-    for rnd in range(rounds):
-        order = names[rnd % len(names):] + names[:rnd % len(names)]
-        for name in order:
-            kind = name.split("@")[0]
-            peer = PEERS[kind]()
-            peer.load(base_path, folder / f"index-{kind}")
-            if name not in setting:
-                if name.endswith("@built"):
-                    value = peer.value
-                    peer.set(value)
-                    setting[name] = (value, recall(peer.batch(q, 2), truth))
-                else:
-                    setting[name] = tune(peer, q, truth)
-            peer.set(setting[name][0])
-            for v in q[:50]:  # warm: the pages this index's searches touch
-                peer.one(v)
-            for i in share[rnd]:
-                t0 = time.perf_counter()
-                peer.one(q[i])
-                times[name].append(1000 * (time.perf_counter() - t0))
-            t0 = time.perf_counter()
+def child(peer_name: str, folder: Path, rounds: int) -> None:
+    """Build one index, then measure it, in this process; its result as JSON in ``folder``/result-PEER.json."""
+    import faiss
+    import hnswlib  # noqa: F401 - every index's process holds the same libraries before it builds
+    import usearch.index  # noqa: F401
+
+    import superclip.search.index  # noqa: F401
+
+    base_path, q, truth = folder / "base.npy", np.load(folder / "queries.npy"), np.load(folder / "truth.npy")
+    work = folder / f"index-{peer_name}"
+    work.mkdir(parents=True, exist_ok=True)
+    before = rss_gib()
+    t0 = time.perf_counter()
+    peer = PEERS[peer_name]()
+    params = peer.build(base_path, work)
+    out = {"build_s": time.perf_counter() - t0, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+           / 1024 ** 2, "imports_gib": before, "params": params, "load_average": os.getloadavg()[0], "rows": {}}
+    settings = {peer_name: tune(peer, q, truth)}
+    if peer_name.startswith("ours"):
+        peer.set(params.get(peer.param))
+        settings[f"{peer_name}@built"] = (params.get(peer.param), recall(peer.batch(q, 2), truth))
+    faiss.omp_set_num_threads(1)
+    matrix = np.asarray(np.load(base_path, mmap_mode="r")[:1000], dtype=np.float32)
+    for name, (value, rec) in settings.items():
+        peer.set(value)
+        for v in q[:50]:  # warm: the pages these searches touch
+            peer.one(v)
+        times, floor = [], []
+        for block in np.array_split(np.arange(500 * rounds), 10 * rounds):
+            for i in block:
+                t1 = time.perf_counter()
+                peer.one(q[i % len(q)])
+                times.append(1000 * (time.perf_counter() - t1))
+            for i in block:
+                t1 = time.perf_counter()
+                matrix @ q[i % len(q)]
+                floor.append(1000 * (time.perf_counter() - t1))
+        qps = 0.0
+        for _ in range(3):
+            t1 = time.perf_counter()
             peer.batch(q, 2)
-            qps[name] = max(qps[name], len(q) / (time.perf_counter() - t0))
-            del peer
-        matrix = np.asarray(base_rows(base_path, 2000), dtype=np.float32)
-        for i in share[rnd]:  # the machine's own noise: a fixed ~0.1 ms of work timed the same way
-            t0 = time.perf_counter()
-            matrix @ q[i]
-            floor.append(1000 * (time.perf_counter() - t0))
-    out = {name: {"param": setting[name][0], "recall": setting[name][1], "p50": float(np.percentile(times[name], 50)),
-                  "p99": float(np.percentile(times[name], 99)), "qps2": qps[name]} for name in names}
-    print(f"noise floor: a 2000 x 512 matrix-vector product timed like a query: p50 {np.percentile(floor, 50):.3f} ms,"
-          f" p99 {np.percentile(floor, 99):.3f} ms")
-    return out
+            qps = max(qps, len(q) / (time.perf_counter() - t1))
+        out["rows"][name] = {"param": value, "recall": rec, "p50": float(np.percentile(times, 50)),
+                             "p99": float(np.percentile(times, 99)), "floor_p50": float(np.percentile(floor, 50)),
+                             "floor_p99": float(np.percentile(floor, 99)), "qps2": qps}
+    del peer
+    shutil.rmtree(work, ignore_errors=True)
+    (folder / f"result-{peer_name}.json").write_text(json.dumps(out))
 
 
-def base_rows(base_path: Path, n: int) -> np.ndarray:
-    return np.load(base_path, mmap_mode="r")[:n]
+def run(peer: str, folder: Path, rounds: int, again: bool) -> dict:
+    result = folder / f"result-{peer}.json"
+    if again or not result.exists():
+        shutil.rmtree(folder / f"index-{peer}", ignore_errors=True)  # what a killed child left
+        env = dict(os.environ, OMP_NUM_THREADS="2")
+        done = subprocess.run([sys.executable, __file__, "--child", peer, str(folder), str(rounds)], env=env)
+        if done.returncode:
+            sys.exit(f"the {peer} run failed")
+    return json.loads(result.read_text())
 
 
 def exact_latency(base, q):
@@ -305,46 +270,35 @@ def exact_latency(base, q):
 
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--child":
-        return child_build(sys.argv[2], Path(sys.argv[3]), Path(sys.argv[4]))
+        return child(sys.argv[2], Path(sys.argv[3]), int(sys.argv[4]))
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--dists", default="hard,easy")
     ap.add_argument("--peers", default="ours,ours-ivfpq,faiss-hnsw,hnswlib,usearch")
     ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--rebuild", action="store_true")
-    ap.add_argument("--keep-indexes", action="store_true", help="keep the built indexes (~7.5 GB a distribution at "
-                    "1M) for a later run; by default a distribution's are deleted once it is measured")
+    ap.add_argument("--again", action="store_true", help="redo every index, not only those without a result")
     args = ap.parse_args()
     peers = args.peers.split(",")
     print(f"{os.cpu_count()} CPU cores; load average at start {os.getloadavg()[0]:.1f}", flush=True)
     for dist in args.dists.split(","):
         base, q, truth, folder = collection(dist, args.n)
         print(f"\n## {dist}: {args.n} x {base.shape[1]}, {len(q)} held-out queries", flush=True)
-        need = 8 * args.n * 1024 * len(peers) // 5 + (4 << 30)  # the indexes, and 4 GB left for everyone else
-        free = shutil.disk_usage(folder).free
-        if free < need and not all((folder / f"index-{p}" / "build.json").exists() for p in peers):
-            sys.exit(f"{folder}: the indexes need {need / 2 ** 30:.1f} GB free (with 4 GB to spare), "
-                     f"{free / 2 ** 30:.1f} GB are")
-        builds = {}
+        got = {}
         for peer in peers:
-            builds[peer] = build(peer, folder, folder / "base.npy", args.rebuild)
-            print(f"built {peer}: {builds[peer]}", flush=True)
-        names = peers + [f"{p}@built" for p in peers if p.startswith("ours")]
-        got = measure(names, folder, folder / "base.npy", q, truth, args.rounds)
-        fastest = min(got[n]["p50"] for n in names if not n.startswith("ours"))
-        print(f"\n| {dist} | build s | peak RSS GiB (imports) | parameter | recall@10 held-out | p50 ms | p99 ms | "
-              f"p50 / fastest peer | QPS, 2 threads |\n|---|---|---|---|---|---|---|---|---|")
-        for name in names:
-            b, g = builds[name.split("@")[0]], got[name]
+            got[peer] = run(peer, folder, args.rounds, args.again)
+            print(f"{peer}: {json.dumps(got[peer])}", flush=True)
+        rows = {name: (got[peer], row) for peer in peers for name, row in got[peer]["rows"].items()}
+        fastest = min(r["p50"] for name, (_, r) in rows.items() if not name.startswith("ours"))
+        print(f"\n| {dist} | build s | peak RSS GiB (after imports) | parameter | recall@10 held-out | p50 ms | "
+              f"p99 ms | p50 / fastest peer's | noise floor p50 / p99 ms | QPS, 2 threads |\n"
+              f"|---|---|---|---|---|---|---|---|---|---|")
+        for name, (b, g) in rows.items():
             print(f"| {name} | {b['build_s']:.0f} | {b['peak_rss_gib']:.2f} ({b['imports_gib']:.2f}) | {g['param']} | "
-                  f"{g['recall']:.4f} | "
-                  f"{g['p50']:.3f} | {g['p99']:.3f} | {g['p50'] / fastest:.2f} | {g['qps2']:.0f} |", flush=True)
+                  f"{g['recall']:.4f} | {g['p50']:.3f} | {g['p99']:.3f} | {g['p50'] / fastest:.2f} | "
+                  f"{g['floor_p50']:.3f} / {g['floor_p99']:.3f} | {g['qps2']:.0f} |", flush=True)
         print(f"load average now {os.getloadavg()[0]:.1f}")
         if dist == args.dists.split(",")[0]:
             exact_latency(base, q)
-        if not args.keep_indexes:
-            for peer in peers:
-                shutil.rmtree(folder / f"index-{peer}", ignore_errors=True)
 
 
 if __name__ == "__main__":
