@@ -19,10 +19,10 @@ def live_locations(catalog: Catalog, only_parts: Optional[Iterable[int]] = None)
     """(ids, parts, rows) int64 of the live items (of ``only_parts``), ordered by part then row."""
     sql = "SELECT id, part, row FROM items WHERE deleted = 0"
     args: tuple = ()
-    if only_parts is not None:
-        only = sorted(set(only_parts))
-        if not only:
-            return tuple(np.zeros(0, np.int64) for _ in range(3))
+    only = sorted(set(only_parts)) if only_parts is not None else None
+    if only is not None and not only:
+        return tuple(np.zeros(0, np.int64) for _ in range(3))
+    if only is not None and len(only) <= 500:  # SQLite's limit on bound variables; more are filtered below
         sql += f" AND part IN ({','.join('?' * len(only))})"
         args = tuple(only)
     chunks = []
@@ -34,6 +34,8 @@ def live_locations(catalog: Catalog, only_parts: Optional[Iterable[int]] = None)
                 break
             chunks.append(np.asarray(got, dtype=np.int64).reshape(-1, 3))
     table = np.concatenate(chunks) if chunks else np.zeros((0, 3), np.int64)
+    if only is not None and len(only) > 500:
+        table = table[np.isin(table[:, 1], only)]
     table = table[np.lexsort((table[:, 2], table[:, 1]))]
     return table[:, 0].copy(), table[:, 1].copy(), table[:, 2].copy()
 
