@@ -2,7 +2,7 @@
 a ``git archive`` of it) on the same index, both running at once, driven in turn by wrk over loopback.
 
     python bench/search_http.py [--models SuperCLIP-Tiny,SuperCLIP-ViT-B-32 --images 256 --concurrency 1,8,32
-                                 --duration 15 --baseline f6bb41e]
+                                 --duration 15 --baseline 52f02f9]
 
 For each model (random weights, seeded: the cost of a request does not depend on them): ``--images`` synthetic
 scenes at the model's input size indexed by ``superclip index build``; then, for text queries (GET /api/search?q=
@@ -100,7 +100,7 @@ def main():
     ap.add_argument("--concurrency", default="1,8,32")
     ap.add_argument("--kinds", default="text,image")
     ap.add_argument("--duration", type=int, default=15)
-    ap.add_argument("--baseline", default="f6bb41e", help="the commit whose server is today's")
+    ap.add_argument("--baseline", default="52f02f9", help="the commit whose server is today's (main before issue 26)")
     ap.add_argument("--out", default="/tmp/search_http")
     args = ap.parse_args()
     if not shutil.which("wrk"):
