@@ -73,7 +73,6 @@ class Searcher:
                     self.catalog.close()
                     self.catalog = Catalog(self.layout.catalog, readonly=True)
                     self.reader = vector_reader(self.layout)  # the old one's files close when no search holds it
-                    self.state = None
                     self._catalog_id = catalog_id
         with self.catalog.lock:
             version = self.catalog.db.execute("PRAGMA data_version").fetchone()[0]
@@ -97,7 +96,7 @@ class Searcher:
                                       "moment")
                 info = manifest.get("index")
                 old = self.state
-                key = (info["file"], info["generation"]) if info else None
+                key = (self._catalog_id, info["file"], info["generation"]) if info else None
                 if old is not None and old.key == key:
                     main = old.main  # a removal or an addition: the main index is unchanged
                 else:
