@@ -11,6 +11,11 @@ two random words&k=20) and image uploads (POST /api/search/image, one PNG scene,
 order alternates from one setting to the next). Prints latency p50 / p99 and requests/s as wrk reports them (every
 request of the run), non-2xx answers and socket errors, and the ratio of requests/s. Needs wrk (apt-get install
 wrk).
+
+``--profile text:8`` (a kind and a concurrency) also samples our server with py-spy while wrk runs that setting, and
+prints where its time went (the functions with the most samples of their own, and the share of a few stages) and
+what it cost: the server's CPU time per request against the request's wall time, and how busy the machine's cores
+were, by the server and by everything else (/proc).
 """
 import argparse
 import http.client
@@ -93,6 +98,59 @@ def wrk(port: int, script: Path, connections: int, duration: int) -> dict:
             "socket_errors": sum(int(x) for x in errors.groups()) if errors else 0}
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (every thread) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def busy_seconds() -> tuple:
+    """(busy, total) CPU seconds of the machine so far, every core (/proc/stat)."""
+    ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+    idle = ticks[3] + ticks[4]
+    return (sum(ticks) - idle) / os.sysconf("SC_CLK_TCK"), sum(ticks) / os.sysconf("SC_CLK_TCK")
+
+
+STAGES = {"model pass (batcher)": "_encode", "tokenizer": "tokenize", "faiss search": "search (superclip/search/index",
+          "catalog lookups (SQLite)": "items (superclip/search/catalog", "reload check": "reload_if_changed",
+          "JSON response": "render", "HTTP (uvicorn h11)": "h11", "event loop": "run_forever"}
+
+
+def profiled(pid: int, port: int, script: Path, connections: int, duration: int, out: Path) -> dict:
+    """wrk against our server while py-spy samples it; prints the profile, returns wrk's figures."""
+    raw = out / f"profile-c{connections}.txt"
+    spy_bin = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")  # pip install py-spy
+    spy = subprocess.Popen([spy_bin, "record", "--pid", str(pid), "--duration", str(duration), "--rate", "250",
+                            "--format", "raw", "--output", str(raw), "--nonblocking"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    cpu0, (busy0, all0) = cpu_seconds(pid), busy_seconds()
+    r = wrk(port, script, connections, duration)
+    cpu1, (busy1, all1) = cpu_seconds(pid), busy_seconds()
+    spy.wait(60)
+    own, stages, total = {}, dict.fromkeys(STAGES, 0), 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        leaf = stack.split(";")[-1]
+        own[leaf] = own.get(leaf, 0) + n
+        for name, needle in STAGES.items():
+            if needle in stack:
+                stages[name] += n
+    server = cpu1 - cpu0
+    per_request, cores = 1000 * server / r["requests"], all1 - all0
+    print(f"\nprofile of our server, c={connections}, {r['requests']} requests: server CPU {per_request:.2f} ms a "
+          f"request (p50 wall {r['p50']:.1f} ms); the machine's cores {100 * (busy1 - busy0) / cores:.0f}% busy, "
+          f"{100 * server / cores:.0f}% of them by this server; py-spy samples (threads not idle): {total}")
+    for name, n in stages.items():
+        print(f"  {name}: {100 * n / max(total, 1):.1f}% of samples")
+    for leaf, n in sorted(own.items(), key=lambda x: -x[1])[:12]:
+        print(f"  own {100 * n / max(total, 1):5.1f}%  {leaf}")
+    return r
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", default="SuperCLIP-Tiny,SuperCLIP-ViT-B-32")
@@ -102,6 +160,7 @@ def main():
     ap.add_argument("--duration", type=int, default=15)
     ap.add_argument("--baseline", default="52f02f9", help="the commit whose server is today's (main before issue 26)")
     ap.add_argument("--out", default="/tmp/search_http")
+    ap.add_argument("--profile", default=None, help="KIND:C, e.g. text:8: sample our server under that setting")
     args = ap.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk not found: apt-get install wrk")
@@ -142,6 +201,11 @@ def main():
                         r = wrk(servers[name][1], script, c, args.duration)
                         results[(model, kind, c, name)] = r
                         print(f"{model} {kind} c={c} {name}: {json.dumps(r)}", flush=True)
+            if args.profile:
+                kind, c = args.profile.split(":")
+                script = out / "text.lua" if kind == "text" else folder / "image.lua"
+                proc, port = servers["ours"]
+                profiled(proc.pid, port, script, int(c), args.duration, folder)
         finally:
             for proc, _ in servers.values():
                 proc.terminate()
