@@ -18,7 +18,7 @@ import time
 
 import faiss
 import numpy as np
-from search_data import chunks, collection, recall
+from search_data import chunks, collection, one_query_ms, recall
 
 LADDER = (16, 32, 64, 128, 256, 512, 1024, 2048)
 
@@ -68,11 +68,7 @@ def main():
                 found = index.search(q, 10)[1]
                 ndis = faiss.cvar.hnsw_stats.ndis / len(q)
                 r = recall(found, truth)
-                t = []
-                for v in q[:300]:
-                    t0 = time.perf_counter()
-                    index.search(v[None], 10)
-                    t.append(1000 * (time.perf_counter() - t0))
+                t = one_query_ms(lambda x: index.search(x, 10), q[:300])
                 print(f"| | {efc} | {built:.0f} | {ef} | {r:.4f} | {ndis:.0f} | {np.percentile(t, 50):.3f} | "
                       f"{np.percentile(t, 99):.3f} | {ndis * dot:.3f} |", flush=True)
                 if r >= 0.99:

@@ -104,6 +104,16 @@ def collection(dist: str, n: int, dim: int = 512, queries: int = 1000, log=print
     return np.load(folder / "base.npy", mmap_mode="r"), q, np.load(tpath), folder
 
 
+def one_query_ms(search, queries: np.ndarray) -> np.ndarray:
+    """Milliseconds of ``search(v[None])`` for each (D,) query of ``queries``, one at a time."""
+    out = []
+    for v in queries:
+        t0 = time.perf_counter()
+        search(v[None])
+        out.append(1000 * (time.perf_counter() - t0))
+    return np.asarray(out)
+
+
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
     """Mean share of each query's exact top-10 found in its top-10 (both (q, 10), the same kind of ids)."""
     return float(np.mean([len(set(a[:10]) & set(b[:10])) / 10 for a, b in zip(found.tolist(), truth.tolist())]))

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from search_data import CHUNK, chunks, collection, recall
+from search_data import CHUNK, chunks, collection, one_query_ms, recall
 
 STEPS = (10, 12, 16, 20, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512, 640,
          768, 1024, 1536, 2048)
@@ -259,11 +259,7 @@ def exact_latency(base, q):
     for n in (4096, 8192, 16384, 32768):
         index = faiss.IndexFlatIP(base.shape[1])
         index.add(np.asarray(base[:n], dtype=np.float32))
-        t = []
-        for v in q[:300]:
-            t0 = time.perf_counter()
-            index.search(v[None], 10)
-            t.append(1000 * (time.perf_counter() - t0))
+        t = one_query_ms(lambda x: index.search(x, 10), q[:300])
         print(f"exact search over {n:>6} x {base.shape[1]}, one thread: p50 {np.percentile(t, 50):.3f} ms, "
               f"p99 {np.percentile(t, 99):.3f} ms")
 
