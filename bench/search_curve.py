@@ -73,7 +73,7 @@ def main():
                       f"{np.percentile(t, 99):.3f} | {ndis * dot:.3f} |", flush=True)
                 if r >= 0.99:
                     break
-            del index
+            index = None  # freed before the next graph is built
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 
