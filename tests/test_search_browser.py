@@ -170,3 +170,25 @@ def test_search_page_in_chromium(server, tmp_path):
         browser.close()
     assert errors == []
     assert (tmp_path / "search.png").stat().st_size > 10_000
+
+
+def test_results_appear_as_the_user_types(server):
+    """No Enter: once typing pauses, the page searches what was typed; keystrokes closer together than the pause
+    (30 ms here, the page waits 200 ms) send one query between them, not one per letter."""
+    from playwright.sync_api import sync_playwright
+
+    url, _, _ = server
+    sent = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+        page = browser.new_page()
+        page.on("request", lambda r: sent.append(r.url) if "/api/search?" in r.url else None)
+        page.goto(url + "/")
+        page.wait_for_selector("#facets li")
+        page.type("#q", "a green circle", delay=30)
+        page.wait_for_function("document.querySelector('#status').textContent.includes('green circle')")
+        cards = _results(page)
+        assert len(cards) == 16 and "green" in cards[0][1], cards[:2]
+        page.wait_for_timeout(600)
+        browser.close()
+    assert 1 <= len(sent) < 5 and "green+circle" in sent[-1], sent  # 14 keystrokes

@@ -315,7 +315,7 @@ def _model_flags(p, build: bool) -> None:
     p.add_argument("--workers", type=int, default=2, help="data-loader workers decoding images")
     p.add_argument("--part-size", type=_positive, default=10_000, help="images per part (the unit of resuming)")
     p.add_argument("--max-index-memory", type=_size, default="4G",
-                   help="memory budget of the faiss index (IVF-PQ beyond it), e.g. 512M, 4G")
+                   help="memory budget of the index: an HNSW graph while it fits, IVF-PQ on disk beyond (512M, 4G)")
     p.add_argument("--csv-img-key", default="filepath")
     p.add_argument("--csv-separator", default=None)
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")

@@ -20,18 +20,21 @@ import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
-import numpy as np
 
 from .. import distributed
 from ..errors import ConfigError
 from . import index as faiss_index
 from . import parts
 from .catalog import Catalog
+from .ivf import stale as stale_index_files
 from .layout import FORMAT, VERSION, FolderLock, Layout, kill_point, write_bytes, write_json
 from .names import tsv_field
 from .sources import REASONS, Scan, file_sha256, plan_parts, resolve, shard_identity, shard_urls, source_kind
+from .vectors import CatalogSource
+from .vectors import reader as vector_reader
 
 log = logging.getLogger(__name__)
 
@@ -118,46 +121,47 @@ def skipped_counts(catalog: Catalog) -> Dict[str, int]:
 
 
 def live_vectors(layout: Layout, catalog: Catalog, only_parts=None):
-    """(ids (n,) int64, vectors (n, D) float32) of the live items, by id."""
-    locs = catalog.locations(only_parts)
-    dim = None
-    by_part: Dict[int, List] = {}
-    for item_id, part, row in locs:
-        by_part.setdefault(part, []).append((item_id, row))
-    ids, vecs = [], []
-    for part in sorted(by_part):
-        emb = parts.read_embeddings(layout, part)
-        dim = emb.shape[1]
-        rows = by_part[part]
-        ids += [r[0] for r in rows]
-        vecs.append(np.asarray(emb[[r[1] for r in rows]], dtype=np.float32))
-    if not vecs:
-        return np.zeros(0, np.int64), np.zeros((0, dim or 0), np.float32)
-    ids_arr = np.asarray(ids, dtype=np.int64)
-    order = np.argsort(ids_arr, kind="stable")
-    return ids_arr[order], np.ascontiguousarray(np.concatenate(vecs)[order])
+    """(ids (n,) int64, vectors (n, D) float32) of the live items (of ``only_parts``), by id."""
+    m = layout.read_manifest()
+    return CatalogSource(layout, catalog, m["dim"], m["dtype"], only_parts).all()
+
+
+def new_main_index(layout: Layout, catalog: Catalog, manifest: Dict, max_memory: int, dim: Optional[int] = None,
+                   reuse: bool = True) -> Dict:
+    """Write the files of a new main index over every live item of the ingested parts, read part by part; returns
+    the manifest's ``index`` record naming them (the caller writes the manifest, then :func:`drop_stale_index`).
+    ``dim``: the vectors' (a re-embedding's new model; default the manifest's); ``reuse``: whether an ``ivfpq`` build
+    may reuse the previous index's trained quantizer and encoded parts (not over new vectors)."""
+    covered = sorted(catalog.ingested_parts())
+    source = CatalogSource(layout, catalog, dim or manifest["dim"], manifest["dtype"])
+    old = manifest.get("index")
+    generation = (old["generation"] + 1) if old else 0
+    folder = layout.root / "index"
+    folder.mkdir(parents=True, exist_ok=True)
+    reader = vector_reader(layout)
+    try:
+        _, info = faiss_index.build(source, max_memory, folder, generation, reader=reader,
+                                    reuse=old if reuse else None)
+    finally:
+        reader.close()
+    return dict(info, generation=generation, file=f"index/{info['file']}", parts=covered, max_index_memory=max_memory)
+
+
+def drop_stale_index(layout: Layout, info: Dict) -> None:
+    """Delete the index files that the manifest's index ``info`` does not use (written after the manifest)."""
+    for stale in stale_index_files(layout.root / "index", dict(info, file=Path(info["file"]).name)):
+        stale.unlink()
 
 
 def build_main_index(layout: Layout, catalog: Catalog, manifest: Dict, max_memory: int) -> Dict:
-    """Write a new main index over every live item of the ingested parts, then point the manifest at it."""
-    covered = sorted(catalog.ingested_parts())
-    ids, vectors = live_vectors(layout, catalog)
-    if vectors.shape[1] == 0:
-        vectors = np.zeros((0, manifest["dim"]), np.float32)
-    index, info = faiss_index.build(vectors, ids, max_memory)
-    old = manifest.get("index")
-    generation = (old["generation"] + 1) if old else 0
-    path = layout.index_file(generation)
-    data = faiss_index.serialize(index)
-    write_bytes(path, lambda f: f.write(data), point="index-write")
+    """Write a new main index over every live item of the ingested parts, then point the manifest at it and delete
+    the files of the old one."""
+    info = new_main_index(layout, catalog, manifest, max_memory)
     kill_point("index-before-manifest")
-    manifest["index"] = dict(info, generation=generation, file=str(path.relative_to(layout.root)), parts=covered,
-                             max_index_memory=max_memory)
+    manifest["index"] = info
     layout.write_manifest(manifest)
-    for stale in layout.root.glob("index/main-*.faiss"):
-        if stale != path:
-            stale.unlink()
-    return manifest["index"]
+    drop_stale_index(layout, info)
+    return info
 
 
 def _broadcast_or_raise(value):

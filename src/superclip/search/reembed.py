@@ -20,14 +20,11 @@ import json
 import logging
 from typing import Dict
 
-import numpy as np
-
 from ..errors import ConfigError
-from . import index as faiss_index
 from . import parts
 from .catalog import Catalog
-from .collection import JobOptions, changing, live_vectors, run_parts
-from .layout import Layout, kill_point, write_bytes, write_json
+from .collection import JobOptions, changing, drop_stale_index, new_main_index, run_parts
+from .layout import Layout, kill_point, write_json
 from .names import from_db, from_parts, to_db
 
 log = logging.getLogger(__name__)
@@ -123,29 +120,17 @@ def reembed(root: str, embedder, model_info: Dict, opts: JobOptions) -> Dict:
             run_parts(layout, new, embedder, opts)
             counts = _switch(layout, catalog, pending)
         # step 4: the new main index, then the manifest names it and the new model at once
-        ids, vectors = live_vectors(layout, catalog)
-        if vectors.shape[1] == 0:
-            vectors = np.zeros((0, pending["dim"]), np.float32)
-        index, info = faiss_index.build(vectors, ids, manifest.get("index", {}).get("max_index_memory")
-                                        or opts.max_index_memory)
-        generation = (manifest["index"]["generation"] + 1) if manifest.get("index") else 0
-        path = layout.index_file(generation)
-        data = faiss_index.serialize(index)
-        write_bytes(path, lambda f: f.write(data), point="index-write")
+        budget = manifest.get("index", {}).get("max_index_memory") or opts.max_index_memory
+        info = new_main_index(layout, catalog, manifest, budget, dim=pending["dim"], reuse=False)
         manifest.update({k: pending[k] for k in MODEL_KEYS if k in pending})
         if pending.get("random_weights_seed") is None:
             manifest.pop("random_weights_seed", None)
         manifest["planned"] = pending["first"] + pending["count"]
         manifest["parts"] = {str(i): parts.read_done(layout, i)["count"] for i in sorted(catalog.ingested_parts())}
-        manifest["index"] = dict(info, generation=generation, file=str(path.relative_to(layout.root)),
-                                 parts=sorted(catalog.ingested_parts()),
-                                 max_index_memory=manifest.get("index", {}).get("max_index_memory")
-                                 or opts.max_index_memory)
+        manifest["index"] = info
         del manifest["reembed"]
         layout.write_manifest(manifest, point="reembed-manifest")
-        for stale in layout.root.glob("index/main-*.faiss"):
-            if stale != path:
-                stale.unlink()
+        drop_stale_index(layout, info)
         for i in old_parts:  # their items all point at the new parts now
             for f in (layout.emb(i), layout.meta(i), layout.thumbs(i)):
                 f.unlink(missing_ok=True)

@@ -12,11 +12,11 @@ import numpy as np
 
 from ..errors import ConfigError
 from . import index as faiss_index
-from . import parts
 from .catalog import Catalog
 from .collection import live_vectors
 from .layout import Layout
 from .names import display
+from .vectors import reader as vector_reader
 
 log = logging.getLogger(__name__)
 
@@ -25,13 +25,28 @@ class Unavailable(Exception):
     """The index cannot answer now: its folder is gone, or a re-embedding is being committed (a 503)."""
 
 
+# A tag filter leaving at most this many items is answered by an exact scan of their stored vectors (read by
+# location, a few milliseconds); a graph or IVF search would mostly visit items the filter drops.
+EXACT_FILTER_MAX = 4096
+
+
+class _State:
+    """What one reload loaded: the main index, the additions (exact), the deleted ids and their selector."""
+
+    def __init__(self, key, main, delta, deleted: np.ndarray):
+        self.key, self.main, self.delta, self.deleted = key, main, delta, deleted
+        self.banned = faiss_index.selector(None, deleted)
+
+
 class Searcher:
     def __init__(self, root: str):
         self.layout = Layout(root)
         self.manifest = self.layout.read_manifest()
         self.catalog = Catalog(self.layout.catalog, readonly=True)
         self._catalog_id = self._file_id(self.layout.catalog)
-        self.lock = threading.Lock()
+        self.reader = vector_reader(self.layout)
+        self.lock = threading.Lock()  # one reload at a time; searches read ``self.state`` and never wait
+        self.state: Optional[_State] = None
         self._stamp = None
         self.reload_if_changed()
 
@@ -45,29 +60,34 @@ class Searcher:
                            "from it")
 
     def _current_stamp(self) -> Tuple:
+        # O(1) on every request: the manifest's stat, the catalog file's identity and SQLite's data_version (which
+        # changes whenever another connection commits)
         try:
-            manifest_time = os.stat(self.layout.manifest).st_mtime_ns
+            st = os.stat(self.layout.manifest)
             catalog_id = self._file_id(self.layout.catalog)
         except FileNotFoundError:
             raise self._gone() from None
-        if catalog_id != self._catalog_id:  # another folder in its place (rebuilt): its own catalog
+        if catalog_id != self._catalog_id:  # another folder in its place (rebuilt): its own catalog and parts
             with self.lock:
-                self.catalog.close()
-                self.catalog = Catalog(self.layout.catalog, readonly=True)
-                self._catalog_id = catalog_id
+                if catalog_id != self._catalog_id:
+                    self.catalog.close()
+                    self.catalog = Catalog(self.layout.catalog, readonly=True)
+                    self.reader = vector_reader(self.layout)  # the old one's files close when no search holds it
+                    self._catalog_id = catalog_id
         with self.catalog.lock:
             version = self.catalog.db.execute("PRAGMA data_version").fetchone()[0]
-            live = self.catalog.db.execute("SELECT COUNT(*), MAX(id) FROM items WHERE deleted = 0").fetchone()
-        return manifest_time, catalog_id, version, live
+        return st.st_mtime_ns, st.st_ino, st.st_size, catalog_id, version
 
     def reload_if_changed(self) -> None:
         """Reload what changed since the last request; :class:`Unavailable` when the folder is gone, or while a
         re-embedding is committed (the catalog holds the new vectors, the manifest does not name the new model
         yet)."""
-        stamp = self._current_stamp()
-        if stamp == self._stamp:
+        if self._current_stamp() == self._stamp:
             return
         with self.lock:
+            stamp = self._current_stamp()
+            if stamp == self._stamp:
+                return
             try:
                 manifest = self.layout.read_manifest()
                 pending = manifest.get("reembed")
@@ -75,19 +95,36 @@ class Searcher:
                     raise Unavailable(f"{self.layout.root} is being re-embedded with another checkpoint: retry in a "
                                       "moment")
                 info = manifest.get("index")
-                main = faiss_index.deserialize((self.layout.root / info["file"]).read_bytes()) if info else None
+                old = self.state
+                key = (self._catalog_id, info["file"], info["generation"]) if info else None
+                if old is not None and old.key == key:
+                    main = old.main  # a removal or an addition: the main index is unchanged
+                else:
+                    main = faiss_index.load(self.layout.root, info, self.reader) if info else None
                 covered = set(info["parts"]) if info else set()
                 ingested = set(self.catalog.ingested_parts())
                 ids, vecs = live_vectors(self.layout, self.catalog, sorted(ingested - covered))
             except (FileNotFoundError, ConfigError):
                 raise self._gone() from None
-            self.manifest, self.main = manifest, main
-            self.delta = faiss_index.flat_index(vecs if len(ids) else np.zeros((0, self.manifest["dim"]), np.float32),
-                                                ids)
-            self.deleted = np.asarray(sorted(self.catalog.deleted_ids()), dtype=np.int64)
+            self.manifest = manifest
+            delta = faiss_index.flat_index(vecs if len(ids) else np.zeros((0, self.dim), np.float32), ids)
+            deleted = np.asarray(sorted(self.catalog.deleted_ids()), dtype=np.int64)
+            self.state = _State(key, main, delta, deleted)
             self._stamp = stamp
             log.info("loaded %s: main %s, %d additions, %d deleted", self.layout.root,
-                     self.main.ntotal if self.main is not None else 0, self.delta.ntotal, len(self.deleted))
+                     main.ntotal if main is not None else 0, delta.ntotal, len(deleted))
+
+    @property
+    def main(self):
+        return self.state.main
+
+    @property
+    def delta(self):
+        return self.state.delta
+
+    @property
+    def deleted(self) -> np.ndarray:
+        return self.state.deleted
 
     @property
     def dim(self) -> int:
@@ -101,30 +138,44 @@ class Searcher:
         item = self.catalog.items([item_id]).get(item_id)
         if item is None or item["deleted"]:
             return None
-        return np.asarray(parts.read_embeddings(self.layout, item["part"])[item["row"]], dtype=np.float32)
+        return self.reader(np.asarray([(item["part"] << 32) | item["row"]]))[0]
 
     def search(self, query: np.ndarray, k: int, tags: Sequence[str] = (),
                exclude: Sequence[int] = ()) -> List[Tuple[int, float]]:
         """The ``k`` best (id, score) for a (D,) query, among live items carrying every tag in ``tags``."""
         self.reload_if_changed()
+        st = self.state
         q = np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32)
-        banned = np.union1d(self.deleted, np.asarray(list(exclude), dtype=np.int64))
-        allowed = None
+        banned = np.union1d(st.deleted, np.asarray(list(exclude), dtype=np.int64)) if len(exclude) else st.deleted
+        scale = {}
         if tags:
-            allowed = np.asarray(sorted(self.catalog.ids_with_tags(tags)), dtype=np.int64)
+            allowed = np.setdiff1d(np.asarray(sorted(self.catalog.ids_with_tags(tags)), dtype=np.int64), banned)
             if not len(allowed):
                 return []
-        sel = faiss_index.selector(allowed, banned)
+            approximate = st.main is not None and st.main.kind not in ("flat",)
+            if approximate and len(allowed) <= EXACT_FILTER_MAX:
+                return self._exact_among(allowed, q, k)
+            sel = faiss_index.selector(allowed)
+            if approximate:  # a filter keeping a share f of the items: about 1/f as many visited for k of them
+                scale = st.main.widened(min(16.0, st.main.ntotal / len(allowed)))
+        else:
+            sel = st.banned if not len(exclude) else faiss_index.selector(None, banned)
         hits: Dict[int, float] = {}
-        with self.lock:
-            for idx in (self.main, self.delta):
-                if idx is None or idx.ntotal == 0:
-                    continue
-                scores, ids = faiss_index.search(idx, q, k, sel)
-                for s, i in zip(scores[0].tolist(), ids[0].tolist()):
-                    if i >= 0:
-                        hits[i] = max(s, hits.get(i, -np.inf))
+        for idx, extra in ((st.main, scale), (st.delta, {})):
+            if idx is None or idx.ntotal == 0:
+                continue
+            scores, ids = idx.search(q, k, sel, **extra)
+            for s, i in zip(scores[0].tolist(), ids[0].tolist()):
+                if i >= 0:
+                    hits[i] = max(s, hits.get(i, -np.inf))
         return sorted(hits.items(), key=lambda x: (-x[1], x[0]))[:k]
+
+    def _exact_among(self, ids: np.ndarray, q: np.ndarray, k: int) -> List[Tuple[int, float]]:
+        items = self.catalog.items(ids.tolist())
+        ids = np.asarray(sorted(items), dtype=np.int64)
+        vectors = self.reader(np.asarray([(items[i]["part"] << 32) | items[i]["row"] for i in ids.tolist()],
+                                         dtype=np.int64))
+        return sorted(faiss_index.exact_among(vectors, ids, q, k), key=lambda x: (-x[1], x[0]))
 
     def results(self, hits: List[Tuple[int, float]]) -> List[Dict]:
         """Hits with their catalog metadata: id, score, path, name (a file's name, a shard sample's key), tags
@@ -137,8 +188,8 @@ class Searcher:
         """What the index and the catalog hold, and whether they agree: every live item searchable exactly once,
         no id the catalog does not know."""
         self.reload_if_changed()
-        main_ids = (faiss_index_ids(self.main) if self.main is not None else np.zeros(0, np.int64))
-        delta_ids = faiss_index_ids(self.delta)
+        main_ids = self.main.ids() if self.main is not None else np.zeros(0, np.int64)
+        delta_ids = self.delta.ids()
         all_ids = np.concatenate([main_ids, delta_ids])
         searchable = np.setdiff1d(all_ids, self.deleted)
         live = {r[0] for r in self.catalog.locations()}
@@ -150,6 +201,7 @@ class Searcher:
 
     def close(self) -> None:
         self.catalog.close()
+        self.reader.close()
 
 
 def item_name(item: Dict) -> str:
@@ -157,19 +209,3 @@ def item_name(item: Dict) -> str:
     if item["source"]:
         return display(item["path"][len(item["source"]) + 1:])
     return display(os.path.basename(item["path"]))
-
-
-def faiss_index_ids(index) -> np.ndarray:
-    """Every id stored in a faiss index (IndexIDMap2 or IVF)."""
-    import faiss
-
-    if isinstance(index, faiss.IndexIDMap2) or hasattr(index, "id_map"):
-        return faiss.vector_to_array(index.id_map).astype(np.int64)
-    ivf = faiss.extract_index_ivf(index)
-    invlists = ivf.invlists
-    out = []
-    for lst in range(ivf.nlist):
-        n = invlists.list_size(lst)
-        if n:
-            out.append(faiss.rev_swig_ptr(invlists.get_ids(lst), n).copy())
-    return np.concatenate(out).astype(np.int64) if out else np.zeros(0, np.int64)

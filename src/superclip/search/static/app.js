@@ -158,8 +158,26 @@ function searchImage(file) {
   go();
 }
 
+// Results as the user types: a text search once typing pauses for TYPING_MS (a query costs milliseconds); Enter
+// searches at once. Each keystroke restarts the wait, so a fast typist sends one query, not one per letter. The URL
+// follows the query; refining a text query replaces its history entry rather than adding one a pause.
+const TYPING_MS = 200;
+let typing = null;
+$("q").addEventListener("input", () => {
+  clearTimeout(typing);
+  typing = setTimeout(() => {
+    const q = $("q").value.trim();
+    if (!q || (state.kind === "text" && state.q === q)) return;
+    const refining = state.kind === "text";
+    Object.assign(state, { kind: "text", q });
+    if (!refining) { go(); return; }
+    history.replaceState(null, "", urlOf());
+    rerun();
+  }, TYPING_MS);
+});
 $("search").addEventListener("submit", (e) => {
   e.preventDefault();
+  clearTimeout(typing);
   const q = $("q").value.trim();
   if (!q) { $("status").textContent = "Type something to search for."; return; }
   Object.assign(state, { kind: "text", q });
