@@ -106,9 +106,6 @@ class Layout:
     def done(self, i: int) -> Path:
         return self.root / "parts" / f"done_{i:05d}.json"
 
-    def index_file(self, generation: int) -> Path:
-        return self.root / "index" / f"main-{generation}.faiss"
-
     def no_index(self) -> ConfigError:
         return ConfigError(f"{self.root} holds no index (no {MANIFEST}): build one with superclip index build")
 
