@@ -13,6 +13,15 @@ class CheckpointError(SuperCLIPError, ValueError):
     """A checkpoint that is missing, unreadable, or does not fit the model config."""
 
 
+def require_file(path, message: str) -> None:
+    """A ConfigError of one line, ``message.format(path)``, unless ``path`` is a file: the first check of every reader
+    of a user's file, and of the CLI's check before the heavy imports (cli/precheck.py), so the two say the same."""
+    import os
+
+    if not os.path.isfile(path):
+        raise ConfigError(message.format(path))
+
+
 class TrainingError(SuperCLIPError, RuntimeError):
     """Training cannot go on: unreadable data, or too many non-finite steps in a row."""
 

@@ -10,7 +10,8 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Iterable, Optional
 
-from ..errors import CheckpointError, ConfigError
+from ..data.csv import CSV_NOT_FOUND
+from ..errors import CheckpointError, ConfigError, require_file
 from ..hub import FOLDER_CONFIG, PREFIX
 from ..lean_import import import_open_clip_for, model_config_hint
 from ..model_check import check_model_config
@@ -58,8 +59,8 @@ def files(paths: Iterable[str], what: str = "image") -> None:
 
 def lines_file(path: Optional[str], what: str) -> None:
     """A file of one item a line (``read_lines``'s first check)."""
-    if path is not None and not Path(path).is_file():
-        raise ConfigError(f"{what} file not found: {path}")
+    if path is not None:
+        require_file(path, f"{what} file not found: {{}}")
 
 
 def folder(path: Optional[str], message: str = "folder not found: {}") -> None:
@@ -87,7 +88,6 @@ def index_sources(sources: Iterable[str]) -> None:
             continue
         path = os.path.realpath(source)
         if source.lower().endswith((".csv", ".tsv")):
-            if not Path(path).is_file():
-                raise ConfigError(f"CSV file not found: {path}")
+            require_file(path, CSV_NOT_FOUND)
         elif not os.path.exists(path):
             raise ConfigError(f"source not found: {display(path)}")

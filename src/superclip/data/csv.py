@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from ..config import separator_char
-from ..errors import ConfigError
+from ..errors import ConfigError, require_file
+
+CSV_NOT_FOUND = "CSV file not found: {}"
 
 
 def detect_separator(header: str) -> str:
@@ -43,9 +45,8 @@ def read_columns(path: str, columns: Dict[str, str], separator: Optional[str] = 
     fewer fields reads the missing ones as empty (a spreadsheet may drop trailing empty cells); blank lines
     are skipped.
     """
+    require_file(path, CSV_NOT_FOUND)
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"CSV file not found: {path}")
     encoding = _encoding(p)
     with p.open(newline="", encoding=encoding, errors="surrogateescape") as f:
         header_line = f.readline()

@@ -11,7 +11,7 @@ from PIL import Image
 
 from ..data.csv import clean_text, read_columns
 from ..data.images import decode_image
-from ..errors import ConfigError
+from ..errors import ConfigError, require_file
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +51,8 @@ def image_folder(root: str) -> Tuple[List[str], List[int], List[str]]:
 
 
 def read_lines(path: str, what: str) -> List[str]:
+    require_file(path, f"{what} file not found: {{}}")
     p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{what} file not found: {path}")
     try:
         lines = [line.strip() for line in p.read_text(encoding="utf-8-sig").splitlines() if line.strip()]
     except UnicodeDecodeError as e:
