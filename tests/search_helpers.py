@@ -37,6 +37,13 @@ def write_scenes(folder: Path, n: int, start: int = 0, size: int = 32, seed: int
     return out
 
 
+def write_scene_shards(folder: Path, n: int, shard_size: int = 3) -> List[str]:
+    """``n`` synthetic training samples (32 px, seed 1) as webdataset shards of ``shard_size`` in ``folder``."""
+    from superclip.data.synth_sets import write_shards
+
+    return write_shards(str(folder), n, image_size=32, seed=1, split="train", shard_size=shard_size)
+
+
 def cli(*argv: str) -> int:
     from superclip.cli import main
 

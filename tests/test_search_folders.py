@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("faiss")
 
-from .search_helpers import build_args, cli, make_checkpoint, snapshot, write_scenes  # noqa: E402
+from .search_helpers import build_args, cli, make_checkpoint, snapshot, write_scene_shards, write_scenes  # noqa: E402
 
 ADD = ["--no-progress", "--workers", "0"]
 
@@ -29,11 +29,9 @@ def _live_paths(out):
 def test_removals_are_remembered_by_later_adds(ckpt, tmp_path, capsys):
     """Before: ``index remove IDX photos/b`` then ``index add IDX photos`` brought the 3 removed files back with new
     ids (6 live of 6); a removed shard sample stayed removed only until its shard changed."""
-    from superclip.data.synth_sets import write_shards
-
     images = tmp_path / "photos"
     write_scenes(images, 6)
-    shards = write_shards(str(tmp_path / "shards"), 3, image_size=32, seed=1, split="train", shard_size=3)
+    shards = write_scene_shards(tmp_path / "shards", 3)
     out = tmp_path / "idx"
     assert cli(*build_args(ckpt, out, images, shards[0])) == 0
     first = snapshot(out)

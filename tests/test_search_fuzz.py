@@ -8,20 +8,19 @@ pytest.importorskip("faiss")
 
 from hypothesis import HealthCheck, settings  # noqa: E402
 
-from .search_helpers import build_args, cli, make_checkpoint, write_scenes  # noqa: E402
+from .search_helpers import build_args, cli, make_checkpoint, write_scene_shards, write_scenes  # noqa: E402
 
 MAX_EXAMPLES = 25
 
 
 @pytest.fixture(scope="module")
 def app(module_tmp):
-    from superclip.data.synth_sets import write_shards
     from superclip.search.server import ServeOptions, create_app
 
     root = module_tmp("search-fuzz")
     ckpt = make_checkpoint(root / "tiny.pt")
     write_scenes(root / "images", 6)
-    shards = write_shards(str(root / "shards"), 3, image_size=32, seed=1, split="train", shard_size=3)
+    shards = write_scene_shards(root / "shards", 3)
     assert cli(*build_args(ckpt, root / "idx", root / "images", f"pipe:cat {shards[0]}")) == 0
     assert cli("index", "remove", root / "idx", "2") == 0  # a removed item among the ids tried
     return create_app(str(root / "idx"), ServeOptions(max_upload_bytes=200_000))

@@ -5,7 +5,8 @@ import pytest
 pytest.importorskip("faiss")
 
 from .multiproc import run_ranks  # noqa: E402
-from .search_helpers import assert_same, build_args, cli, make_checkpoint, snapshot, write_scenes  # noqa: E402
+from .search_helpers import (assert_same, build_args, cli, make_checkpoint, snapshot, write_scene_shards,  # noqa: E402
+                             write_scenes)
 
 
 def _build_rank(rank, args):
@@ -13,14 +14,12 @@ def _build_rank(rank, args):
 
 
 def test_two_processes_build_what_one_builds(tmp_path):
-    from superclip.data.synth_sets import write_shards
-
     ckpt = make_checkpoint(tmp_path / "tiny.pt")
     write_scenes(tmp_path / "folder", 7)
     csv_images = write_scenes(tmp_path / "csv_images", 5, start=7)
     (tmp_path / "list.csv").write_text("filepath,title\n" + "".join(f"{p.relative_to(tmp_path)},x\n"
                                                                   for p in csv_images))
-    shards = write_shards(str(tmp_path / "shards"), 9, image_size=32, seed=1, split="train", shard_size=4)
+    shards = write_scene_shards(tmp_path / "shards", 9, shard_size=4)
     assert len(shards) == 3
     sources = [tmp_path / "folder", tmp_path / "list.csv", str(tmp_path / "shards" / "train-{000000..000001}.tar"),
                f"pipe:cat {shards[2]}"]

@@ -14,18 +14,16 @@ pytest.importorskip("faiss")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from .search_helpers import build_args, cli, make_checkpoint, write_scenes  # noqa: E402
+from .search_helpers import build_args, cli, make_checkpoint, write_scene_shards, write_scenes  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def base(module_tmp):
     """A tiny checkpoint, 4 scenes, a local shard of 3 samples and a ``pipe:`` shard that counts its runs."""
-    from superclip.data.synth_sets import write_shards
-
     root = module_tmp("search-serving")
     ckpt = make_checkpoint(root / "tiny.pt")
     write_scenes(root / "scenes", 4)
-    shards = write_shards(str(root / "shards"), 6, image_size=32, seed=1, split="train", shard_size=3)
+    shards = write_scene_shards(root / "shards", 6)
     return {"root": root, "ckpt": ckpt, "shards": shards}
 
 
