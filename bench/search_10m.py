@@ -64,7 +64,8 @@ def write_parts(root: Path, n: int, dist: str) -> None:
         names = [f"/s/{j}" for j in range(s, s + m)]  # short strings: the catalog of 10M items stays ~1 GB
         columns = {"image_path": names, "source": [""] * m, "shard_index": [-1] * m, "size": [1] * m,
                    "mtime": [0.0] * m, "sha256": [f"{j:x}" for j in range(s, s + m)],
-                   "tags": [[f"t{j % 100}"] for j in range(s, s + m)], "tag_probs": [[1.0]] * m}
+                   "tags": [[f"t{j % 100}"] for j in range(s, s + m)], "tag_probs": [[1.0]] * m,
+                   "image_path_bytes": [None] * m, "thumb_offset": [None] * m, "thumb_size": [None] * m}
         parts.write_part(layout, i, PartResult(chunk(dist, 512, i, m).astype(np.float16), columns, []))
         if i % 50 == 49:
             print(f"  parts: {i + 1} / {planned} ({time.perf_counter() - t0:.0f} s)", flush=True)

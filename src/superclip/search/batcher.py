@@ -48,15 +48,22 @@ class Batcher:
 
     def __call__(self, rows: torch.Tensor) -> np.ndarray:
         """(n, ...) input rows -> (n, D) outputs; raises what the pass raised."""
+        return self.submit(rows).result()
+
+    def submit(self, rows: torch.Tensor) -> Future:
+        """Hands (n, ...) input rows in and returns at once: a future of their (n, D) outputs (or of the pass's
+        error). An async caller awaits it with ``asyncio.wrap_future``: the pass's thread wakes the event loop
+        directly, no thread waits for it."""
         done: Future = Future()
-        self.queue.put((rows, done))
         with self._count:
             self.waiting += 1
-        try:
-            return done.result()
-        finally:
-            with self._count:
-                self.waiting -= 1
+        done.add_done_callback(self._answered)
+        self.queue.put((rows, done))
+        return done
+
+    def _answered(self, _done: Future) -> None:
+        with self._count:
+            self.waiting -= 1
 
     def _gather(self, first) -> List:
         batch, size = [first], len(first[0])

@@ -9,9 +9,11 @@ unexpected failure is a 500 with no traceback (it goes to the server's log), and
 """
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
@@ -25,6 +27,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from swagger_ui_bundle import swagger_ui_path
 
@@ -40,6 +43,9 @@ log = logging.getLogger(__name__)
 STATIC = Path(__file__).parent / "static"
 MAX_ID = (1 << 63) - 1  # SQLite's largest integer: a larger id names no item
 UPLOAD_PATHS = ("/api/search/image", "/api/classify")
+# a search (and its results' catalog rows) runs on the event loop while searches take under this on average, else on
+# a worker thread: a hand-over costs more than a small index's search, and a slow one must not hold the loop
+INLINE_SEARCH_MS = 1.0
 
 
 @dataclass
@@ -66,7 +72,11 @@ class Engine:
     took 1.8 ms on one thread and 2.0 ms on two, a batch of 8 4.4 and 5.4-10.5 ms: bench/search_http.py). Searches
     run on the request's own thread (one faiss thread: a search is one query) and never wait for a model call. When
     the index is re-embedded with another checkpoint while it serves, the new model is loaded on the next query
-    (under the model lock: no pass runs with half a model)."""
+    (under the model lock: no pass runs with half a model).
+
+    The endpoints are coroutines: a request hands its tokens to a batcher and awaits the pass's future on the event
+    loop (the pass's thread wakes the loop; no thread of the pool waits for a model), uploads are decoded on a worker
+    thread (PIL releases the GIL), and a search runs on the loop while searches are cheap (``INLINE_SEARCH_MS``)."""
 
     def __init__(self, root: str, opts: ServeOptions):
         self.root, self.opts = root, opts
@@ -79,6 +89,7 @@ class Engine:
         self.sha256 = None
         self._load(self.searcher.manifest)
         self.texts = Batcher(lambda x: self._encode(self.net.encode_text, x), lock=self.lock, name="text")
+        self.search_ms = 0.0  # a moving average of a search's wall time (``search``)
         self.images = Batcher(lambda x: self._encode(self.net.encode_image, x), lock=self.lock, name="image")
 
     def _load(self, manifest) -> None:
@@ -97,21 +108,44 @@ class Engine:
         return encode(x.to(self.device), normalize=True).float().cpu().numpy()
 
     def text(self, texts: List[str]) -> np.ndarray:
-        """(n, D) normalised text embeddings."""
-        self._current()
-        return self.texts(self.tokenizer(texts))
+        """(n, D) normalised text embeddings (a caller's thread waits; the endpoints await :meth:`text_async`)."""
+        return self._text_future(texts).result()
 
-    @torch.no_grad()
-    def image(self, data: bytes) -> np.ndarray:
-        """(D,) normalised embedding of encoded image bytes; BadRequest for what is not a readable image."""
+    async def text_async(self, texts: List[str]) -> np.ndarray:
+        return await asyncio.wrap_future(self._text_future(texts))
+
+    def _text_future(self, texts: List[str]):
         self._current()
+        return self.texts.submit(self.tokenizer(texts))
+
+    def pixels(self, data: bytes) -> torch.Tensor:
+        """The model's input for encoded image bytes; BadRequest for what is not a readable image."""
         try:
-            pixels = self.preprocess(decode_image(data))
+            return self.preprocess(decode_image(data))
         except Image.DecompressionBombError as e:
             raise BadRequest(413, f"image too large when decoded (decompression bomb limit): {e}") from None
         except Exception as e:  # noqa: BLE001 - whatever PIL raises, an unreadable upload is the client's mistake
             raise BadRequest(400, f"the upload is not a readable image ({type(e).__name__})") from None
-        return self.images(pixels[None])[0]
+
+    async def image_async(self, data: bytes) -> np.ndarray:
+        """(D,) normalised embedding of encoded image bytes, decoded on a worker thread."""
+        self._current()
+        pixels = await run_in_threadpool(self.pixels, data)
+        return (await asyncio.wrap_future(self.images.submit(pixels[None])))[0]
+
+    def _timed(self, fn, *args):
+        t0 = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            self.search_ms = 0.8 * self.search_ms + 0.2 * 1000 * (time.perf_counter() - t0)
+
+    async def search(self, fn, *args):
+        """``fn(*args)`` (a search and its results) on the event loop while searches are cheap, else on a worker
+        thread (faiss releases the GIL: slow searches run side by side and the loop keeps answering)."""
+        if self.search_ms < INLINE_SEARCH_MS:
+            return self._timed(fn, *args)
+        return await run_in_threadpool(self._timed, fn, *args)
 
 
 def _tags(tags: Optional[str]) -> List[str]:
@@ -175,9 +209,12 @@ def create_app(root: str, opts: Optional[ServeOptions] = None) -> FastAPI:
             raise BadRequest(400, "the upload is empty")
         return data
 
-    def respond(hits, **extra):
+    def found(vector, k: int, tags: Optional[str], exclude=()):
+        return searcher.results(searcher.search(vector, k, _tags(tags), exclude=exclude))
+
+    def respond(results, **extra):
         # a JSONResponse as it is: FastAPI's jsonable_encoder walking the results was 25% of a text query's CPU
-        return JSONResponse({**extra, "results": searcher.results(hits)})
+        return JSONResponse({**extra, "results": results})
 
     @app.get("/api/health")
     def health():
@@ -187,7 +224,7 @@ def create_app(root: str, opts: Optional[ServeOptions] = None) -> FastAPI:
                 "recall_at_10": info.get("recall_at_10")}
 
     @app.get("/api/search")
-    def search_text(q: str = Query("", description="what to look for"), k: int = 20,
+    async def search_text(q: str = Query("", description="what to look for"), k: int = 20,
                     tags: Optional[str] = Query(None, description="comma-separated tags every result carries")):
         q = q.strip()
         if not q:
@@ -195,14 +232,14 @@ def create_app(root: str, opts: Optional[ServeOptions] = None) -> FastAPI:
         if len(q) > opts.max_query_chars:
             raise BadRequest(400, f"the query is longer than {opts.max_query_chars} characters")
         check_k(k)
-        hits = searcher.search(engine.text([q])[0], k, _tags(tags))
-        return respond(hits, query=q)
+        vector = (await engine.text_async([q]))[0]
+        return respond(await engine.search(found, vector, k, tags), query=q)
 
     @app.post("/api/search/image")
     async def search_image(file: UploadFile = File(...), k: int = Form(20), tags: Optional[str] = Form(None)):
         check_k(k)
-        vector = engine.image(await read_upload(file))
-        return respond(searcher.search(vector, k, _tags(tags)))
+        vector = await engine.image_async(await read_upload(file))
+        return respond(await engine.search(found, vector, k, tags))
 
     def live_item(item_id: int):
         searcher.reload_if_changed()
@@ -222,7 +259,7 @@ def create_app(root: str, opts: Optional[ServeOptions] = None) -> FastAPI:
         check_k(k)
         live_item(item_id)
         vector = searcher.vector(item_id)
-        return respond(searcher.search(vector, k, _tags(tags), exclude=[item_id]), id=item_id)
+        return respond(found(vector, k, tags, exclude=[item_id]), id=item_id)
 
     @app.get("/api/items/{item_id}/image", responses={409: {"description": "changed since it was indexed"}})
     def image(item_id: int):
@@ -253,8 +290,8 @@ def create_app(root: str, opts: Optional[ServeOptions] = None) -> FastAPI:
             raise BadRequest(400, "labels: give at least two comma-separated labels")
         if len(set(names)) < len(names) or len(names) > 100:
             raise BadRequest(400, "labels: at most 100 labels, each named once")
-        vector = engine.image(await read_upload(file))
-        weights = engine.text([opts.template.format(c=n) for n in names])
+        vector = await engine.image_async(await read_upload(file))
+        weights = await engine.text_async([opts.template.format(c=n) for n in names])
         scale = float(engine.net.logit_scale.detach().exp())
         probs = torch.from_numpy(scale * weights @ vector).softmax(0).tolist()
         ranked = sorted(zip(names, probs), key=lambda x: -x[1])
