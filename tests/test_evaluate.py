@@ -1,4 +1,5 @@
 import json
+import os
 
 import numpy as np
 import pytest
@@ -237,3 +238,25 @@ def test_a_fifo_named_like_an_image_is_not_opened(tmp_path):
     os.mkfifo(tmp_path / "zs" / "blue" / "b.png")
     paths, labels, classes = image_folder(str(tmp_path / "zs"))
     assert [p.split("/zs/")[1] for p in paths] == ["blue/0.png", "red/0.png"] and labels == [0, 1]
+
+
+def test_classify_and_tag_print_a_name_that_is_not_utf8_escaped(tmp_path):
+    """A file name whose bytes are not UTF-8 gave a UnicodeEncodeError traceback on a strict UTF-8 console (every
+    locale but C; here PYTHONIOENCODING=utf-8); it is printed with the byte as \\xNN, as the index shows it."""
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    ckpt = tmp_path / "m.pt"
+    crit = superclip.SuperCLIPLoss()
+    crit.update(superclip.get_tokenizer(TINY_CFG)(["a red circle", "a blue circle"]))
+    superclip.save_checkpoint(ckpt, superclip.build_model(TINY_CFG), crit)
+    name = os.fsdecode(bytes(tmp_path) + b"/caf\xe9.png")
+    Image.new("RGB", (32, 32), (200, 0, 0)).save(name)
+    env = dict(os.environ, PYTHONIOENCODING="utf-8")
+    for argv in (["tag", "--top-k", "2"], ["classify", "--labels", "red,blue"]):
+        done = subprocess.run([sys.executable, "-m", "superclip", *argv, "--pretrained", str(ckpt), name],
+                              capture_output=True, env=env)
+        assert done.returncode == 0, done.stderr.decode()[-500:]
+        assert done.stdout.decode("utf-8").startswith(f"{tmp_path}/caf\\xe9.png\t"), done.stdout

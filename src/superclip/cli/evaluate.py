@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Dict, List, Optional
 
 from ..errors import ConfigError
+from ..search.names import display
 from . import precheck
 from .args import positive as _positive
 from .args import seed as seed_type
@@ -292,7 +293,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
     probs = (model.logit_scale.exp().item() * feats @ weights.cpu().T).softmax(dim=1)
     for path, row in zip(args.images, probs):
         ranked = sorted(zip(labels, row.tolist()), key=lambda x: -x[1])
-        print(path + "\t" + "  ".join(f"{label}: {p:.3f}" for label, p in ranked))
+        print(display(path) + "\t" + "  ".join(f"{label}: {p:.3f}" for label, p in ranked))
     return 0
 
 
@@ -310,7 +311,7 @@ def cmd_tag(args: argparse.Namespace) -> int:
     tagger = TagTable(tokenizer, args.top_k, excluded_token_ids(tokenizer, weights), caption_words(stats))
     logits = _images(preprocess, list(args.images), args, "tag", kind="token_logits")
     for path, tags in zip(args.images, tagger(logits)):
-        print(path + "\t" + "  ".join(f"{w} ({p:.3f})" for w, p in tags))
+        print(display(path) + "\t" + "  ".join(f"{w} ({p:.3f})" for w, p in tags))
     return 0
 
 
