@@ -19,7 +19,6 @@ batch at two threads. A child's result is kept (result-PEER.json): a killed run 
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -175,10 +174,11 @@ class Usearch:
 PEERS = {"ours": Ours, "ours-ivfpq": OursIVF, "faiss-hnsw": FaissHNSW, "hnswlib": Hnswlib, "usearch": Usearch}
 
 
-def rss_gib() -> float:
-    """This process's resident memory now (VmRSS), GiB."""
+def rss_gib(field: str = "VmRSS") -> float:
+    """This process's resident memory now (VmRSS) or its peak (VmHWM), GiB. The peak is read from /proc, not from
+    getrusage: ru_maxrss survives exec, so a child would report its parent's peak when that was larger."""
     with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024 ** 2
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) / 1024 ** 2
 
 
 def tune(peer, q, truth) -> tuple:
@@ -206,8 +206,7 @@ def child(peer_name: str, folder: Path, rounds: int) -> None:
     t0 = time.perf_counter()
     peer = PEERS[peer_name]()
     params = peer.build(base_path, work)
-    out = {"build_s": time.perf_counter() - t0, "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-           / 1024 ** 2, "imports_gib": before, "params": params, "load_average": os.getloadavg()[0], "rows": {}}
+    out = {"build_s": time.perf_counter() - t0, "peak_rss_gib": rss_gib("VmHWM"), "imports_gib": before, "params": params, "load_average": os.getloadavg()[0], "rows": {}}
     settings = {peer_name: tune(peer, q, truth)}
     if peer_name.startswith("ours"):
         peer.set(params.get(peer.param))
@@ -233,7 +232,12 @@ def child(peer_name: str, folder: Path, rounds: int) -> None:
             t1 = time.perf_counter()
             peer.batch(q, 2)
             qps = max(qps, len(q) / (time.perf_counter() - t1))
-        out["rows"][name] = {"param": value, "recall": rec, "p50": float(np.percentile(times, 50)),
+        ndis = None
+        if peer_name in ("ours", "faiss-hnsw"):  # distances a query computes, faiss's own count
+            faiss.cvar.hnsw_stats.reset()
+            peer.batch(q, 1)
+            ndis = faiss.cvar.hnsw_stats.ndis / len(q)
+        out["rows"][name] = {"param": value, "recall": rec, "ndis": ndis, "p50": float(np.percentile(times, 50)),
                              "p99": float(np.percentile(times, 99)), "floor_p50": float(np.percentile(floor, 50)),
                              "floor_p99": float(np.percentile(floor, 99)), "qps2": qps}
     del peer
