@@ -1,6 +1,6 @@
 """Why a distribution is hard for an inverted-file index: how far down a query's ranking of the lists its exact
 top-10 lie, for the coarse quantizer ``index build`` trains (superclip.search.ivf.train: spherical k-means on
-TRAIN_PER_LIST vectors a list) and for the same quantizer trained on more vectors a list.
+``train_per_list`` vectors a list) and for the same quantizer trained on other numbers of vectors a list.
 
     python bench/search_why.py [--n 1000000 --dists hard,easy --per-list 40,160]
 
@@ -31,14 +31,14 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=1_000_000)
     ap.add_argument("--dists", default="hard,easy")
-    ap.add_argument("--per-list", default="40,160", help="training vectors a list (index build: 40)")
+    ap.add_argument("--per-list", default="40,160", help="training vectors a list (index build: 160 up to 1,024 lists)")
     args = ap.parse_args()
     for dist in args.dists.split(","):
         base, q, truth, _ = collection(dist, args.n)
         nlist = nlist_for(len(base))
         for per_list in [int(x) for x in args.per_list.split(",")]:
             t0 = time.perf_counter()
-            ivf.TRAIN_PER_LIST = per_list
+            ivf.train_per_list = lambda nlist, per_list=per_list: per_list
             index = ivf.train(ArraySource(base), {"nlist": nlist, "m": pq_m_for(base.shape[1])},
                               np.random.default_rng(0))
             centroids = faiss.downcast_index(index.quantizer).storage.reconstruct_n(0, nlist)
