@@ -8,7 +8,8 @@ For each model (random weights, seeded: the cost of a request does not depend on
 scenes at the model's input size indexed by ``superclip index build``; then, for text queries (GET /api/search?q=
 two random words&k=20) and image uploads (POST /api/search/image, one PNG scene, k=20) at each concurrency, wrk
 (one thread, ``-c`` connections, ``--duration`` seconds, 30 s timeout) runs against today's server, then ours (the
-order alternates from one setting to the next). Prints latency p50 / p99 and requests/s as wrk reports them (every
+order alternates from one setting to the next; today's server without httptools and uvloop, as it was installed,
+unless ``--baseline-fast-http``). Prints latency p50 / p99 and requests/s as wrk reports them (every
 request of the run), non-2xx answers and socket errors, and the ratio of requests/s. Needs wrk (apt-get install
 wrk).
 
@@ -161,6 +162,9 @@ def main():
     ap.add_argument("--baseline", default="52f02f9", help="the commit whose server is today's (main before issue 26)")
     ap.add_argument("--out", default="/tmp/search_http")
     ap.add_argument("--profile", default=None, help="KIND:C, e.g. text:8: sample our server under that setting")
+    ap.add_argument("--baseline-fast-http", action="store_true",
+                    help="let today's server use httptools and uvloop too (by default it runs as it was installed, "
+                         "without them: the search extra gained them with the async endpoints)")
     args = ap.parse_args()
     if not shutil.which("wrk"):
         sys.exit("wrk not found: apt-get install wrk")
@@ -173,6 +177,13 @@ def main():
                                  check=True).stdout
         subprocess.run(["tar", "-x", "-C", str(old_src)], input=archive, check=True)
     (out / "text.lua").write_text(TEXT_LUA)
+    baseline_path = str(old_src / "src")
+    if not args.baseline_fast_http:  # modules that fail to import: uvicorn then picks h11 and asyncio's loop
+        plain = out / "without-httptools-uvloop"
+        plain.mkdir(parents=True, exist_ok=True)
+        for name in ("httptools", "uvloop"):
+            (plain / f"{name}.py").write_text(f"raise ImportError('{name}: not installed in the baseline')\n")
+        baseline_path = f"{plain}{os.pathsep}{baseline_path}"
     print(f"{os.cpu_count()} CPU cores, load average {os.getloadavg()[0]:.1f}; wrk 1 thread, {args.duration} s a run; "
           f"today's server: {args.baseline}", flush=True)
     results = {}
@@ -185,7 +196,7 @@ def main():
                             str(index), "--pretrained", str(ckpt), "--no-progress"], check=True)
         body = upload_body(paths[3], folder / "upload.body")
         (folder / "image.lua").write_text(IMAGE_LUA.format(body=body, boundary=BOUNDARY))
-        servers = {"today": serve(index, old_src / "src", folder / "serve-today.log"),
+        servers = {"today": serve(index, baseline_path, folder / "serve-today.log"),
                    "ours": serve(index, None, folder / "serve-ours.log")}
         try:
             for name, (_, port) in servers.items():  # warm-up: first model calls, first pages

@@ -281,7 +281,7 @@ def cmd_serve(args) -> int:
     precheck.index_folder(args.dir)
     import uvicorn
 
-    from ..search.server import ServeOptions, create_app
+    from ..search.server import ServeOptions, create_app, settle
 
     sock = _listen(args.host, args.port)
     try:
@@ -292,6 +292,7 @@ def cmd_serve(args) -> int:
                   "its images", file=sys.stderr)
         port = sock.getsockname()[1]
         print(f"serving {args.dir} on http://{args.host}:{port}/ (API docs at /docs)", file=sys.stderr)
+        settle()
         uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
     finally:
         sock.close()

@@ -140,10 +140,12 @@ class Searcher:
             return None
         return self.reader(np.asarray([(item["part"] << 32) | item["row"]]))[0]
 
-    def search(self, query: np.ndarray, k: int, tags: Sequence[str] = (),
-               exclude: Sequence[int] = ()) -> List[Tuple[int, float]]:
-        """The ``k`` best (id, score) for a (D,) query, among live items carrying every tag in ``tags``."""
-        self.reload_if_changed()
+    def search(self, query: np.ndarray, k: int, tags: Sequence[str] = (), exclude: Sequence[int] = (),
+               reload: bool = True) -> List[Tuple[int, float]]:
+        """The ``k`` best (id, score) for a (D,) query, among live items carrying every tag in ``tags``;
+        ``reload=False``: the caller has just called :meth:`reload_if_changed` (in the same request)."""
+        if reload:
+            self.reload_if_changed()
         st = self.state
         q = np.ascontiguousarray(query.reshape(1, -1), dtype=np.float32)
         banned = np.union1d(st.deleted, np.asarray(list(exclude), dtype=np.int64)) if len(exclude) else st.deleted
