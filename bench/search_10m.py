@@ -116,7 +116,7 @@ def truth(root: Path, queries: np.ndarray) -> np.ndarray:
     return found
 
 
-def serve_child(root: str, queries_path: str, truth_path: str) -> None:
+def serve_child(root: str, queries_path: str, truth_path: str, count: str = "1000") -> None:
     """In a child: what ``serve`` holds and how fast it answers, printed as one JSON line."""
     import faiss
 
@@ -126,7 +126,7 @@ def serve_child(root: str, queries_path: str, truth_path: str) -> None:
     t0 = time.perf_counter()
     s = Searcher(root)
     load_s = time.perf_counter() - t0
-    q, want = np.load(queries_path), np.load(truth_path)
+    q, want = np.load(queries_path)[:int(count)], np.load(truth_path)[:int(count)]
     passes = []
     for _ in range(2):
         times, found = [], []
@@ -147,12 +147,14 @@ def serve_child(root: str, queries_path: str, truth_path: str) -> None:
 
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--serve-child":
-        return serve_child(*sys.argv[2:5])
+        return serve_child(*sys.argv[2:6])
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=10_000_000)
     ap.add_argument("--dist", default="hard")
     ap.add_argument("--budget", default="4G")
     ap.add_argument("--stage", default="serve", choices=STAGES, help="run the stages up to this one")
+    ap.add_argument("--serve-queries", type=int, default=1000,
+                    help="held-out queries the serve stage times (fewer when each scans many lists)")
     args = ap.parse_args()
     folder = CACHE / f"folder-{args.dist}-{args.n}"
     root = folder / "idx"
@@ -187,7 +189,7 @@ def main():
             np.save(folder / "truth.npy", truth(root, q))
         elif stage == "serve":
             out = subprocess.run([sys.executable, __file__, "--serve-child", str(root), str(folder / "queries.npy"),
-                                  str(folder / "truth.npy")], capture_output=True, text=True)
+                                  str(folder / "truth.npy"), str(args.serve_queries)], capture_output=True, text=True)
             if out.returncode:
                 sys.exit(out.stderr[-3000:])
             state["serve_result"] = json.loads(out.stdout.strip().splitlines()[-1])

@@ -179,3 +179,28 @@ def test_optimize_after_an_addition_encodes_only_the_new_parts(small_thresholds,
             assert s.search(s.vector(item), 1)[0][0] == item
     finally:
         s.close()
+
+
+def test_ivf_tuning_starts_nprobe_again_when_it_deepens_the_reranking(monkeypatch):
+    """When more lists stop helping, the tuning doubles the re-ranking depth; with more candidates fewer lists may
+    do, so nprobe starts again from 1. Before, it kept the nprobe it had reached: on 10M vectors it stored 4,096
+    (every list) where 4 did as well. Here recall depends only on the depth: 0.90 at 100, 0.93 at 200, 0.975 at 400;
+    the old rule returned nprobe 4."""
+    import numpy as np
+
+    from superclip.search import index, ivf
+
+    table = {100: 0.90, 200: 0.93, 400: 0.975}
+    asked = []
+
+    class Main:
+        info = {"nlist": 16}
+
+        def search(self, queries, k, nprobe, rerank):
+            asked.append((nprobe, rerank))
+            return None, (nprobe, rerank)
+
+    monkeypatch.setattr(index, "recall_of", lambda found, truth, query_ids, k: table[found[1]])
+    got = ivf.tune(Main(), np.zeros((1, 4)), np.zeros(1), np.zeros((1, 11)), 0.97)
+    assert got == {"nprobe": 1, "rerank": 400, "recall": 0.975}
+    assert asked == [(1, 100), (2, 100), (1, 200), (2, 200), (1, 400)]
