@@ -71,7 +71,7 @@ class Engine:
     concurrent requests share a forward pass, one pass at a time, on ``model_threads`` torch threads (every core
     but one: the HTTP layer, upload decoding and searches need the last; on the 2-core machine a Tiny text query
     took 1.8 ms on one thread and 2.0 ms on two, a batch of 8 4.4 and 5.4-10.5 ms: bench/search_http.py). Searches
-    run on the request's own thread (one faiss thread: a search is one query) and never wait for a model call. When
+    use one faiss thread (a search is one query) and never wait for a model call. When
     the index is re-embedded with another checkpoint while it serves, the new model is loaded on the next query
     (under the model lock: no pass runs with half a model).
 
@@ -90,8 +90,8 @@ class Engine:
         self.sha256 = None
         self._load(self.searcher.manifest)
         self.texts = Batcher(lambda x: self._encode(self.net.encode_text, x), lock=self.lock, name="text")
-        self.search_ms = 0.0  # a moving average of a search's wall time (``search``)
         self.images = Batcher(lambda x: self._encode(self.net.encode_image, x), lock=self.lock, name="image")
+        self.search_ms = 0.0  # a moving average of a search's wall time (``search``)
 
     def _load(self, manifest) -> None:
         self.net, self.preprocess, self.tokenizer, _, _ = index_model(manifest, self.root, self.opts.device)
