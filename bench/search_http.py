@@ -1,14 +1,15 @@
 """HTTP end to end: ``superclip serve`` of this checkout against today's server (the code of ``--baseline``, run from
-a ``git archive`` of it) on the same index, both running at once, driven in turn by wrk over loopback.
+a ``git archive`` of it) on the same index, all running at once, driven in turn by wrk over loopback.
 
     python bench/search_http.py [--models SuperCLIP-Tiny,SuperCLIP-ViT-B-32 --images 256 --concurrency 1,8,32
-                                 --duration 15 --baseline 52f02f9]
+                                 --duration 15 --baseline 52f02f9 --workers 1,default]
 
 For each model (random weights, seeded: the cost of a request does not depend on them): ``--images`` synthetic
 scenes at the model's input size indexed by ``superclip index build``; then, for text queries (GET /api/search?q=
 two random words&k=20) and image uploads (POST /api/search/image, one PNG scene, k=20) at each concurrency, wrk
-(one thread, ``-c`` connections, ``--duration`` seconds, 30 s timeout) runs against today's server, then ours (the
-order alternates from one setting to the next; today's server without httptools and uvloop, as it was installed,
+(one thread, ``-c`` connections, ``--duration`` seconds, 30 s timeout) runs against today's server, then ours (one
+server for each of ``--workers``' counts: ``serve --workers N``, or serve's default; the order rotates from one
+setting to the next; today's server without httptools and uvloop, as it was installed,
 unless ``--baseline-fast-http``). Prints latency p50 / p99 and requests/s as wrk reports them (every
 request of the run), non-2xx answers and socket errors, and the ratio of requests/s. Needs wrk (apt-get install
 wrk).
@@ -54,11 +55,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def serve(index: Path, pythonpath, log: Path):
+def serve(index: Path, pythonpath, log: Path, extra=()):
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(pythonpath)) if pythonpath else dict(os.environ)
-    proc = subprocess.Popen([sys.executable, "-m", "superclip", "serve", str(index), "--port", str(port)], env=env,
-                            stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, "-m", "superclip", "serve", str(index), "--port", str(port), *extra],
+                            env=env, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 300
     while True:
         try:
@@ -99,10 +100,22 @@ def wrk(port: int, script: Path, connections: int, duration: int) -> dict:
             "socket_errors": sum(int(x) for x in errors.groups()) if errors else 0}
 
 
+def family(pid: int) -> list:
+    """``pid`` and its descendants (``serve --workers N``: a parent and N worker processes)."""
+    found = [pid]
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            found += family(int(child))
+    return found
+
+
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` (every thread) so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds of process ``pid`` and its descendants (every thread) so far."""
+    total = 0
+    for p in family(pid):
+        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def busy_seconds() -> tuple:
@@ -122,7 +135,7 @@ def profiled(pid: int, port: int, script: Path, connections: int, duration: int,
     raw = out / f"profile-c{connections}.txt"
     spy_bin = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")  # pip install py-spy
     spy = subprocess.Popen([spy_bin, "record", "--pid", str(pid), "--duration", str(duration), "--rate", "250",
-                            "--format", "raw", "--output", str(raw), "--nonblocking"],
+                            "--format", "raw", "--output", str(raw), "--nonblocking", "--subprocesses"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     cpu0, (busy0, all0) = cpu_seconds(pid), busy_seconds()
     r = wrk(port, script, connections, duration)
@@ -162,6 +175,9 @@ def main():
     ap.add_argument("--baseline", default="52f02f9", help="the commit whose server is today's (main before issue 26)")
     ap.add_argument("--out", default="/tmp/search_http")
     ap.add_argument("--profile", default=None, help="KIND:C, e.g. text:8: sample our server under that setting")
+    ap.add_argument("--workers", default="default",
+                    help="our server's --workers, a comma-separated list of counts, each a server of its own ('default': "
+                         "serve's own choice); e.g. 1,default")
     ap.add_argument("--baseline-fast-http", action="store_true",
                     help="let today's server use httptools and uvloop too (by default it runs as it was installed, "
                          "without them: the search extra gained them with the async endpoints)")
@@ -196,8 +212,12 @@ def main():
                             str(index), "--pretrained", str(ckpt), "--no-progress"], check=True)
         body = upload_body(paths[3], folder / "upload.body")
         (folder / "image.lua").write_text(IMAGE_LUA.format(body=body, boundary=BOUNDARY))
-        servers = {"today": serve(index, baseline_path, folder / "serve-today.log"),
-                   "ours": serve(index, None, folder / "serve-ours.log")}
+        servers = {"today": serve(index, baseline_path, folder / "serve-today.log")}
+        ours = []
+        for w in args.workers.split(","):
+            name = "ours" if w == "default" else f"ours-w{w}"
+            servers[name] = serve(index, None, folder / f"serve-{name}.log", () if w == "default" else ("--workers", w))
+            ours.append(name)
         try:
             for name, (_, port) in servers.items():  # warm-up: first model calls, first pages
                 wrk(port, out / "text.lua", 1, 2)
@@ -206,7 +226,8 @@ def main():
             for kind in args.kinds.split(","):
                 script = out / "text.lua" if kind == "text" else folder / "image.lua"
                 for c in [int(x) for x in args.concurrency.split(",")]:
-                    order = ["today", "ours"] if step % 2 == 0 else ["ours", "today"]
+                    names = list(servers)
+                    order = names[step % len(names):] + names[:step % len(names)]
                     step += 1
                     for name in order:
                         r = wrk(servers[name][1], script, c, args.duration)
@@ -215,20 +236,21 @@ def main():
             if args.profile:
                 kind, c = args.profile.split(":")
                 script = out / "text.lua" if kind == "text" else folder / "image.lua"
-                proc, port = servers["ours"]
+                proc, port = servers[ours[-1]]
                 profiled(proc.pid, port, script, int(c), args.duration, folder)
         finally:
             for proc, _ in servers.values():
                 proc.terminate()
                 proc.wait(30)
-        print(f"\n| {model} | concurrency | today p50 / p99 ms | today req/s | ours p50 / p99 ms | ours req/s | "
-              f"req/s ours / today | errors (today, ours) |\n|---|---|---|---|---|---|---|---|")
-        for kind in args.kinds.split(","):
-            for c in [int(x) for x in args.concurrency.split(",")]:
-                t, o = results[(model, kind, c, "today")], results[(model, kind, c, "ours")]
-                print(f"| {kind} | {c} | {t['p50']:.1f} / {t['p99']:.1f} | {t['rps']:.1f} | {o['p50']:.1f} / "
-                      f"{o['p99']:.1f} | {o['rps']:.1f} | **{o['rps'] / t['rps']:.2f}** | "
-                      f"{t['non2xx'] + t['socket_errors']}, {o['non2xx'] + o['socket_errors']} |", flush=True)
+        for name in ours:
+            print(f"\n| {model}, {name} | concurrency | today p50 / p99 ms | today req/s | {name} p50 / p99 ms | "
+                  f"{name} req/s | req/s {name} / today | errors (today, {name}) |\n|---|---|---|---|---|---|---|---|")
+            for kind in args.kinds.split(","):
+                for c in [int(x) for x in args.concurrency.split(",")]:
+                    t, o = results[(model, kind, c, "today")], results[(model, kind, c, name)]
+                    print(f"| {kind} | {c} | {t['p50']:.1f} / {t['p99']:.1f} | {t['rps']:.1f} | {o['p50']:.1f} / "
+                          f"{o['p99']:.1f} | {o['rps']:.1f} | **{o['rps'] / t['rps']:.2f}** | "
+                          f"{t['non2xx'] + t['socket_errors']}, {o['non2xx'] + o['socket_errors']} |", flush=True)
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 

@@ -198,3 +198,78 @@ def test_a_bad_port_is_one_line_before_anything_is_announced(shared, tmp_path, c
         assert main(["serve", str(shared[1]), "--port", str(port)]) == 2
     err = capfd.readouterr().err
     assert err == f"superclip serve: error: cannot listen on 127.0.0.1:{port}: Address already in use\n"
+
+
+def _children(pid):
+    from pathlib import Path
+
+    return [int(c) for task in Path(f"/proc/{pid}/task").iterdir() for c in (task / "children").read_text().split()]
+
+
+def _cpu_ticks(pid):
+    from pathlib import Path
+
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def _start_workers(index, workers):
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    proc = subprocess.Popen([sys.executable, "-m", "superclip", "serve", str(index), "--port", "0", "--workers",
+                             str(workers)], stderr=subprocess.PIPE, text=True)
+    line = proc.stderr.readline()
+    assert f"{workers} worker processes" in line, line
+    port = int(line.split("http://127.0.0.1:")[1].split("/")[0])
+    deadline = time.monotonic() + 120
+    while True:  # every worker answering: each has its own socket, the kernel picks one a connection
+        try:
+            if all(urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=5).status == 200
+                   for _ in range(8)) and len(_children(proc.pid)) == workers:
+                break
+        except OSError:
+            pass
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.3)
+    return proc, port
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or not os.path.exists("/proc/self/task"), reason="Linux: fork, /proc")
+def test_serve_workers_share_the_port_answer_alike_and_stop_together(shared):
+    """``serve --workers 2``: two processes at one port, both answering (their CPU time grows), the same results
+    from each; SIGTERM to the parent stops both (exit 0); a worker killed stops the other, with one line."""
+    import json
+    import signal
+    import urllib.request
+
+    proc, port = _start_workers(shared[1], 2)
+    try:
+        workers = _children(proc.pid)
+        before = {w: _cpu_ticks(w) for w in workers}
+        answers = set()
+        for _ in range(160):  # a new connection each: spread by the kernel between the two sockets
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/search?q=a+red+circle&k=3", timeout=30) as r:
+                answers.add(json.dumps(json.loads(r.read())["results"]))
+        assert len(answers) == 1
+        grown = [_cpu_ticks(w) - before[w] for w in workers]
+        assert min(grown) >= 3, grown  # each answered a share (~2 ms of CPU a request): not one taking every socket
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        assert all(not os.path.exists(f"/proc/{w}") or "Z" in open(f"/proc/{w}/stat").read().split()[2]
+                   for w in workers)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    proc, port = _start_workers(shared[1], 2)
+    try:
+        victim = _children(proc.pid)[0]
+        os.kill(victim, signal.SIGKILL)
+        assert proc.wait(60) == 1
+        assert proc.stderr.read() == f"superclip serve: worker process {victim} ended (signal SIGKILL): stopping the " \
+                                     "others\n"
+    finally:
+        if proc.poll() is None:
+            proc.kill()

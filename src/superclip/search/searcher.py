@@ -44,7 +44,7 @@ class Searcher:
         self.manifest = self.layout.read_manifest()
         self.catalog = Catalog(self.layout.catalog, readonly=True)
         self._catalog_id = self._file_id(self.layout.catalog)
-        self.reader = vector_reader(self.layout)
+        self.reader = vector_reader(self.layout, mapped=True)
         self.lock = threading.Lock()  # one reload at a time; searches read ``self.state`` and never wait
         self.state: Optional[_State] = None
         self._stamp = None
@@ -72,7 +72,7 @@ class Searcher:
                 if catalog_id != self._catalog_id:
                     self.catalog.close()
                     self.catalog = Catalog(self.layout.catalog, readonly=True)
-                    self.reader = vector_reader(self.layout)  # the old one's files close when no search holds it
+                    self.reader = vector_reader(self.layout, mapped=True)  # the old one's files close when no search holds it
                     self._catalog_id = catalog_id
         with self.catalog.lock:
             version = self.catalog.db.execute("PRAGMA data_version").fetchone()[0]

@@ -11,6 +11,7 @@ from . import parts
 from .catalog import Catalog
 from .ivf import PartRows
 from .layout import Layout
+from .mapped import mapped_rows
 
 FETCH = 100_000
 
@@ -70,6 +71,12 @@ class CatalogSource:
         return ids[order], np.concatenate([g[1] for g in got])[order]
 
 
-def reader(layout: Layout) -> PartRows:
-    """Stored vectors by location (part << 32 | row), read from the parts without mapping them."""
+def reader(layout: Layout, mapped: bool = False):
+    """Stored vectors by location (part << 32 | row) from the parts: ``mapped`` (a searcher), gathered from the
+    parts mapped side by side (mapped.py: ~3x faster re-ranking; its resident pages trimmed as it goes), else read
+    one ``pread`` a row (a build: its peak resident memory stays the budget's, the page cache holds the rows)."""
+    if mapped:
+        rows = mapped_rows(layout.emb)
+        if rows is not None:
+            return rows
     return PartRows(layout.emb)
