@@ -9,7 +9,8 @@ Stage by stage, each resumable and skipped once done (state in CACHE/folder-DIST
 killed and rerun: ``parts`` (synthetic embeddings written as parts, no model run), ``ingest`` (the catalog, one
 transaction a part), ``index`` (``superclip index optimize`` as a child process: wall time summed over attempts and
 its peak RSS from wait4), ``truth`` (exact top-10 of 1,000 held-out queries over every part), ``serve`` (a child
-process: Searcher loads the folder, 1,000 queries, twice; recall@10 against exact search, latency p50 / p99 of the
+process for each of ``--readers`` (how re-ranking rows are read: one ``pread`` a row, or the parts mapped, as serve
+does): Searcher loads the folder, 1,000 queries, twice; recall@10 against exact search, latency p50 / p99 of the
 second pass, its resident memory split into anonymous and file-backed pages). ``--stage NAME`` runs up to NAME.
 """
 import argparse
@@ -116,15 +117,16 @@ def truth(root: Path, queries: np.ndarray) -> np.ndarray:
     return found
 
 
-def serve_child(root: str, queries_path: str, truth_path: str, count: str = "1000") -> None:
-    """In a child: what ``serve`` holds and how fast it answers, printed as one JSON line."""
+def serve_child(root: str, queries_path: str, truth_path: str, count: str = "1000", reader: str = "mapped") -> None:
+    """In a child: what ``serve`` holds and how fast it answers, printed as one JSON line; ``reader``: how the
+    re-ranking rows are read (``mapped``: serve's; ``pread``: one system call a row, as before)."""
     import faiss
 
     from superclip.search.searcher import Searcher
 
     faiss.omp_set_num_threads(1)
     t0 = time.perf_counter()
-    s = Searcher(root)
+    s = Searcher(root, mapped=reader == "mapped")
     load_s = time.perf_counter() - t0
     q, want = np.load(queries_path)[:int(count)], np.load(truth_path)[:int(count)]
     passes = []
@@ -141,13 +143,13 @@ def serve_child(root: str, queries_path: str, truth_path: str, count: str = "100
         mem = {k: int(v.split()[0]) / 1024 ** 2 for k, v in (line.split(":", 1) for line in f)
                if k in ("VmRSS", "RssAnon", "RssFile", "VmHWM")}
     info = s.manifest["index"]
-    print(json.dumps({"load_s": load_s, "passes": passes, "mem_gib": mem,
+    print(json.dumps({"reader": reader, "load_s": load_s, "passes": passes, "mem_gib": mem,
                       "index": {k: info.get(k) for k in ("kind", "nlist", "m", "nprobe", "rerank", "recall_at_10")}}))
 
 
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--serve-child":
-        return serve_child(*sys.argv[2:6])
+        return serve_child(*sys.argv[2:7])
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=10_000_000)
     ap.add_argument("--dist", default="hard")
@@ -155,6 +157,8 @@ def main():
     ap.add_argument("--stage", default="serve", choices=STAGES, help="run the stages up to this one")
     ap.add_argument("--serve-queries", type=int, default=1000,
                     help="held-out queries the serve stage times (fewer when each scans many lists)")
+    ap.add_argument("--readers", default="pread,mapped",
+                    help="the serve stage once for each way of reading re-ranking rows, each in a child of its own")
     args = ap.parse_args()
     folder = CACHE / f"folder-{args.dist}-{args.n}"
     root = folder / "idx"
@@ -188,11 +192,15 @@ def main():
             np.save(folder / "queries.npy", q)
             np.save(folder / "truth.npy", truth(root, q))
         elif stage == "serve":
-            out = subprocess.run([sys.executable, __file__, "--serve-child", str(root), str(folder / "queries.npy"),
-                                  str(folder / "truth.npy"), str(args.serve_queries)], capture_output=True, text=True)
-            if out.returncode:
-                sys.exit(out.stderr[-3000:])
-            state["serve_result"] = json.loads(out.stdout.strip().splitlines()[-1])
+            results = []
+            for reader in args.readers.split(","):
+                out = subprocess.run([sys.executable, __file__, "--serve-child", str(root), str(folder / "queries.npy"),
+                                      str(folder / "truth.npy"), str(args.serve_queries), reader],
+                                     capture_output=True, text=True)
+                if out.returncode:
+                    sys.exit(out.stderr[-3000:])
+                results.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            state["serve_results"] = results
         state[stage] = {"seconds": time.perf_counter() - t0, "load_average": os.getloadavg()[0]}
         save_state(folder, state)
         print(f"{stage}: done in {state[stage]['seconds']:.0f} s", flush=True)
@@ -200,10 +208,9 @@ def main():
     if build:
         print(f"index build: {sum(a['wall_s'] for a in build):.0f} s over {len(build)} attempt(s), peak RSS "
               f"{max(a['peak_rss_gib'] for a in build):.2f} GiB (budget {args.budget})")
-    if "serve_result" in state:
-        r = state["serve_result"]
+    for r in state.get("serve_results", [state["serve_result"]] if "serve_result" in state else []):
         last = r["passes"][-1]
-        print(f"serve: index {r['index']}; load {r['load_s']:.1f} s; recall@10 {last['recall_at_10']:.4f}; "
+        print(f"serve ({r.get('reader', 'pread')} rows): index {r['index']}; load {r['load_s']:.1f} s; recall@10 {last['recall_at_10']:.4f}; "
               f"p50 {last['p50_ms']:.2f} ms, p99 {last['p99_ms']:.2f} ms (first pass: p50 "
               f"{r['passes'][0]['p50_ms']:.2f}, p99 {r['passes'][0]['p99_ms']:.2f}); RSS {r['mem_gib']}")
 

@@ -94,3 +94,15 @@ def test_mapped_rows_refuse_parts_of_another_shape_and_reads_after_close(tmp_pat
     reader.close()
     with pytest.raises(ValueError, match="closed"):
         reader(np.asarray([1 << 32], np.int64))
+
+
+def test_a_truncated_part_is_an_error_not_a_crash(tmp_path):
+    """A part cut short (its header promises more rows than its file holds): a mapping past the end of a file would
+    kill the server (SIGBUS) on the first read of its last rows; the reader refuses it with an error instead."""
+    np.save(tmp_path / "p0.npy", np.ones((100, 64), np.float16))
+    size = (tmp_path / "p0.npy").stat().st_size
+    with open(tmp_path / "p0.npy", "r+b") as f:
+        f.truncate(size - 5000)
+    reader = mapped.MappedRows(lambda p: tmp_path / f"p{p}.npy")
+    with pytest.raises(ValueError, match="shorter than its header says"):
+        reader(np.asarray([99], np.int64))

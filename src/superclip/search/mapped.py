@@ -86,6 +86,9 @@ class _Region:
         """Maps the file over the next free piece; returns its offset in the region."""
         at = self.used
         with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size < length:  # a mapped page past the end is a SIGBUS, not an error
+                raise ValueError(f"{path}: shorter than its header says ({os.fstat(f.fileno()).st_size} < {length} "
+                                 "bytes)")
             got = self.libc.mmap(self.base + at, length, mmap.PROT_READ, mmap.MAP_SHARED | MAP_FIXED, f.fileno(), 0)
         if got != self.base + at:
             raise OSError(ctypes.get_errno(), f"cannot map {path}")

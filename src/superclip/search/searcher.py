@@ -39,12 +39,15 @@ class _State:
 
 
 class Searcher:
-    def __init__(self, root: str):
-        self.layout = Layout(root)
+    """``mapped``: re-ranking and stored vectors gathered from the parts mapped side by side (vectors.reader), else
+    read one ``pread`` a row."""
+
+    def __init__(self, root: str, mapped: bool = True):
+        self.layout, self.mapped = Layout(root), mapped
         self.manifest = self.layout.read_manifest()
         self.catalog = Catalog(self.layout.catalog, readonly=True)
         self._catalog_id = self._file_id(self.layout.catalog)
-        self.reader = vector_reader(self.layout, mapped=True)
+        self.reader = vector_reader(self.layout, mapped=self.mapped)
         self.lock = threading.Lock()  # one reload at a time; searches read ``self.state`` and never wait
         self.state: Optional[_State] = None
         self._stamp = None
@@ -72,7 +75,8 @@ class Searcher:
                 if catalog_id != self._catalog_id:
                     self.catalog.close()
                     self.catalog = Catalog(self.layout.catalog, readonly=True)
-                    self.reader = vector_reader(self.layout, mapped=True)  # the old one's files close when no search holds it
+                    # the old reader's files close when no search holds it
+                    self.reader = vector_reader(self.layout, mapped=self.mapped)
                     self._catalog_id = catalog_id
         with self.catalog.lock:
             version = self.catalog.db.execute("PRAGMA data_version").fetchone()[0]
