@@ -106,3 +106,26 @@ def test_a_truncated_part_is_an_error_not_a_crash(tmp_path):
     reader = mapped.MappedRows(lambda p: tmp_path / f"p{p}.npy")
     with pytest.raises(ValueError, match="shorter than its header says"):
         reader(np.asarray([99], np.int64))
+
+
+@pytest.mark.parametrize("step", [1, 3, 5000])  # dense ids (a table), gaps (a table), sparse (binary search)
+def test_reranker_finds_each_candidates_location_and_scores_it_exactly(tmp_path, step):
+    from superclip.search.ivf import Reranker
+
+    sizes = [300, 200]
+    path_of = write_parts(tmp_path, sizes, dim=16, dtype=np.float32)
+    locs = np.concatenate([(np.int64(p) << 32) | np.arange(n) for p, n in enumerate(sizes)])
+    ids = 7 + step * np.arange(len(locs), dtype=np.int64)
+    rng = np.random.default_rng(3)
+    order = rng.permutation(len(locs))  # ids and locations in no common order; the table is by id
+    loc = np.stack([ids, locs[order]], 1)
+    rr = Reranker(loc, PartRows(path_of))
+    assert (rr.table is None) == (step == 5000)
+    cand = rng.choice(ids, 40, replace=False)
+    assert np.array_equal(rr.locations(cand), loc[np.searchsorted(ids, cand), 1])
+    q = rng.standard_normal((1, 16)).astype(np.float32)
+    scores, got = rr(q, np.concatenate([cand, [-1, -1]])[None], 5)
+    vectors = PartRows(path_of)(loc[np.searchsorted(ids, cand), 1])
+    exact = vectors @ q[0]
+    best = np.argsort(-exact)[:5]
+    assert np.array_equal(got[0], cand[best]) and np.allclose(scores[0], exact[best], atol=1e-6)

@@ -307,7 +307,8 @@ def _serve_one(args, device: str, sock, threads: int) -> None:
     from ..search.server import ServeOptions, create_app, settle
 
     app = create_app(args.dir, ServeOptions(device=device, max_upload_bytes=args.max_upload,
-                                            cors_origins=args.cors_origin or [], model_threads=threads))
+                                            cors_origins=args.cors_origin or [], model_threads=threads,
+                                            map_vectors=args.map_vectors))
     settle()
     uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
 
@@ -520,6 +521,10 @@ def add_parsers(sub) -> None:
                         "a GPU)")
     p.add_argument("--model-threads", type=_positive, default=None,
                    help="torch threads of a model pass in each process (default: the cores left to it)")
+    p.add_argument("--map-vectors", action="store_true",
+                   help="read stored vectors from the parts mapped into memory: faster queries on a large ivfpq "
+                        "index (p50 6.6 against 16.5 ms at 10M), but the parts' pages then count in serve's resident "
+                        "memory (10.1 GiB file-backed at 10M, against 0.6; page cache either way)")
     p.set_defaults(func=cmd_serve)
 
 

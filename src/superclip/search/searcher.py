@@ -39,10 +39,10 @@ class _State:
 
 
 class Searcher:
-    """``mapped``: re-ranking and stored vectors gathered from the parts mapped side by side (vectors.reader), else
-    read one ``pread`` a row."""
+    """``mapped``: re-ranking and stored vectors gathered from the parts mapped side by side (vectors.reader: ~3x
+    faster re-ranking; the pages read then count in the process's resident memory), else read one ``pread`` a row."""
 
-    def __init__(self, root: str, mapped: bool = True):
+    def __init__(self, root: str, mapped: bool = False):
         self.layout, self.mapped = Layout(root), mapped
         self.manifest = self.layout.read_manifest()
         self.catalog = Catalog(self.layout.catalog, readonly=True)

@@ -58,6 +58,7 @@ class ServeOptions:
     max_query_chars: int = 500
     template: str = "a photo of {c}."
     model_threads: Optional[int] = None  # torch threads of a model pass; None: every core but one (at least 1)
+    map_vectors: bool = False  # stored vectors gathered from the parts mapped into memory (Searcher's ``mapped``)
 
 
 class BadRequest(Exception):
@@ -81,7 +82,7 @@ class Engine:
 
     def __init__(self, root: str, opts: ServeOptions):
         self.root, self.opts = root, opts
-        self.searcher = Searcher(root)
+        self.searcher = Searcher(root, mapped=opts.map_vectors)
         self.device = torch.device(opts.device)
         torch.set_num_threads(opts.model_threads or max(1, (os.cpu_count() or 1) - 1))
         # one query a search: faiss's OpenMP team would only add a barrier (13% of a loaded server's CPU samples)
