@@ -204,3 +204,25 @@ def test_ivf_tuning_starts_nprobe_again_when_it_deepens_the_reranking(monkeypatc
     got = ivf.tune(Main(), np.zeros((1, 4)), np.zeros(1), np.zeros((1, 11)), 0.97)
     assert got == {"nprobe": 1, "rerank": 400, "recall": 0.975}
     assert asked == [(1, 100), (2, 100), (1, 200), (2, 200), (1, 400)]
+
+
+def test_a_searcher_with_mapped_vectors_answers_as_one_reading_them_with_pread(small_thresholds, ondisk_reference):
+    """``serve --map-vectors``: the ivfpq index's re-ranking, a tag filter's exact scan and an item's own vector
+    come from the mapped parts, with the same ids and scores as from ``pread``."""
+    from superclip.search.mapped import MappedRows
+    from superclip.search.searcher import Searcher
+
+    reference, _ = ondisk_reference
+    plain, mapped = Searcher(str(reference)), Searcher(str(reference), mapped=True)
+    try:
+        assert isinstance(mapped.reader, MappedRows) and not isinstance(plain.reader, MappedRows)
+        assert plain.main.kind == "ivfpq"
+        queries = clustered(20, seed=5).astype(np.float32)
+        for q in queries:
+            assert mapped.search(q, 10) == plain.search(q, 10)
+            assert mapped.search(q, 5, tags=["dot"]) == plain.search(q, 5, tags=["dot"])
+        for item in (1, 999, 2000):
+            assert np.array_equal(mapped.vector(item), plain.vector(item))
+    finally:
+        plain.close()
+        mapped.close()
