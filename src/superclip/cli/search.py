@@ -301,21 +301,26 @@ def model_threads(requested, workers: int) -> int:
     return max(1, cores - 1) if workers == 1 else max(1, cores // workers)
 
 
-def _serve_one(args, device: str, sock, threads: int) -> None:
-    import uvicorn
-
+def _app(args, device: str, threads: int):
     from ..search.server import ServeOptions, create_app, settle
 
     app = create_app(args.dir, ServeOptions(device=device, max_upload_bytes=args.max_upload,
                                             cors_origins=args.cors_origin or [], model_threads=threads,
                                             map_vectors=args.map_vectors))
     settle()
+    return app
+
+
+def _run(app, sock) -> None:
+    import uvicorn
+
     uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
 
 
-def _serve_child(args, device: str, host: str, port: int, threads: int) -> int:
+def _serve_child(args, device: str, host: str, port: int, threads: int, report: int) -> int:
     """A worker process of ``serve --workers N`` (forked before anything is loaded): its own socket at the port,
-    its own model and searcher. Ends with its parent (PR_SET_PDEATHSIG) and reports a mistake on one line."""
+    its own model and searcher. Tells its parent through the pipe ``report`` when it is ready to answer (``ready``)
+    or why it cannot (``error MESSAGE``: the parent prints it, one line); ends with its parent (PR_SET_PDEATHSIG)."""
     import signal
 
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -329,14 +334,20 @@ def _serve_child(args, device: str, host: str, port: int, threads: int) -> int:
     from ..errors import SuperCLIPError
     from . import one_line
 
+    def tell(line: str) -> None:
+        os.write(report, (line[:3000] + "\n").encode("utf-8", "replace"))  # under PIPE_BUF: one write, whole
+
     try:
         sock = _listen(host, port, reuse_port=True)
-        _serve_one(args, device, sock, threads)
+        app = _app(args, device, threads)
+        tell("ready")
+        os.close(report)
+        _run(app, sock)
         return 0
     except KeyboardInterrupt:
         return 130
     except SuperCLIPError as e:
-        print(f"superclip serve: error: {one_line(e)}", file=sys.stderr)
+        tell(f"error {one_line(e)}")
         return 2
     except BaseException:  # noqa: BLE001 - the worker's traceback, then its parent stops the others
         import traceback
@@ -345,7 +356,38 @@ def _serve_child(args, device: str, host: str, port: int, threads: int) -> int:
         return 1
 
 
-def _supervise(children) -> int:
+def _start_workers(args, device: str, port: int, threads: int, workers: int):
+    """Forks the workers and waits until each is ready; (their pids, None), or (their pids, the one-line error of
+    the first that could not start)."""
+    read_end, write_end = os.pipe()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    children = set()
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_end)
+            rc = _serve_child(args, device, args.host, port, threads, write_end)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(rc)
+        children.add(pid)
+    os.close(write_end)
+    ready, error = 0, None
+    with os.fdopen(read_end, "r", encoding="utf-8", errors="replace") as pipe:
+        for line in pipe:  # ends when every worker has said its line or ended
+            if line.startswith("error "):
+                error = line[len("error "):].strip()
+                break
+            ready += line.strip() == "ready"
+            if ready == workers:
+                break
+    if error is None and ready < workers:
+        error = "a worker process ended before it was ready (its output above says why)"
+    return children, error
+
+
+def _supervise(children, stop_now: bool = False) -> int:
     """Waits for the worker processes. One that ends by itself stops the others (the server does not go on at part
     of its capacity) and its exit code is returned (1 for a signal); SIGTERM to this process reaches every worker
     (0), and so does Ctrl-C (KeyboardInterrupt: 130)."""
@@ -367,6 +409,8 @@ def _supervise(children) -> int:
 
     before = signal.signal(signal.SIGTERM, terminate)
     code, interrupted = 0, False
+    if stop_now:
+        terminate()
     try:
         while children:
             try:
@@ -402,32 +446,28 @@ def cmd_serve(args) -> int:
     precheck.index_folder(args.dir)
     workers = serve_workers(args.workers, device)
     threads = model_threads(args.model_threads, workers)
+    # several workers: the parent's socket is bound (the port is ours) and takes no connection, each worker listens
+    # on a socket of its own
     sock = _listen(args.host, args.port, reuse_port=workers > 1, listen=workers == 1)
     try:
         port = sock.getsockname()[1]
+        if workers == 1:
+            app = _app(args, device, threads)
+        else:
+            children, error = _start_workers(args, device, port, threads, workers)
+            if error is not None:
+                _supervise(children, stop_now=True)
+                raise ConfigError(error)
         if args.host not in ("127.0.0.1", "localhost", "::1"):
             print(f"superclip serve: listening on {args.host}: anyone who can reach it can search {args.dir} and see "
                   "its images", file=sys.stderr)
+        how = "" if workers == 1 else \
+            f"; {workers} worker processes, {threads} model thread{'s' if threads > 1 else ''} each"
+        print(f"serving {args.dir} on http://{args.host}:{port}/ (API docs at /docs{how})", file=sys.stderr)
         if workers == 1:
-            print(f"serving {args.dir} on http://{args.host}:{port}/ (API docs at /docs)", file=sys.stderr)
-            _serve_one(args, device, sock, threads)
+            _run(app, sock)
             return 0
-        # the parent's socket is bound (the port is ours) and takes no connection: each worker listens on its own
-        sys.stdout.flush()
-        sys.stderr.flush()
-        children = set()
-        for _ in range(workers):
-            pid = os.fork()
-            if pid == 0:
-                sock.close()
-                rc = _serve_child(args, device, args.host, port, threads)
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(rc)
-            children.add(pid)
         sock.close()
-        print(f"serving {args.dir} on http://{args.host}:{port}/ (API docs at /docs; {workers} worker processes, "
-              f"{threads} model thread{'s' if threads > 1 else ''} each)", file=sys.stderr)
         return _supervise(children)
     finally:
         sock.close()
