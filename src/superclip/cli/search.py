@@ -285,8 +285,8 @@ def _cores() -> int:
 def serve_workers(requested, device: str) -> int:
     """How many server processes ``serve`` runs: ``--workers`` when given, else one a core (at most 4) on the CPU
     and one on a GPU. One process runs Python (HTTP, JSON, the catalog) on one core at a time, whatever its threads:
-    on 2 cores a Tiny text query costs ~2.2 ms of CPU, and at concurrency 8 one process answered 351 requests/s,
-    two 639, in the same run (``bench/search_http.py --workers 1,default``)."""
+    on 2 cores a Tiny text query costs ~2.2 ms of CPU, and at concurrency 8 one process answered 558 requests/s,
+    two 754, in the same run (``bench/search_http.py --workers 1,default``)."""
     if requested:
         return requested
     return 1 if device != "cpu" or not hasattr(os, "fork") else min(4, _cores())
