@@ -273,3 +273,19 @@ def test_serve_workers_share_the_port_answer_alike_and_stop_together(shared):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork")
+def test_a_worker_that_crashes_before_it_is_ready_is_exit_1_not_a_user_mistake(shared, monkeypatch, capfd):
+    """A worker failing on a bug (not a user's mistake) while it starts: ``serve`` says so in one line, exit 1 (it
+    was exit 2, the code of a user's mistake), after stopping the other worker; nothing is announced."""
+    from superclip.cli import main
+    from superclip.search import server
+
+    def broken(*a, **k):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(server, "create_app", broken)  # the forked workers inherit it
+    assert main(["serve", str(shared[1]), "--port", "0", "--workers", "2"]) == 1
+    err = capfd.readouterr().err
+    assert "superclip serve: a worker process ended before it was ready" in err and "\nserving " not in "\n" + err

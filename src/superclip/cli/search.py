@@ -357,8 +357,8 @@ def _serve_child(args, device: str, host: str, port: int, threads: int, report: 
 
 
 def _start_workers(args, device: str, port: int, threads: int, workers: int):
-    """Forks the workers and waits until each is ready; (their pids, None), or (their pids, the one-line error of
-    the first that could not start)."""
+    """Forks the workers and waits until each is ready: (their pids, None, _), or (their pids, the one-line error of
+    the first that could not start, whether it was the user's mistake)."""
     read_end, write_end = os.pipe()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -382,9 +382,9 @@ def _start_workers(args, device: str, port: int, threads: int, workers: int):
             ready += line.strip() == "ready"
             if ready == workers:
                 break
-    if error is None and ready < workers:
-        error = "a worker process ended before it was ready (its output above says why)"
-    return children, error
+    if error is None and ready < workers:  # not a user mistake: the worker's traceback is above it
+        return children, "a worker process ended before it was ready (its output above says why)", False
+    return children, error, True
 
 
 def _supervise(children, stop_now: bool = False) -> int:
@@ -454,10 +454,13 @@ def cmd_serve(args) -> int:
         if workers == 1:
             app = _app(args, device, threads)
         else:
-            children, error = _start_workers(args, device, port, threads, workers)
+            children, error, mistake = _start_workers(args, device, port, threads, workers)
             if error is not None:
                 _supervise(children, stop_now=True)
-                raise ConfigError(error)
+                if mistake:
+                    raise ConfigError(error)
+                print(f"superclip serve: {error}", file=sys.stderr)
+                return 1
         if args.host not in ("127.0.0.1", "localhost", "::1"):
             print(f"superclip serve: listening on {args.host}: anyone who can reach it can search {args.dir} and see "
                   "its images", file=sys.stderr)
