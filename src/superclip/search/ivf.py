@@ -26,6 +26,7 @@ import faiss
 import numpy as np
 
 from .layout import kill_point, write_bytes
+from .mapped import npy_layout
 
 log = logging.getLogger(__name__)
 
@@ -284,14 +285,12 @@ class PartRows:
     def _file(self, part: int):
         got = self.files.get(part)
         if got is None:
-            with self.lock, open(self.path_of(part), "rb") as f:
-                version = np.lib.format.read_magic(f)
-                header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
-                    np.lib.format.read_array_header_2_0
-                shape, fortran, dtype = header(f)
-                assert not fortran and len(shape) == 2
+            with self.lock:
+                offset, dtype, shape = npy_layout(self.path_of(part))
+                if len(shape) != 2:
+                    raise ValueError(f"{self.path_of(part)}: not a (rows, dim) array")
                 fd = os.open(self.path_of(part), os.O_RDONLY)
-                got = self.files.setdefault(part, (fd, f.tell(), np.dtype(dtype), shape[1]))
+                got = self.files.setdefault(part, (fd, offset, dtype, shape[1]))
         return got
 
     def __call__(self, locations: np.ndarray) -> np.ndarray:
