@@ -12,6 +12,11 @@ import torch
 
 log = logging.getLogger(__name__)
 
+def cores() -> int:
+    """The cores this process may run on (its affinity), else the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def share_cores_with_workers(workers: int) -> None:
     """On the CPU, this process's torch threads and its ``workers`` data-loader processes share the machine's
     cores (divided among torchrun's processes on this machine): torch keeps to what the workers leave, at least
@@ -20,8 +25,7 @@ def share_cores_with_workers(workers: int) -> None:
     embedding 28 images/s against 43. An ``OMP_NUM_THREADS`` the user set wins (torchrun sets 1 for N > 1)."""
     if workers <= 0 or "OMP_NUM_THREADS" in os.environ:
         return
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    per_process = max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
+    per_process = max(1, cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1))
     torch.set_num_threads(max(1, per_process - workers))
 
 

@@ -278,27 +278,16 @@ def _listen(host: str, port: int, reuse_port: bool = False, listen: bool = True)
     return sock
 
 
-def _cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def serve_workers(requested, device: str) -> int:
     """How many server processes ``serve`` runs: ``--workers`` when given, else one a core (at most 4) on the CPU
     and one on a GPU. One process runs Python (HTTP, JSON, the catalog) on one core at a time, whatever its threads:
     on 2 cores a Tiny text query costs ~2.2 ms of CPU, and at concurrency 8 one process answered 558 requests/s,
     two 754, in the same run (``bench/search_http.py --workers 1,default``)."""
+    from ..cpu import cores
+
     if requested:
         return requested
-    return 1 if device != "cpu" or not hasattr(os, "fork") else min(4, _cores())
-
-
-def model_threads(requested, workers: int) -> int:
-    """torch threads of one process's model passes: ``--model-threads``, else one process keeps a core for its
-    HTTP layer and gives the model the rest; N processes share the cores (at least one thread each)."""
-    if requested:
-        return requested
-    cores = _cores()
-    return max(1, cores - 1) if workers == 1 else max(1, cores // workers)
+    return 1 if device != "cpu" or not hasattr(os, "fork") else min(4, cores())
 
 
 def _app(args, device: str, threads: int):
@@ -445,7 +434,9 @@ def cmd_serve(args) -> int:
     device = str(resolve_device(args.device))  # a device this machine lacks: one line, before the port is taken
     precheck.index_folder(args.dir)
     workers = serve_workers(args.workers, device)
-    threads = model_threads(args.model_threads, workers)
+    from ..search.server import model_threads
+
+    threads = args.model_threads or model_threads(workers)
     # several workers: the parent's socket is bound (the port is ours) and takes no connection, each worker listens
     # on a socket of its own
     sock = _listen(args.host, args.port, reuse_port=workers > 1, listen=workers == 1)

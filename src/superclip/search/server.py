@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from swagger_ui_bundle import swagger_ui_path
 
+from ..cpu import cores
 from ..data.images import decode_image
 from .batcher import Batcher
 from .job import index_model
@@ -57,8 +57,14 @@ class ServeOptions:
     max_k: int = 200
     max_query_chars: int = 500
     template: str = "a photo of {c}."
-    model_threads: Optional[int] = None  # torch threads of a model pass; None: every core but one (at least 1)
+    model_threads: Optional[int] = None  # torch threads of a model pass; None: model_threads()
     map_vectors: bool = False  # stored vectors gathered from the parts mapped into memory (Searcher's ``mapped``)
+
+
+def model_threads(workers: int = 1) -> int:
+    """torch threads of one server process's model passes: alone, every core but one (its HTTP layer, upload decoding
+    and searches need the last); one of ``workers`` processes, its share of the cores; at least one."""
+    return max(1, cores() - 1) if workers == 1 else max(1, cores() // workers)
 
 
 class BadRequest(Exception):
@@ -84,7 +90,7 @@ class Engine:
         self.root, self.opts = root, opts
         self.searcher = Searcher(root, mapped=opts.map_vectors)
         self.device = torch.device(opts.device)
-        torch.set_num_threads(opts.model_threads or max(1, (os.cpu_count() or 1) - 1))
+        torch.set_num_threads(opts.model_threads or model_threads())
         # one query a search: faiss's OpenMP team would only add a barrier (13% of a loaded server's CPU samples)
         faiss.omp_set_num_threads(1)
         self.lock = threading.Lock()
