@@ -382,10 +382,10 @@ def _supervise(children, stop_now: bool = False) -> int:
     (0), and so does Ctrl-C (KeyboardInterrupt: 130)."""
     import signal
 
-    def stop(sig=signal.SIGTERM):
+    def stop():
         for pid in list(children):
             try:
-                os.kill(pid, sig)
+                os.kill(pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
 
@@ -461,7 +461,6 @@ def cmd_serve(args) -> int:
         if workers == 1:
             _run(app, sock)
             return 0
-        sock.close()
         return _supervise(children)
     finally:
         sock.close()

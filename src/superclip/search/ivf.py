@@ -1,8 +1,8 @@
 """The ``ivfpq`` main index, for collections whose graph would not fit the memory budget: IVF over an HNSW coarse
 quantizer, PQ codes (one byte per 8 dimensions) in inverted lists that ``serve`` memory-maps from the index file,
-and the best ``rerank`` candidates re-scored with the stored vectors, read from the parts: by a build with ``pread``
-(:class:`PartRows`: they stay in the page cache, out of its resident memory), by ``serve`` gathered from the parts
-mapped side by side (mapped.py: ~3x faster).
+and the best ``rerank`` candidates re-scored with the stored vectors, read from the parts with ``pread``
+(:class:`PartRows`: they stay in the page cache, out of the process's resident memory), or with ``serve
+--map-vectors`` gathered from the parts mapped side by side (mapped.py: ~3x faster).
 
 Built in stages, each file written atomically and reused by a rerun (and by ``optimize`` while the trained
 quantizer still suits the collection: only the parts it has not seen are encoded):

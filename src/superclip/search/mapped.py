@@ -4,8 +4,8 @@ each.
 
 Why (bench/search_rows.py, 10M x 512 float16 in 1,000 parts, rows in the page cache): 3,200 random rows took
 ~13 ms read one ``pread`` each (~4 us a row; ``preadv`` into one buffer, no Python object a row, still ~3 us: the
-system call) and ~4 ms gathered here (~1.2 us a row, once the pages are mapped). At 10M the re-ranking depth sets the latency of ``serve`` (an ``ivfpq`` query re-ranks up
-to 3,200 candidates).
+system call) and ~4 ms gathered here (~1.2 us a row, once the pages are mapped). At 10M the re-ranking depth sets
+the latency of ``serve`` (an ``ivfpq`` query re-ranks up to 3,200 candidates).
 
 How: an anonymous ``PROT_NONE`` reservation (no memory behind it), each part's ``.npy`` file mapped over its piece
 of it (``MAP_FIXED``, read-only, shared: the page cache's own pages); a row of part ``p`` is then at a byte offset
@@ -20,8 +20,8 @@ pressure as it does the memory-mapped inverted lists'. Dropping them from the pr
 (``madvise(MADV_DONTNEED)`` every 16k rows) was tried and measured: every later row faults again (~5 us a row,
 slower than ``pread``), so the mappings are kept.
 
-Linux (and other systems with ``mmap`` and ``madvise`` in the C library) only; :func:`mapped_rows` returns ``None``
-where it cannot reserve or map, and the caller reads with ``pread`` (:class:`~superclip.search.ivf.PartRows`).
+Linux only (the flags' values are Linux's); :func:`mapped_rows` returns ``None`` elsewhere or where it cannot
+reserve address space, and the caller reads with ``pread`` (:class:`~superclip.search.ivf.PartRows`).
 """
 from __future__ import annotations
 
@@ -86,13 +86,14 @@ class _Region:
         """Maps the file over the next free piece; returns its offset in the region."""
         at = self.used
         with open(path, "rb") as f:
-            if os.fstat(f.fileno()).st_size < length:  # a mapped page past the end is a SIGBUS, not an error
-                raise ValueError(f"{path}: shorter than its header says ({os.fstat(f.fileno()).st_size} < {length} "
-                                 "bytes)")
+            size = os.fstat(f.fileno()).st_size
+            if size < length:  # a mapped page past the end is a SIGBUS, not an error
+                raise ValueError(f"{path}: shorter than its header says ({size} < {length} bytes)")
             got = self.libc.mmap(self.base + at, length, mmap.PROT_READ, mmap.MAP_SHARED | MAP_FIXED, f.fileno(), 0)
         if got != self.base + at:
             raise OSError(ctypes.get_errno(), f"cannot map {path}")
-        # a gather reads scattered rows: no readahead, no mapping of the neighbouring pages on a fault
+        # a gather reads scattered rows: no readahead from disk (the kernel still maps up to 16 neighbouring pages
+        # already in the page cache on each fault: measured, see the module's docstring)
         self.libc.madvise(self.base + at, length, MADV_RANDOM)
         self.used = at + _page_up(length)
         return at

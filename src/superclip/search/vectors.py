@@ -72,9 +72,9 @@ class CatalogSource:
 
 
 def reader(layout: Layout, mapped: bool = False):
-    """Stored vectors by location (part << 32 | row) from the parts: ``mapped`` (a searcher), gathered from the
-    parts mapped side by side (mapped.py: ~3x faster re-ranking; its resident pages trimmed as it goes), else read
-    one ``pread`` a row (a build: its peak resident memory stays the budget's, the page cache holds the rows)."""
+    """Stored vectors by location (part << 32 | row) from the parts: ``mapped`` (``serve --map-vectors``), gathered
+    from the parts mapped side by side (mapped.py: ~3x faster re-ranking; the pages read count in the resident
+    memory), else read one ``pread`` a row (builds and ``serve``'s default: the page cache holds the rows)."""
     if mapped:
         rows = mapped_rows(layout.emb)
         if rows is not None:
